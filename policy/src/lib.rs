@@ -1,0 +1,1 @@
+//! Portcullis domain core.
