@@ -1,0 +1,66 @@
+//! The gRPC layer: operator services over the store. Domain and store errors become
+//! `tonic::Status` here and nowhere else.
+
+mod cluster;
+mod paging;
+mod policy;
+
+pub use cluster::ClusterApi;
+pub use policy::PolicyApi;
+
+use tonic::Status;
+
+use crate::store::StoreError;
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match &error {
+            StoreError::NotFound { .. } => Status::not_found(error.to_string()),
+            StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            StoreError::Conflict { .. } => Status::aborted(error.to_string()),
+            StoreError::NewerFormat { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Sled(_)
+            | StoreError::Io(_) => {
+                tracing::error!(%error, "Store failure");
+                Status::internal(format!("store: {error}"))
+            }
+        }
+    }
+}
+
+/// Validates a DNS-label name (policies, clusters), naming the field on error.
+fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else if name.is_empty() {
+        Err(Status::invalid_argument(format!("{field}: required")))
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field}: {name:?} is not a DNS label (lower-case letters, digits and '-', at most 63, \
+             starting and ending with a letter or digit)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("name", "prod-eu-1").is_ok());
+        for bad in ["", "Prod", "-a", "a-", "a_b", &"a".repeat(64)] {
+            let err = check_name("name", bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(err.message().starts_with("name: "), "{}", err.message());
+        }
+    }
+}

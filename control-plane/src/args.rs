@@ -1,0 +1,101 @@
+//! The command line. Every flag can also be set by a `PORTCULLIS_…` environment variable.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis-control-plane",
+    version,
+    about = "Portcullis control plane"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the gRPC API (TLS) and the admin HTTP endpoints.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Data directory: the sled store, generated TLS material, the bootstrap admin token.
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "portcullis-data")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address (TLS).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address: /livez, /readyz, /metrics.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Server certificate chain (PEM). Without it a local CA and certificate are generated in
+    /// DATA_DIR/tls (clients trust DATA_DIR/tls/ca.crt).
+    #[arg(long, env = "PORTCULLIS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra subject alternative name for the generated certificate (repeatable).
+    #[arg(long = "tls-san", env = "PORTCULLIS_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// Operator tokens: YAML `tokens: [{name, role: admin|viewer, token | sha256}]`.
+    #[arg(long, env = "PORTCULLIS_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Where the generated bootstrap admin token is kept [default: DATA_DIR/admin.token].
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Change-log entries kept behind the head; agents further behind get a snapshot.
+    #[arg(long, env = "PORTCULLIS_CHANGELOG_KEEP", default_value_t = 100_000)]
+    pub changelog_keep: u64,
+    /// Seconds between change-log compactions.
+    #[arg(long, env = "PORTCULLIS_COMPACTION_INTERVAL", default_value_t = 60)]
+    pub compaction_interval: u64,
+    /// Seconds to drain streams and in-flight requests on SIGTERM.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+}
+
+impl ServeArgs {
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_tls_pairing() {
+        let cli = Cli::try_parse_from(["cp", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.listen.port(), 8443);
+        assert_eq!(args.admin_listen.port(), 9090);
+        assert!(Cli::try_parse_from(["cp", "serve", "--tls-cert", "c.pem"]).is_err());
+        let cli =
+            Cli::try_parse_from(["cp", "serve", "--tls-san", "a,b", "--tls-san", "c"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.tls_sans, ["a", "b", "c"]);
+    }
+}

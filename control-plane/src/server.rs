@@ -1,0 +1,212 @@
+//! Wiring: open the store, set up auth and TLS, serve gRPC and admin HTTP, compact the change
+//! log in the background, and drain on SIGTERM (a second signal exits at once).
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use opentelemetry::KeyValue;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use portcullis_proto::v1::{
+    cluster_service_server::ClusterServiceServer, policy_service_server::PolicyServiceServer,
+};
+
+use crate::{
+    admin::{self, AdminState},
+    api::{ClusterApi, PolicyApi},
+    args::ServeArgs,
+    auth::{self, Authenticator, Role},
+    store::Store,
+    telemetry::Metrics,
+    tls,
+};
+
+/// Runs the control plane until SIGTERM/SIGINT.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let store = Arc::new(
+        Store::open(&args.data_dir)
+            .with_context(|| format!("opening store in {}", args.data_dir.display()))?,
+    );
+    info!(data_dir = %args.data_dir.display(), epoch = store.epoch(), revision = store.revision(), "Store open");
+
+    let mut authenticator = Authenticator::new(store.clone());
+    let token_path = args.admin_token_path();
+    let admin_token = auth::bootstrap_admin_token(&token_path)
+        .with_context(|| format!("bootstrap admin token {}", token_path.display()))?;
+    authenticator.add_operator("bootstrap-admin", Role::Admin, &admin_token);
+    drop(admin_token);
+    info!(path = %token_path.display(), "Bootstrap admin token (mode 0600)");
+    if let Some(path) = &args.tokens_file {
+        let count = authenticator.load_tokens_file(path)?;
+        info!(path = %path.display(), count, "Operator tokens loaded");
+    }
+    let authenticator = Arc::new(authenticator);
+
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tls::load(cert, key)?,
+        _ => {
+            let identity = tls::generated(&args.data_dir, &args.tls_sans)?;
+            let ca = tls::tls_dir(&args.data_dir).join("ca.crt");
+            info!(ca = %ca.display(), "Serving a certificate from the generated local CA");
+            identity
+        }
+    };
+
+    let metrics = Metrics::new()?;
+    let meter = metrics.meter();
+    let gauge_store = store.clone();
+    let _revision_gauge = meter
+        .u64_observable_gauge("portcullis_store_revision")
+        .with_description("The store's last durable revision")
+        .with_callback(move |observer| {
+            observer.observe(
+                gauge_store.revision(),
+                &[KeyValue::new("epoch", gauge_store.epoch().to_owned())],
+            )
+        })
+        .build();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PolicyServiceServer<PolicyApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ClusterServiceServer<ClusterApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection v1")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+
+    let grpc_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener {}", args.listen))?;
+    let admin_listener = admin::bind(args.admin_listen).await?;
+    let admin_state = AdminState {
+        ready: Arc::default(),
+        registry: metrics.registry.clone(),
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin_task = {
+        let mut rx = shutdown_rx.clone();
+        let router = admin::router(admin_state.clone());
+        tokio::spawn(
+            async move {
+                axum::serve(admin_listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }
+            .instrument(info_span!("admin")),
+        )
+    };
+    let compaction_task = tokio::spawn(
+        compact_periodically(store.clone(), args.changelog_keep, args.compaction_interval)
+            .instrument(info_span!("compaction")),
+    );
+
+    let grpc = Server::builder()
+        .tls_config(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem)),
+        )
+        .context("configuring TLS")?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PolicyServiceServer::new(PolicyApi::new(
+            store.clone(),
+            authenticator.clone(),
+        )))
+        .add_service(ClusterServiceServer::new(ClusterApi::new(
+            store.clone(),
+            authenticator.clone(),
+        )));
+    let grpc_addr = grpc_listener.local_addr()?;
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let mut grpc_task = tokio::spawn(
+        grpc.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+        })
+        .instrument(info_span!("grpc")),
+    );
+
+    admin_state.ready.store(true, Ordering::Release);
+    info!(grpc = %grpc_addr, admin = %args.admin_listen, "Control plane ready");
+
+    tokio::select! {
+        result = &mut grpc_task => {
+            compaction_task.abort();
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("gRPC server stopped unexpectedly")),
+                Ok(Err(e)) => Err(e).context("gRPC server failed"),
+                Err(e) => Err(e).context("gRPC server task panicked"),
+            };
+        }
+        () = shutdown_signal() => {}
+    }
+
+    info!(timeout_s = args.shutdown_timeout, "Draining");
+    admin_state.ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    compaction_task.abort();
+    let drain = async {
+        let _ = grpc_task.await;
+        let _ = admin_task.await;
+    };
+    tokio::select! {
+        () = drain => info!("Drained"),
+        () = tokio::time::sleep(Duration::from_secs(args.shutdown_timeout)) => warn!("Drain timed out"),
+        () = shutdown_signal() => warn!("Second signal: exiting now"),
+    }
+    Ok(())
+}
+
+async fn compact_periodically(store: Arc<Store>, keep: u64, interval_s: u64) {
+    let mut interval = tokio::time::interval(Duration::from_secs(interval_s.max(1)));
+    loop {
+        interval.tick().await;
+        match store.compact(keep).await {
+            Ok(0) => {}
+            Ok(dropped) => info!(
+                dropped,
+                through = store.compacted_through().unwrap_or(0),
+                "Change log compacted"
+            ),
+            Err(error) => error!(%error, "Change log compaction failed"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            error!(%error, "Cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

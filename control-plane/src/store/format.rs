@@ -1,0 +1,89 @@
+//! The data directory's format marker: `DIR/FORMAT` holds the store format version. A data dir
+//! written by a newer version is refused before sled touches it, so an older binary can never
+//! half-read (or rewrite) state it does not understand.
+
+use std::{fs, io, path::Path};
+
+use super::StoreError;
+
+/// The format this build reads and writes.
+pub const CURRENT_FORMAT: u32 = 1;
+
+const FORMAT_FILE: &str = "FORMAT";
+const STORE_DIR: &str = "store";
+
+/// Checks (or, for a new data dir, writes) the format marker.
+pub fn check_or_init(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(FORMAT_FILE);
+    match fs::read_to_string(&marker) {
+        Ok(text) => {
+            let found: u32 = text.trim().parse().map_err(|_| StoreError::Corrupt {
+                what: format!(
+                    "{}: not a format version: {:?}",
+                    marker.display(),
+                    text.trim()
+                ),
+            })?;
+            if found > CURRENT_FORMAT {
+                return Err(StoreError::NewerFormat {
+                    dir: dir.display().to_string(),
+                    found,
+                    supported: CURRENT_FORMAT,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if dir.join(STORE_DIR).exists() {
+                return Err(StoreError::Corrupt {
+                    what: format!("{} is missing but a store exists", marker.display()),
+                });
+            }
+            fs::create_dir_all(dir)?;
+            fs::write(&marker, format!("{CURRENT_FORMAT}\n"))?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where sled keeps its files inside the data dir.
+pub fn sled_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(STORE_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_dir_gets_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        check_or_init(dir.path()).unwrap();
+        let text = fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap();
+        assert_eq!(text.trim(), CURRENT_FORMAT.to_string());
+        check_or_init(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FORMAT_FILE), "7\n").unwrap();
+        let err = check_or_init(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerFormat { found: 7, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("format version 7"), "{err}");
+    }
+
+    #[test]
+    fn garbage_marker_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FORMAT_FILE), "seven").unwrap();
+        assert!(matches!(
+            check_or_init(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

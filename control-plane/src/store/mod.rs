@@ -1,0 +1,346 @@
+//! The control plane's durable state in sled: policies, clusters, agent token hashes, and the
+//! change log. Every mutation takes the next global revision and is written in one atomic sled
+//! transaction together with its change-log entry; the store is flushed before the caller gets
+//! an answer, and only then is the revision published to watchers. The store has an `epoch`
+//! (fixed at creation) so agents can tell a reset store from the one they synced with.
+
+mod changelog;
+mod clusters;
+mod format;
+mod policies;
+mod records;
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message;
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
+use tokio::sync::{Mutex, watch};
+
+pub use changelog::ChangesSince;
+pub use format::CURRENT_FORMAT;
+pub use policies::ApplyOutcome;
+pub use records::{Change, ChangeRecord};
+
+/// Errors of the store. The gRPC layer maps them to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name:?} is at revision {current}, not {expected}: read it again and retry")]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error(
+        "data dir {dir} was written by store format version {found}; this build supports up to \
+         version {supported}: run a newer portcullis-control-plane"
+    )]
+    NewerFormat {
+        dir: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store is corrupt: {what}")]
+    Corrupt { what: String },
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which tree an operation of a write touches.
+#[derive(Clone, Copy, Debug)]
+enum TreeId {
+    Policies,
+    Clusters,
+    Tokens,
+    Changes,
+}
+
+const META_EPOCH: &[u8] = b"epoch";
+const META_REVISION: &[u8] = b"revision";
+const META_COMPACTED: &[u8] = b"compacted_through";
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    policies: sled::Tree,
+    clusters: sled::Tree,
+    tokens: sled::Tree,
+    changes: sled::Tree,
+    epoch: String,
+    /// The last revision written to sled (maybe not yet flushed).
+    written: AtomicU64,
+    /// Serialises writers so revisions are assigned and committed in order.
+    write_lock: Mutex<()>,
+    /// The last revision that is durable; agents' streams watch it.
+    durable: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, refusing a data dir of a newer format.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        format::check_or_init(dir)?;
+        let db = sled::Config::new().path(format::sled_path(dir)).open()?;
+        let meta = db.open_tree("meta")?;
+        let epoch = match meta.get(META_EPOCH)? {
+            Some(bytes) => String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {
+                what: "epoch is not UTF-8".into(),
+            })?,
+            None => {
+                let epoch = uuid::Uuid::new_v4().to_string();
+                meta.insert(META_EPOCH, epoch.as_bytes())?;
+                db.flush()?;
+                epoch
+            }
+        };
+        let revision = read_u64(&meta, META_REVISION)?;
+        let (durable, _) = watch::channel(revision);
+        Ok(Self {
+            policies: db.open_tree("policies")?,
+            clusters: db.open_tree("clusters")?,
+            tokens: db.open_tree("tokens")?,
+            changes: db.open_tree("changes")?,
+            meta,
+            db,
+            epoch,
+            written: AtomicU64::new(revision),
+            write_lock: Mutex::new(()),
+            durable,
+        })
+    }
+
+    /// The id of this store's history; a new store gets a new epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The last durable revision.
+    pub fn revision(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// A receiver that sees every newly durable revision.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    /// Runs `build` under the writer lock, commits what it staged in one transaction, flushes,
+    /// and publishes the new revision. A build that stages no change writes nothing.
+    async fn write<T>(
+        &self,
+        build: impl FnOnce(&mut Writer<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.write_lock.lock().await;
+        let mut writer = Writer {
+            store: self,
+            revision: self.written.load(Ordering::Acquire),
+            now: now_millis(),
+            ops: Vec::new(),
+        };
+        let out = build(&mut writer)?;
+        let Writer { revision, ops, .. } = writer;
+        if ops.is_empty() {
+            return Ok(out);
+        }
+        self.commit(revision, &ops)?;
+        self.written.store(revision, Ordering::Release);
+        drop(guard);
+        // One flush covers every write committed before it, so concurrent writers share it.
+        self.db.flush_async().await?;
+        self.durable.send_if_modified(|durable| {
+            let newer = revision > *durable;
+            if newer {
+                *durable = revision;
+            }
+            newer
+        });
+        Ok(out)
+    }
+
+    fn commit(&self, revision: u64, ops: &[Op]) -> Result<(), StoreError> {
+        let trees = (
+            &self.meta,
+            &self.policies,
+            &self.clusters,
+            &self.tokens,
+            &self.changes,
+        );
+        let result: Result<(), TransactionError<()>> =
+            trees.transaction(|(meta, policies, clusters, tokens, changes)| {
+                for op in ops {
+                    let tree = match op.tree {
+                        TreeId::Policies => policies,
+                        TreeId::Clusters => clusters,
+                        TreeId::Tokens => tokens,
+                        TreeId::Changes => changes,
+                    };
+                    match &op.value {
+                        Some(value) => tree.insert(op.key.as_slice(), value.as_slice())?,
+                        None => tree.remove(op.key.as_slice())?,
+                    };
+                }
+                meta.insert(META_REVISION, &revision.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
+                what: "transaction aborted".into(),
+            }),
+        }
+    }
+}
+
+struct Op {
+    tree: TreeId,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+/// Stages one write: the revisions it takes and the operations it commits.
+struct Writer<'a> {
+    store: &'a Store,
+    /// The last revision taken so far.
+    revision: u64,
+    now: i64,
+    ops: Vec<Op>,
+}
+
+impl Writer<'_> {
+    /// Takes the next revision for `change` and stages its change-log entry.
+    fn take_revision(&mut self, change: Change) -> u64 {
+        let revision = self.next_revision();
+        self.log(revision, change);
+        revision
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    /// Stages the change-log entry of `revision`.
+    fn log(&mut self, revision: u64, change: Change) {
+        let record = ChangeRecord {
+            revision,
+            unix_millis: self.now,
+            change: Some(change),
+        };
+        self.put(
+            TreeId::Changes,
+            revision.to_be_bytes().to_vec(),
+            record.encode_to_vec(),
+        );
+    }
+
+    fn put(&mut self, tree: TreeId, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op {
+            tree,
+            key,
+            value: Some(value),
+        });
+    }
+
+    fn delete(&mut self, tree: TreeId, key: Vec<u8>) {
+        self.ops.push(Op {
+            tree,
+            key,
+            value: None,
+        });
+    }
+
+    fn timestamp(&self) -> pbjson_types::Timestamp {
+        timestamp_from_millis(self.now)
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: format!("meta key {} is not a u64", String::from_utf8_lossy(key)),
+            })?;
+            Ok(u64::from_be_bytes(array))
+        }
+    }
+}
+
+fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("{what}: {e}"),
+    })
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Converts unix milliseconds to a protobuf timestamp.
+pub fn timestamp_from_millis(millis: i64) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// One page of a listing: the items, and whether more follow the last one.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+/// Lists values of `tree` in key order, starting after `after`.
+fn list_page<T>(
+    tree: &sled::Tree,
+    after: Option<&str>,
+    limit: usize,
+    mut decode_item: impl FnMut(&[u8]) -> Result<T, StoreError>,
+) -> Result<Page<T>, StoreError> {
+    let iter = match after {
+        Some(after) => tree.range::<&[u8], _>((
+            std::ops::Bound::Excluded(after.as_bytes()),
+            std::ops::Bound::Unbounded,
+        )),
+        None => tree.iter(),
+    };
+    let mut items = Vec::with_capacity(limit.min(1024));
+    for entry in iter {
+        let (_, value) = entry?;
+        if items.len() == limit {
+            return Ok(Page { items, more: true });
+        }
+        items.push(decode_item(&value)?);
+    }
+    Ok(Page { items, more: false })
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Store;
+
+    /// A store in a fresh temporary directory (kept alive by the returned guard).
+    pub fn temp_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (store, dir)
+    }
+}
