@@ -1,0 +1,168 @@
+//! The `portcullis` command line. Connection flags can also come from the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Operate Portcullis: policies, clusters"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Control plane address.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub server: String,
+    /// Bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token (e.g. DATA_DIR/admin.token).
+    #[arg(long, global = true, env = "PORTCULLIS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the server [default: the system roots].
+    #[arg(long, global = true, env = "PORTCULLIS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage protection policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Manage registered clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Create or update the policies in YAML/JSON files (all or none).
+    Apply {
+        /// Policy file, directory of *.yaml/*.yml/*.json files, or - for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate on the server without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one policy.
+    Get {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List policies.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a policy.
+    Delete {
+        name: String,
+        /// Delete only if the policy is still at this revision.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Register a cluster and print its agent token (shown only once).
+    Register {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Register with protection off.
+        #[arg(long)]
+        disabled: bool,
+        #[arg(long, value_enum)]
+        failure_policy: Option<FailurePolicy>,
+        /// Webhook timeout in seconds (1-30).
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one cluster and its agent's status.
+    Get {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The fleet view: every cluster and its agent's status.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a cluster and revoke its agent token.
+    Delete { name: String },
+    /// Change protection settings; unspecified settings keep their values.
+    Protect {
+        name: String,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        #[arg(long, value_enum)]
+        failure_policy: Option<FailurePolicy>,
+        /// Webhook timeout in seconds (1-30).
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailurePolicy {
+    Ignore,
+    Fail,
+}
+
+impl FailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Ignore => "ignore",
+            FailurePolicy::Fail => "fail",
+        }
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}

@@ -1,0 +1,78 @@
+//! Connecting to the control plane: TLS (the given CA or the system roots) and the bearer token
+//! on every call.
+
+use std::fs;
+
+use anyhow::{Context, Result, bail};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+use portcullis_proto::v1::{
+    cluster_service_client::ClusterServiceClient, policy_service_client::PolicyServiceClient,
+};
+
+use crate::args::Connection;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, BearerToken>;
+
+/// The clients of one connection.
+pub struct Clients {
+    pub policies: PolicyServiceClient<Authed>,
+    pub clusters: ClusterServiceClient<Authed>,
+}
+
+pub async fn connect(connection: &Connection) -> Result<Clients> {
+    let token = match (&connection.token, &connection.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => fs::read_to_string(path)
+            .with_context(|| format!("reading token file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!("no token: pass --token or --token-file (or set PORTCULLIS_TOKEN)"),
+    };
+    let bearer = MetadataValue::try_from(format!("Bearer {token}"))
+        .context("the token has characters that cannot go in a header")?;
+
+    let url = &connection.server;
+    if !url.starts_with("https://") {
+        bail!("--server {url:?}: must be an https:// URL (the control plane only speaks TLS)");
+    }
+    let mut tls = ClientTlsConfig::new();
+    tls = match &connection.ca_file {
+        Some(path) => {
+            let pem =
+                fs::read(path).with_context(|| format!("reading CA file {}", path.display()))?;
+            tls.ca_certificate(Certificate::from_pem(pem))
+        }
+        None => tls.with_native_roots(),
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("--server {url:?}"))?
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let bearer = BearerToken(bearer);
+    Ok(Clients {
+        policies: PolicyServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        clusters: ClusterServiceClient::with_interceptor(channel, bearer),
+    })
+}

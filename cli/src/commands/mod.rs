@@ -1,0 +1,14 @@
+//! One module per command group.
+
+pub mod cluster;
+pub mod policy;
+
+use anyhow::anyhow;
+use tonic::{Response, Status};
+
+/// The message of a call, or an error that reads `InvalidArgument: <what the server said>`.
+pub fn rpc<T>(result: Result<Response<T>, Status>) -> anyhow::Result<T> {
+    result
+        .map(Response::into_inner)
+        .map_err(|status| anyhow!("{:?}: {}", status.code(), status.message()))
+}
