@@ -1,1 +1,269 @@
-//! Test harness.
+//! Harness for the end-to-end tests: builds the real binaries once, starts them on free
+//! loopback ports with temporary data dirs, and kills them when the test ends (pass or fail).
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tempfile::TempDir;
+
+/// The directory holding the workspace's binaries, built once per test process.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bins"])
+            .args([
+                "-p",
+                "portcullis-control-plane",
+                "-p",
+                "portcullis-cli",
+                "-p",
+                "portcullis-agent",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the binaries");
+        assert!(status.success(), "building the binaries failed");
+        // target/debug/deps/<test> -> target/debug
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf()
+    })
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status line of `GET path` on a loopback HTTP port, if it answered.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// A running `portcullis-control-plane serve`.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub admin_port: u16,
+    extra_args: Vec<String>,
+    _tmp: Option<TempDir>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane with a fresh temporary data dir.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra `serve` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cp = Self {
+            child: None,
+            data_dir: tmp.path().join("data"),
+            port: free_port(),
+            admin_port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _tmp: Some(tmp),
+        };
+        cp.spawn();
+        cp
+    }
+
+    /// The serve command for this control plane (not started).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("portcullis-control-plane"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .args(&self.extra_args)
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let child = self
+            .command()
+            .spawn()
+            .expect("starting portcullis-control-plane");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("control plane exited during start-up: {status}");
+            }
+            if matches!(http_get(self.admin_port, "/readyz"), Some((200, _))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("control plane not ready within 30 s");
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("tls/ca.crt")
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// SIGKILL: no chance to flush or drain.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// Starts again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs the `portcullis` CLI against this control plane with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("portcullis"))
+            .args(args)
+            .env("PORTCULLIS_SERVER", self.url())
+            .env("PORTCULLIS_TOKEN", token)
+            .env("PORTCULLIS_CA_FILE", self.ca_file())
+            .env_remove("PORTCULLIS_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running portcullis")
+    }
+
+    /// Runs the CLI as the bootstrap admin.
+    pub fn admin_cli(&self, args: &[&str]) -> Output {
+        self.cli(&self.admin_token(), args)
+    }
+
+    /// Runs grpcurl against this control plane (TLS, trusting its CA) with `token`, if any.
+    pub fn grpcurl(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(grpcurl_path());
+        cmd.arg("-cacert").arg(self.ca_file());
+        if let Some(token) = token {
+            cmd.arg("-H").arg(format!("authorization: Bearer {token}"));
+        }
+        let (flags, rest) = split_grpcurl_args(args);
+        cmd.args(flags).arg(self.addr()).args(rest);
+        cmd.stdin(Stdio::null()).output().expect("running grpcurl")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// grpcurl's flags come before the address, the method after it: `["-d", "{}", "--", "svc/M"]`.
+fn split_grpcurl_args<'a>(args: &'a [&'a str]) -> (&'a [&'a str], &'a [&'a str]) {
+    match args.iter().position(|a| *a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (&[], args),
+    }
+}
+
+/// grpcurl: `PORTCULLIS_GRPCURL` (set by `cargo xtask test`) or `grpcurl` on PATH.
+pub fn grpcurl_path() -> PathBuf {
+    let path = std::env::var_os("PORTCULLIS_GRPCURL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "grpcurl".into());
+    let works = Command::new(&path)
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "grpcurl not found: run the tests with `cargo xtask test`, which installs it"
+    );
+    path
+}
+
+/// stdout of a command that must succeed.
+pub fn success(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// stderr of a command that must fail.
+pub fn failure(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "command succeeded but should have failed:\nstdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Parses JSON stdout of a successful command.
+pub fn json(output: &Output) -> serde_json::Value {
+    let text = success(output);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}

@@ -1,1 +1,37 @@
-fn main() {}
+//! `cargo xtask`: developer tasks.
+//!
+//! - `up`: build, then run the control plane on this machine with embedded defaults (data in
+//!   `.portcullis/`), and print what to try next.
+//! - `test`: install what the tests need (grpcurl), then run every test of the workspace.
+
+mod test;
+mod up;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane locally with embedded defaults (data in .portcullis/).
+    Up(up::UpArgs),
+    /// Install test tools (grpcurl) and run every test of the workspace.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Up(args) => up::run(args),
+        Command::Test { args } => test::run(&args),
+    }
+}
