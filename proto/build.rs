@@ -5,7 +5,11 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["portcullis/v1/policy.proto", "portcullis/v1/cluster.proto"];
+    let files = [
+        "portcullis/v1/policy.proto",
+        "portcullis/v1/cluster.proto",
+        "portcullis/v1/agent.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

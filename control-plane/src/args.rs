@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Seconds between change-log compactions.
     #[arg(long, env = "PORTCULLIS_COMPACTION_INTERVAL", default_value_t = 60)]
     pub compaction_interval: u64,
+    /// Seconds between heartbeats on an idle agent Sync stream.
+    #[arg(long, env = "PORTCULLIS_HEARTBEAT_INTERVAL", default_value_t = 10)]
+    pub heartbeat_interval: u64,
     /// Seconds to drain streams and in-flight requests on SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,

@@ -5,8 +5,10 @@ pub mod admin;
 pub mod api;
 pub mod args;
 pub mod auth;
+pub mod fleet;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 

@@ -14,15 +14,18 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
-    cluster_service_server::ClusterServiceServer, policy_service_server::PolicyServiceServer,
+    agent_service_server::AgentServiceServer, cluster_service_server::ClusterServiceServer,
+    policy_service_server::PolicyServiceServer,
 };
 
 use crate::{
     admin::{self, AdminState},
-    api::{ClusterApi, PolicyApi},
+    api::{AgentApi, ClusterApi, PolicyApi},
     args::ServeArgs,
     auth::{self, Authenticator, Role},
+    fleet::Fleet,
     store::Store,
+    sync::SyncSettings,
     telemetry::Metrics,
     tls,
 };
@@ -81,6 +84,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     health_reporter
         .set_serving::<ClusterServiceServer<ClusterApi>>()
         .await;
+    health_reporter
+        .set_serving::<AgentServiceServer<AgentApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -121,6 +127,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .instrument(info_span!("compaction")),
     );
 
+    let fleet = Fleet::default();
     let grpc = Server::builder()
         .tls_config(
             ServerTlsConfig::new()
@@ -138,6 +145,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(ClusterServiceServer::new(ClusterApi::new(
             store.clone(),
             authenticator.clone(),
+            fleet.clone(),
+        )))
+        .add_service(AgentServiceServer::new(AgentApi::new(
+            store.clone(),
+            authenticator.clone(),
+            fleet,
+            SyncSettings {
+                heartbeat: Duration::from_secs(args.heartbeat_interval.max(1)),
+            },
         )));
     let grpc_addr = grpc_listener.local_addr()?;
     let mut grpc_shutdown = shutdown_rx.clone();

@@ -15,6 +15,7 @@ use portcullis_proto::v1::{
 use super::{check_name, paging};
 use crate::{
     auth::{Access, Authenticator, generate_token, token_sha256},
+    fleet::Fleet,
     store::Store,
 };
 
@@ -24,11 +25,22 @@ pub const DEFAULT_TIMEOUT_SECONDS: u32 = 10;
 pub struct ClusterApi {
     store: Arc<Store>,
     auth: Arc<Authenticator>,
+    fleet: Fleet,
 }
 
 impl ClusterApi {
-    pub fn new(store: Arc<Store>, auth: Arc<Authenticator>) -> Self {
-        Self { store, auth }
+    pub fn new(store: Arc<Store>, auth: Arc<Authenticator>, fleet: Fleet) -> Self {
+        Self { store, auth, fleet }
+    }
+
+    /// The cluster with its agent's status filled in (the fleet view).
+    fn with_status(&self, mut cluster: Cluster) -> Cluster {
+        cluster.status = Some(self.fleet.status(
+            &cluster.name,
+            self.store.epoch(),
+            self.store.revision(),
+        ));
+        cluster
     }
 }
 
@@ -103,7 +115,7 @@ impl ClusterService for ClusterApi {
         check_name("name", &name)?;
         self.store
             .get_cluster(&name)?
-            .map(Response::new)
+            .map(|cluster| Response::new(self.with_status(cluster)))
             .ok_or_else(|| Status::not_found(format!("cluster {name:?} not found")))
     }
 
@@ -121,8 +133,13 @@ impl ClusterService for ClusterApi {
             (true, Some(last)) => paging::encode(LISTING, &last.name),
             _ => String::new(),
         };
+        let clusters = page
+            .items
+            .into_iter()
+            .map(|c| self.with_status(c))
+            .collect();
         Ok(Response::new(ListClustersResponse {
-            clusters: page.items,
+            clusters,
             next_page_token,
         }))
     }
@@ -135,6 +152,7 @@ impl ClusterService for ClusterApi {
         let name = request.into_inner().name;
         check_name("name", &name)?;
         let revision = self.store.delete_cluster(&name).await?;
+        self.fleet.remove(&name);
         info!(cluster = %name, revision, operator = %operator.name, "Cluster deleted, agent token revoked");
         Ok(Response::new(DeleteClusterResponse { revision }))
     }
@@ -150,7 +168,7 @@ impl ClusterService for ClusterApi {
             return Err(Status::invalid_argument("protection: required"));
         };
         let protection = protection_settings(Some(given), "protection")?;
-        let cluster = self.store.set_protection(&request.name, protection).await?;
+        let cluster = self.with_status(self.store.set_protection(&request.name, protection).await?);
         info!(cluster = %cluster.name, revision = cluster.revision, operator = %operator.name, "Protection settings changed");
         Ok(Response::new(cluster))
     }

@@ -1,10 +1,12 @@
 //! The gRPC layer: operator services over the store. Domain and store errors become
 //! `tonic::Status` here and nowhere else.
 
+mod agent;
 mod cluster;
 mod paging;
 mod policy;
 
+pub use agent::AgentApi;
 pub use cluster::ClusterApi;
 pub use policy::PolicyApi;
 

@@ -9,6 +9,7 @@ mod clusters;
 mod format;
 mod policies;
 mod records;
+mod snapshot;
 
 use std::{
     path::Path,
@@ -27,6 +28,7 @@ pub use changelog::ChangesSince;
 pub use format::CURRENT_FORMAT;
 pub use policies::ApplyOutcome;
 pub use records::{Change, ChangeRecord};
+pub use snapshot::StoreSnapshot;
 
 /// Errors of the store. The gRPC layer maps them to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +288,8 @@ fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreErro
     })
 }
 
-fn now_millis() -> i64 {
+/// Wall-clock unix milliseconds.
+pub fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

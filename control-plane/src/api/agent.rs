@@ -1,0 +1,98 @@
+//! `portcullis.v1.AgentService`: the Sync stream and status reports. Only a cluster's own agent
+//! token is accepted, and only for that cluster.
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info_span, warn};
+
+use portcullis_proto::v1::{
+    ReportStatusRequest, ReportStatusResponse, SyncRequest, SyncResponse,
+    agent_service_server::AgentService,
+};
+
+use crate::{
+    auth::Authenticator,
+    fleet::Fleet,
+    store::Store,
+    sync::{self, SyncSettings},
+};
+
+pub struct AgentApi {
+    store: Arc<Store>,
+    auth: Arc<Authenticator>,
+    fleet: Fleet,
+    settings: SyncSettings,
+}
+
+impl AgentApi {
+    pub fn new(
+        store: Arc<Store>,
+        auth: Arc<Authenticator>,
+        fleet: Fleet,
+        settings: SyncSettings,
+    ) -> Self {
+        Self {
+            store,
+            auth,
+            fleet,
+            settings,
+        }
+    }
+
+    /// The agent's cluster, which must be the one the request names.
+    fn authorize(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        claimed: &str,
+    ) -> Result<String, Status> {
+        let cluster = self.auth.agent(metadata)?;
+        if claimed != cluster {
+            warn!(token_cluster = %cluster, claimed, "Agent token used for another cluster");
+            return Err(Status::permission_denied(format!(
+                "this token belongs to cluster {cluster:?}, not {claimed:?}"
+            )));
+        }
+        Ok(cluster)
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
+        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let request = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let connection = self.fleet.connected(&cluster, &request.agent_version);
+        let store = self.store.clone();
+        let settings = self.settings.clone();
+        let span = info_span!("sync", cluster = %cluster);
+        tokio::spawn(
+            async move {
+                sync::serve(store, cluster, request, settings, tx).await;
+                drop(connection);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<ReportStatusRequest>,
+    ) -> Result<Response<ReportStatusResponse>, Status> {
+        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let report = request.into_inner();
+        if !report.error.is_empty() {
+            warn!(%cluster, failed_revision = report.failed_revision, error = %report.error, "Agent could not apply a revision");
+        }
+        self.fleet.report(&cluster, &report);
+        Ok(Response::new(ReportStatusResponse {}))
+    }
+}

@@ -1,0 +1,171 @@
+//! The fleet view: what each cluster's agent last said (ACK / NACK, version, cache age,
+//! protection state) and whether it is connected. Kept in memory: agents report again as soon
+//! as they reconnect to a restarted control plane.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use portcullis_proto::v1::{ClusterStatus, ReportStatusRequest};
+
+#[derive(Clone, Debug, Default)]
+struct AgentRecord {
+    streams: usize,
+    last_seen: Option<SystemTime>,
+    agent_version: String,
+    applied_epoch: String,
+    applied_revision: u64,
+    last_error: String,
+    protection_state: String,
+}
+
+/// Per-cluster agent status, shared by the agent and cluster services.
+#[derive(Clone, Default)]
+pub struct Fleet {
+    agents: Arc<Mutex<HashMap<String, AgentRecord>>>,
+}
+
+/// Marks a cluster connected while it lives (one per open Sync stream).
+pub struct Connection {
+    fleet: Fleet,
+    cluster: String,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.fleet.update(&self.cluster, |record| {
+            record.streams = record.streams.saturating_sub(1);
+            record.last_seen = Some(SystemTime::now());
+        });
+    }
+}
+
+impl Fleet {
+    fn update(&self, cluster: &str, f: impl FnOnce(&mut AgentRecord)) {
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        f(agents.entry(cluster.to_owned()).or_default());
+    }
+
+    /// Records an open Sync stream until the returned guard drops.
+    pub fn connected(&self, cluster: &str, agent_version: &str) -> Connection {
+        self.update(cluster, |record| {
+            record.streams += 1;
+            record.last_seen = Some(SystemTime::now());
+            if !agent_version.is_empty() {
+                record.agent_version = agent_version.to_owned();
+            }
+        });
+        Connection {
+            fleet: self.clone(),
+            cluster: cluster.to_owned(),
+        }
+    }
+
+    /// Records a status report: an ACK moves the applied revision, a NACK sets the error.
+    pub fn report(&self, cluster: &str, report: &ReportStatusRequest) {
+        self.update(cluster, |record| {
+            record.last_seen = Some(SystemTime::now());
+            record.agent_version = report.agent_version.clone();
+            record.applied_epoch = report.applied_epoch.clone();
+            record.applied_revision = report.applied_revision;
+            record.protection_state = report.protection_state.clone();
+            record.last_error = if report.error.is_empty() {
+                String::new()
+            } else if report.failed_revision != 0 {
+                format!("revision {}: {}", report.failed_revision, report.error)
+            } else {
+                report.error.clone()
+            };
+        });
+    }
+
+    /// Forgets a deleted cluster.
+    pub fn remove(&self, cluster: &str) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cluster);
+    }
+
+    /// The status of `cluster` against the store's (epoch, revision).
+    pub fn status(&self, cluster: &str, epoch: &str, revision: u64) -> ClusterStatus {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = agents.get(cluster) else {
+            return ClusterStatus {
+                lag: revision,
+                ..Default::default()
+            };
+        };
+        let applied = if record.applied_epoch == epoch {
+            record.applied_revision
+        } else {
+            0
+        };
+        ClusterStatus {
+            connected: record.streams > 0,
+            last_seen: record.last_seen.map(timestamp),
+            agent_version: record.agent_version.clone(),
+            applied_epoch: record.applied_epoch.clone(),
+            applied_revision: record.applied_revision,
+            lag: revision.saturating_sub(applied),
+            last_error: record.last_error.clone(),
+            protection_state: record.protection_state.clone(),
+        }
+    }
+}
+
+fn timestamp(time: SystemTime) -> pbjson_types::Timestamp {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ack_nack_and_lag() {
+        let fleet = Fleet::default();
+        assert_eq!(fleet.status("a", "e1", 5).lag, 5);
+        let conn = fleet.connected("a", "0.1.0");
+        assert!(fleet.status("a", "e1", 5).connected);
+        let ack = ReportStatusRequest {
+            applied_epoch: "e1".into(),
+            applied_revision: 5,
+            ..Default::default()
+        };
+        fleet.report("a", &ack);
+        let status = fleet.status("a", "e1", 5);
+        assert_eq!(
+            (
+                status.applied_revision,
+                status.lag,
+                status.last_error.as_str()
+            ),
+            (5, 0, "")
+        );
+        // An ACK from another epoch counts for nothing.
+        assert_eq!(fleet.status("a", "e2", 7).lag, 7);
+        let nack = ReportStatusRequest {
+            applied_epoch: "e1".into(),
+            applied_revision: 5,
+            failed_revision: 6,
+            error: "bad policy".into(),
+            ..Default::default()
+        };
+        fleet.report("a", &nack);
+        assert_eq!(
+            fleet.status("a", "e1", 6).last_error,
+            "revision 6: bad policy"
+        );
+        drop(conn);
+        assert!(!fleet.status("a", "e1", 6).connected);
+    }
+}
