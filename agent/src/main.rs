@@ -1,18 +1,16 @@
-//! `portcullis-agent`: the per-cluster agent. Its sync client, cache and admission webhook are
-//! being built; this binary only answers `--version` and `--help` for now.
-
 use clap::Parser;
+use portcullis_agent::{args::Cli, run, telemetry};
 
-#[derive(Parser)]
-#[command(
-    name = "portcullis-agent",
-    version,
-    about = "Portcullis per-cluster agent (in progress)"
-)]
-struct Cli {}
-
-fn main() {
-    Cli::parse();
-    eprintln!("portcullis-agent: nothing to run yet; see `portcullis-agent --help`");
-    std::process::exit(2);
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("portcullis-agent: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

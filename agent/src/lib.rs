@@ -1,0 +1,168 @@
+//! The Portcullis agent: keeps the control plane's state for its cluster in a durable cache,
+//! enforces from it (the webhook reads an immutable snapshot), and reports status back.
+
+pub mod admin;
+pub mod args;
+pub mod cache;
+pub mod state;
+pub mod stats;
+pub mod sync;
+pub mod telemetry;
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use args::{Cli, Command, RunArgs};
+
+/// The agent's version, reported to the control plane.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Wall-clock unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => run_agent(args).await,
+    }
+}
+
+async fn run_agent(args: RunArgs) -> Result<()> {
+    if !args.standalone {
+        bail!(
+            "Kubernetes mode (webhook configuration, certificates, leader election) is not \
+             available in this version: run with --standalone"
+        );
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let opened = cache::Cache::open_or_recover(&args.data_dir)
+        .with_context(|| format!("opening the cache in {}", args.data_dir.display()))?;
+    let stats = Arc::new(stats::SyncStats::default());
+    if let Some(note) = &opened.recovered {
+        error!(note = %note, "Cache was corrupt: starting empty, a resync rebuilds it");
+        *stats
+            .cache_recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("cache was corrupt and rebuilt: {note}"));
+    }
+    if opened.state.is_loaded() {
+        info!(epoch = %opened.state.epoch, revision = opened.state.revision, policies = opened.state.policies.len(), "Serving from the cache");
+    } else {
+        info!("No cached state: waiting for the first snapshot");
+    }
+    let state = state::handle(opened.state);
+    let cache = Arc::new(opened.cache);
+
+    let (registry, _meter_provider) = telemetry::metrics(state.clone(), stats.clone())?;
+    let admin_state = admin::AdminState {
+        cluster: args.cluster.clone(),
+        listening: Arc::default(),
+        state: state.clone(),
+        stats: stats.clone(),
+        registry,
+    };
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding admin listener {}", args.admin_listen))?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut admin_task = {
+        let router = admin::router(admin_state.clone());
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(
+            async move {
+                axum::serve(admin_listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }
+            .instrument(info_span!("admin")),
+        )
+    };
+
+    let reporter = sync::status::StatusReporter::default();
+    let reporter_task = tokio::spawn(
+        reporter
+            .clone()
+            .run(
+                args.cluster.clone(),
+                state.clone(),
+                stats.clone(),
+                Duration::from_secs(args.status_interval.max(1)),
+            )
+            .instrument(info_span!("status")),
+    );
+    let client = sync::SyncClient {
+        config: sync::SyncConfig {
+            cluster: args.cluster.clone(),
+            control_plane: args.control_plane.clone(),
+            token_file: args.token_file.clone(),
+            ca_file: args.ca_file.clone(),
+            heartbeat_misses: args.heartbeat_misses,
+            reconnect_initial: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(args.reconnect_max.max(1)),
+        },
+        cache,
+        state,
+        stats,
+        reporter,
+    };
+    let mut sync_task = tokio::spawn(
+        client
+            .run()
+            .instrument(info_span!("sync", cluster = %args.cluster)),
+    );
+
+    admin_state.listening.store(true, Ordering::Release);
+    info!(cluster = %args.cluster, admin = %args.admin_listen, "Agent running (standalone)");
+
+    tokio::select! {
+        result = &mut sync_task => {
+            bail!("the sync client stopped: {result:?}");
+        }
+        result = &mut admin_task => {
+            bail!("the admin server stopped: {result:?}");
+        }
+        () = shutdown_signal() => {}
+    }
+    info!("Draining");
+    admin_state.listening.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    sync_task.abort();
+    reporter_task.abort();
+    tokio::select! {
+        _ = admin_task => info!("Drained"),
+        () = tokio::time::sleep(Duration::from_secs(10)) => warn!("Drain timed out"),
+        () = shutdown_signal() => warn!("Second signal: exiting now"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            error!(%error, "Cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The sync client: one long-lived `Sync` stream to the control plane. It applies a snapshot
+//! atomically or deltas in order, persists each revision to the cache before swapping it in
+//! for readers, reports ACK / NACK, and reconnects with jittered backoff when the stream fails,
+//! goes quiet past the heartbeat deadline, or shows a revision gap.
+
+pub mod apply;
+mod reconnect;
+pub mod status;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::time::timeout;
+use tonic::{
+    Code, Status, Streaming,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+use tracing::{error, info, warn};
+
+use portcullis_proto::v1::{
+    SyncRequest, SyncResponse, SyncStart, agent_service_client::AgentServiceClient,
+    sync_response::Message,
+};
+
+use crate::{cache::Cache, state::StateHandle, stats::SyncStats};
+use apply::ApplyError;
+use reconnect::Reconnect;
+use status::{AgentClient, Bearer, Outcome, StatusReporter};
+
+/// The first message must come within this time.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and who the agent is.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub cluster: String,
+    pub control_plane: String,
+    pub token_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    /// Heartbeats missed in a row before the stream counts as dead.
+    pub heartbeat_misses: u32,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+pub struct SyncClient {
+    pub config: SyncConfig,
+    pub cache: Arc<Cache>,
+    pub state: StateHandle,
+    pub stats: Arc<SyncStats>,
+    pub reporter: StatusReporter,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Local(String),
+    #[error("connecting: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("control plane said {code:?}: {message}", code = .0.code(), message = .0.message())]
+    Status(Status),
+    #[error("no message for {0:?}: the stream is dead")]
+    Dead(Duration),
+    #[error("the control plane ended the stream")]
+    Ended,
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+}
+
+impl SyncClient {
+    /// Runs forever: sessions separated by backoff.
+    pub async fn run(self) {
+        let mut reconnect =
+            Reconnect::new(self.config.reconnect_initial, self.config.reconnect_max);
+        loop {
+            let result = self.session(&mut reconnect).await;
+            self.stats.set_connected(false);
+            let error = match result {
+                Ok(never) => match never {},
+                Err(error) => error,
+            };
+            self.stats.set_error(&error.to_string());
+            let delay = match &error {
+                SessionError::Status(status)
+                    if matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated
+                    ) =>
+                {
+                    error!(%error, cluster = %self.config.cluster, "Sync refused: check the cluster name and token");
+                    reconnect.slow_delay()
+                }
+                _ => {
+                    warn!(%error, "Sync stream ended");
+                    reconnect.next_delay()
+                }
+            };
+            self.stats
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(delay_ms = delay.as_millis() as u64, "Reconnecting");
+            self.sleep_unless_token_changes(delay).await;
+        }
+    }
+
+    /// Waits `delay`, or less when the token file changes (a rotated Secret is tried at once).
+    async fn sleep_unless_token_changes(&self, delay: Duration) {
+        let read = || std::fs::read(&self.config.token_file).ok();
+        let before = read();
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep((deadline - now).min(Duration::from_secs(1))).await;
+            if read() != before {
+                info!("Token file changed: reconnecting now");
+                return;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<AgentClient, SessionError> {
+        let token = std::fs::read_to_string(&self.config.token_file).map_err(|e| {
+            SessionError::Local(format!(
+                "reading token file {}: {e}",
+                self.config.token_file.display()
+            ))
+        })?;
+        let bearer = Bearer::new(token.trim()).map_err(SessionError::Local)?;
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    SessionError::Local(format!("reading CA file {}: {e}", path.display()))
+                })?;
+                tls.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        let channel: Channel = Endpoint::from_shared(self.config.control_plane.clone())
+            .map_err(|e| SessionError::Local(format!("--control-plane: {e}")))?
+            .tls_config(tls)
+            .map_err(|e| SessionError::Local(format!("TLS: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(SessionError::Connect)?;
+        Ok(AgentServiceClient::with_interceptor(channel, bearer))
+    }
+
+    async fn session(
+        &self,
+        reconnect: &mut Reconnect,
+    ) -> Result<std::convert::Infallible, SessionError> {
+        let mut client = self.connect().await?;
+        self.reporter.set_client(client.clone());
+        let held = self.state.load_full();
+        let request = SyncRequest {
+            cluster: self.config.cluster.clone(),
+            epoch: held.epoch.clone(),
+            revision: held.revision,
+            agent_version: crate::VERSION.into(),
+        };
+        let mut stream = client
+            .sync(request)
+            .await
+            .map_err(SessionError::Status)?
+            .into_inner();
+        let start = match next(&mut stream, START_TIMEOUT).await? {
+            Message::Start(start) => start,
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "expected start, got {}",
+                    kind(&other)
+                )));
+            }
+        };
+        self.stats.heard();
+        self.stats.set_connected(true);
+        let deadline = Duration::from_millis(u64::from(start.heartbeat_interval_ms).max(100))
+            * self.config.heartbeat_misses.max(1);
+        match start.mode.as_str() {
+            "snapshot" => self.receive_snapshot(&mut stream, &start, deadline).await?,
+            "resume" if start.epoch == held.epoch => {
+                info!(revision = held.revision, "Resuming");
+                self.stats.set_mode("resume");
+            }
+            "resume" => {
+                return Err(SessionError::Protocol(format!(
+                    "resume offered in epoch {}, the agent holds {}",
+                    start.epoch, held.epoch
+                )));
+            }
+            other => return Err(SessionError::Protocol(format!("unknown mode {other:?}"))),
+        }
+        reconnect.reset();
+        loop {
+            match next(&mut stream, deadline).await? {
+                Message::Delta(delta) => {
+                    self.stats.heard();
+                    let revision = delta.revision;
+                    let current = self.state.load_full();
+                    let result = apply::delta(&current, delta, crate::now_ms());
+                    self.commit(&current, result, revision).await?;
+                    self.stats
+                        .deltas
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Message::Heartbeat(_) => self.stats.heard(),
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "unexpected {} mid-stream",
+                        kind(&other)
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn receive_snapshot(
+        &self,
+        stream: &mut Streaming<SyncResponse>,
+        start: &SyncStart,
+        deadline: Duration,
+    ) -> Result<(), SessionError> {
+        info!(epoch = %start.epoch, revision = start.revision, reason = %start.reason, "Receiving snapshot");
+        let mut policies = Vec::new();
+        let end = loop {
+            match next(stream, deadline).await? {
+                Message::SnapshotChunk(chunk) => policies.extend(chunk.policies),
+                Message::SnapshotEnd(end) => break end,
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "unexpected {} in a snapshot",
+                        kind(&other)
+                    )));
+                }
+            }
+        };
+        self.stats.heard();
+        let current = self.state.load_full();
+        let result = apply::snapshot(
+            &start.epoch,
+            end.revision,
+            policies,
+            end.protection,
+            crate::now_ms(),
+        );
+        self.commit(&current, result, end.revision).await?;
+        self.stats
+            .snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.set_mode("snapshot");
+        Ok(())
+    }
+
+    /// Persists and swaps in an applied state and ACKs it, or NACKs the failure.
+    async fn commit(
+        &self,
+        current: &crate::state::AgentState,
+        result: Result<crate::state::AgentState, ApplyError>,
+        revision: u64,
+    ) -> Result<(), SessionError> {
+        let next = match result {
+            Ok(next) => next,
+            Err(error) => {
+                if !matches!(error, ApplyError::Gap { .. }) {
+                    error!(%error, revision, "Cannot apply revision: keeping the last good state");
+                    self.stats
+                        .nacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.reporter.report(Outcome::Nack {
+                        revision,
+                        error: error.to_string(),
+                    });
+                }
+                return Err(error.into());
+            }
+        };
+        if let Err(error) = self.cache.persist(current, &next).await {
+            let message = format!("writing the cache: {error}");
+            error!(%error, revision, "Cannot persist revision: keeping the last good state");
+            self.reporter.report(Outcome::Nack {
+                revision,
+                error: message.clone(),
+            });
+            return Err(SessionError::Local(message));
+        }
+        let (epoch, policies) = (next.epoch.clone(), next.policies.len());
+        self.state.store(Arc::new(next));
+        info!(%epoch, revision, policies, "Applied");
+        self.reporter.report(Outcome::Ack);
+        Ok(())
+    }
+}
+
+async fn next(
+    stream: &mut Streaming<SyncResponse>,
+    deadline: Duration,
+) -> Result<Message, SessionError> {
+    match timeout(deadline, stream.message()).await {
+        Err(_) => Err(SessionError::Dead(deadline)),
+        Ok(Err(status)) => Err(SessionError::Status(status)),
+        Ok(Ok(None)) => Err(SessionError::Ended),
+        Ok(Ok(Some(SyncResponse {
+            message: Some(message),
+        }))) => Ok(message),
+        Ok(Ok(Some(SyncResponse { message: None }))) => {
+            Err(SessionError::Protocol("empty message".into()))
+        }
+    }
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Start(_) => "start",
+        Message::SnapshotChunk(_) => "snapshot chunk",
+        Message::SnapshotEnd(_) => "snapshot end",
+        Message::Delta(_) => "delta",
+        Message::Heartbeat(_) => "heartbeat",
+    }
+}

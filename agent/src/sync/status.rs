@@ -1,0 +1,121 @@
+//! Status reports to the control plane: ACK (the applied epoch and revision) or NACK (the
+//! revision that failed and why), with the agent's version, cache age and policy count. The
+//! latest outcome wins: a reporter task sends it whenever it changes, when the connection is
+//! new, and periodically, so the fleet view stays fresh without blocking the sync stream.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tracing::debug;
+
+use portcullis_proto::v1::{ReportStatusRequest, agent_service_client::AgentServiceClient};
+
+use crate::{state::StateHandle, stats::SyncStats};
+
+/// Adds the cluster's agent token to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.is_empty() {
+            return Err("the token file is empty".into());
+        }
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .map(Self)
+            .map_err(|_| "the token has characters that cannot go in a header".into())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The result of the last apply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Ack,
+    Nack { revision: u64, error: String },
+}
+
+/// Hands outcomes and connections to the reporter task.
+#[derive(Clone)]
+pub struct StatusReporter {
+    outcome: watch::Sender<Outcome>,
+    client: watch::Sender<Option<AgentClient>>,
+}
+
+impl Default for StatusReporter {
+    fn default() -> Self {
+        Self {
+            outcome: watch::Sender::new(Outcome::Ack),
+            client: watch::Sender::new(None),
+        }
+    }
+}
+
+impl StatusReporter {
+    pub fn report(&self, outcome: Outcome) {
+        self.outcome.send_replace(outcome);
+    }
+
+    pub fn set_client(&self, client: AgentClient) {
+        self.client.send_replace(Some(client));
+    }
+
+    /// Sends reports until the process ends.
+    pub async fn run(
+        self,
+        cluster: String,
+        state: StateHandle,
+        stats: Arc<SyncStats>,
+        every: Duration,
+    ) {
+        let mut outcome = self.outcome.subscribe();
+        let mut client = self.client.subscribe();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = outcome.changed() => {}
+                _ = client.changed() => {}
+                _ = tick.tick() => {}
+            }
+            let Some(mut connection) = client.borrow_and_update().clone() else {
+                continue;
+            };
+            let last = outcome.borrow_and_update().clone();
+            let current = state.load();
+            let (failed_revision, error) = match last {
+                Outcome::Ack => (0, stats.error_for_report()),
+                Outcome::Nack { revision, error } => (revision, error),
+            };
+            let request = ReportStatusRequest {
+                cluster: cluster.clone(),
+                agent_version: crate::VERSION.into(),
+                applied_epoch: current.epoch.clone(),
+                applied_revision: current.revision,
+                failed_revision,
+                error,
+                cache_age_seconds: stats.cache_age_seconds(current.applied_at_ms),
+                protection_state: String::new(),
+                policies: current.policies.len() as u32,
+            };
+            if let Err(status) = connection.report_status(request).await {
+                debug!(code = ?status.code(), message = status.message(), "Status report not delivered");
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Logging (tracing, plain or JSON) and metrics (OpenTelemetry meters exported to the
+//! Prometheus registry that `/metrics` serves).
+
+use std::sync::{Arc, atomic::Ordering};
+
+use anyhow::Context;
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::{args::LogFormat, state::StateHandle, stats::SyncStats};
+
+/// Installs the global subscriber. `PORTCULLIS_LOG` (or `RUST_LOG`) sets the filter.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Reads one counter of the sync statistics.
+type ReadCounter = fn(&SyncStats) -> u64;
+
+/// Registers the agent's instruments; keep the returned provider alive.
+pub fn metrics(
+    state: StateHandle,
+    stats: Arc<SyncStats>,
+) -> anyhow::Result<(prometheus::Registry, SdkMeterProvider)> {
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()
+        .context("building the Prometheus exporter")?;
+    let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+    let meter = provider.meter("portcullis-agent");
+    let counters: [(&str, &str, ReadCounter); 4] = [
+        (
+            "portcullis_agent_snapshots_applied",
+            "Snapshots applied",
+            |s| s.snapshots.load(Ordering::Relaxed),
+        ),
+        ("portcullis_agent_deltas_applied", "Deltas applied", |s| {
+            s.deltas.load(Ordering::Relaxed)
+        }),
+        (
+            "portcullis_agent_nacks",
+            "Revisions that could not be applied",
+            |s| s.nacks.load(Ordering::Relaxed),
+        ),
+        ("portcullis_agent_reconnects", "Sync reconnects", |s| {
+            s.reconnects.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, description, read) in counters {
+        let stats = stats.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(read(&stats), &[]))
+            .build();
+    }
+    meter
+        .u64_observable_gauge("portcullis_agent_revision")
+        .with_description("The revision the agent enforces")
+        .with_callback(move |observer| observer.observe(state.load().revision, &[]))
+        .build();
+    let connected = stats.clone();
+    meter
+        .u64_observable_gauge("portcullis_agent_connected")
+        .with_description("1 while the Sync stream is up")
+        .with_callback(move |observer| observer.observe(u64::from(connected.connected()), &[]))
+        .build();
+    Ok((registry, provider))
+}
