@@ -110,6 +110,7 @@ impl ControlPlane {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", self.admin_port))
+            .args(["--heartbeat-interval", "1"])
             .args(&self.extra_args)
             .env("PORTCULLIS_LOG", "info")
             .stdin(Stdio::null());
@@ -179,6 +180,36 @@ impl ControlPlane {
         self.spawn();
     }
 
+    /// Starts again on the same ports with an empty store (a new epoch); the TLS material and
+    /// the admin token are kept.
+    pub fn reset_store(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir.join("store")).unwrap();
+        std::fs::remove_file(self.data_dir.join("FORMAT")).unwrap();
+        self.spawn();
+    }
+
+    /// Registers `cluster` and returns its agent token.
+    pub fn register(&self, cluster: &str) -> String {
+        let out = json(&self.admin_cli(&["cluster", "register", cluster, "-o", "json"]));
+        out["agentToken"].as_str().expect("agentToken").to_owned()
+    }
+
+    /// The fleet view of one cluster (`cluster get -o json`).
+    pub fn cluster(&self, cluster: &str) -> serde_json::Value {
+        json(&self.admin_cli(&["cluster", "get", cluster, "-o", "json"]))
+    }
+
+    /// The store's revision, read from the admin metrics.
+    pub fn revision(&self) -> u64 {
+        let (_, body) = http_get(self.admin_port, "/metrics").expect("metrics");
+        body.lines()
+            .find(|l| l.starts_with("portcullis_store_revision"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .expect("portcullis_store_revision in /metrics")
+    }
+
     /// Runs the `portcullis` CLI against this control plane with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> Output {
         Command::new(bin_dir().join("portcullis"))
@@ -213,6 +244,183 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill();
+        dump_log_if_panicking("control plane", &self.data_dir.with_extension("log"));
+    }
+}
+
+/// An append-mode log file for a child's stderr (kept across restarts).
+fn log_file(path: &Path) -> Stdio {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    Stdio::from(file)
+}
+
+/// Prints a child's log when the test failed, so CI output shows what the binary said.
+fn dump_log_if_panicking(what: &str, path: &Path) {
+    if thread::panicking() {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        eprintln!(
+            "----- {what} log ({}) -----\n{log}----- end of {what} log -----",
+            path.display()
+        );
+    }
+}
+
+/// A running `portcullis-agent run --standalone`.
+pub struct Agent {
+    child: Option<Child>,
+    pub cluster: String,
+    pub data_dir: PathBuf,
+    pub token_file: PathBuf,
+    pub admin_port: u16,
+    control_plane: String,
+    ca_file: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Agent {
+    /// Starts an agent for `cluster` against `cp` (which may be down).
+    pub fn start(cp: &ControlPlane, cluster: &str, token: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let token_file = tmp.path().join("token");
+        std::fs::write(&token_file, token).unwrap();
+        let mut agent = Self {
+            child: None,
+            cluster: cluster.to_owned(),
+            data_dir: tmp.path().join("data"),
+            token_file,
+            admin_port: free_port(),
+            control_plane: cp.url(),
+            ca_file: cp.ca_file(),
+            _tmp: tmp,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin_dir().join("portcullis-agent"))
+            .args(["run", "--standalone", "--cluster", &self.cluster])
+            .args(["--control-plane", &self.control_plane])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--ca-file")
+            .arg(&self.ca_file)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .args(["--reconnect-max", "1", "--status-interval", "1"])
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(log_file(&self.data_dir.with_extension("log")))
+            .spawn()
+            .expect("starting portcullis-agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(self.admin_port, "/livez").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "agent admin port not up within 30 s"
+            );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("agent exited during start-up: {status}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `/state` as JSON.
+    pub fn state(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.admin_port, "/state").expect("agent /state");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The `/readyz` status code.
+    pub fn readyz(&self) -> u16 {
+        http_get(self.admin_port, "/readyz")
+            .map(|(code, _)| code)
+            .unwrap_or(0)
+    }
+
+    /// Polls `/state` until `pred` holds (30 s at most); returns the state that satisfied it.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self.state();
+            if pred(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {}: timed out waiting for {what}; state: {state}",
+                self.cluster
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the agent holds `revision`.
+    pub fn wait_revision(&self, revision: u64) -> serde_json::Value {
+        self.wait_for(&format!("revision {revision}"), |s| {
+            s["revision"] == revision
+        })
+    }
+
+    /// The names of the policies the agent holds.
+    pub fn policies(&self) -> Vec<String> {
+        self.state()["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn set_token(&self, token: &str) {
+        std::fs::write(&self.token_file, token).unwrap();
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again with the same data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        dump_log_if_panicking(
+            &format!("agent {}", self.cluster),
+            &self.data_dir.with_extension("log"),
+        );
+    }
+}
+
+/// Polls `pred` until it holds (30 s at most).
+pub fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

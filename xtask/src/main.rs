@@ -1,7 +1,7 @@
 //! `cargo xtask`: developer tasks.
 //!
-//! - `up`: build, then run the control plane on this machine with embedded defaults (data in
-//!   `.portcullis/`), and print what to try next.
+//! - `up`: build, then run the control plane and one agent on this machine with embedded
+//!   defaults (data in `.portcullis/`), and print what to try next.
 //! - `test`: install what the tests need (grpcurl), then run every test of the workspace.
 
 mod test;
@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane locally with embedded defaults (data in .portcullis/).
+    /// Run the control plane and one agent locally with embedded defaults (data in .portcullis/).
     Up(up::UpArgs),
     /// Install test tools (grpcurl) and run every test of the workspace.
     Test {

