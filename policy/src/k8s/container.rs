@@ -1,0 +1,247 @@
+//! Containers (regular, init and ephemeral share these fields) and their security context.
+
+use std::collections::BTreeMap;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::nullable;
+use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
+
+/// `corev1.Container`, reduced to what policies read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Container {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub image: String,
+    #[serde(deserialize_with = "nullable")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(deserialize_with = "nullable")]
+    pub security_context: SecurityContext,
+    #[serde(deserialize_with = "nullable")]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(deserialize_with = "nullable")]
+    pub resources: ResourceRequirements,
+    pub liveness_probe: Option<Handler>,
+    pub readiness_probe: Option<Handler>,
+    pub startup_probe: Option<Handler>,
+    #[serde(deserialize_with = "nullable")]
+    pub lifecycle: Lifecycle,
+}
+
+impl Container {
+    /// Every probe and lifecycle action that can name a host, with its field path relative to
+    /// the container (`livenessProbe.httpGet`), in a fixed order.
+    pub fn host_targets(&self) -> impl Iterator<Item = (&'static str, &HostTarget)> {
+        let handlers = [
+            self.liveness_probe.as_ref(),
+            self.readiness_probe.as_ref(),
+            self.startup_probe.as_ref(),
+            self.lifecycle.post_start.as_ref(),
+            self.lifecycle.pre_stop.as_ref(),
+        ];
+        let targets = handlers.map(|h| {
+            h.map_or((None, None), |h| {
+                (h.http_get.as_ref(), h.tcp_socket.as_ref())
+            })
+        });
+        HOST_TARGET_PATHS
+            .into_iter()
+            .zip(targets)
+            .flat_map(|((http_path, tcp_path), (http, tcp))| {
+                [http.map(|t| (http_path, t)), tcp.map(|t| (tcp_path, t))]
+            })
+            .flatten()
+    }
+}
+
+/// The `httpGet` and `tcpSocket` paths of each handler of `Container::host_targets`.
+const HOST_TARGET_PATHS: [(&str, &str); 5] = [
+    ("livenessProbe.httpGet", "livenessProbe.tcpSocket"),
+    ("readinessProbe.httpGet", "readinessProbe.tcpSocket"),
+    ("startupProbe.httpGet", "startupProbe.tcpSocket"),
+    (
+        "lifecycle.postStart.httpGet",
+        "lifecycle.postStart.tcpSocket",
+    ),
+    ("lifecycle.preStop.httpGet", "lifecycle.preStop.tcpSocket"),
+];
+
+/// A container port; only the host side matters to policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// 0 (the default) means no host port.
+    #[serde(deserialize_with = "nullable")]
+    pub host_port: i32,
+    #[serde(deserialize_with = "nullable")]
+    pub container_port: i32,
+}
+
+/// `corev1.SecurityContext`; unset fields fall back to the pod's where Kubernetes does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SecurityContext {
+    pub privileged: Option<bool>,
+    #[serde(deserialize_with = "nullable")]
+    pub capabilities: Capabilities,
+    pub allow_privilege_escalation: Option<bool>,
+    pub read_only_root_filesystem: Option<bool>,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: Option<bool>,
+    pub seccomp_profile: Option<Profile>,
+    pub app_armor_profile: Option<Profile>,
+    #[serde(rename = "seLinuxOptions")]
+    pub se_linux_options: Option<SeLinuxOptions>,
+    pub proc_mount: Option<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub windows_options: WindowsOptions,
+}
+
+/// Capabilities added to and dropped from the runtime's default set, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    #[serde(deserialize_with = "nullable")]
+    pub add: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub drop: Vec<String>,
+}
+
+/// A volume mounted into a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VolumeMount {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub read_only: bool,
+    #[serde(deserialize_with = "nullable")]
+    pub mount_path: String,
+}
+
+/// Container resources; only which limits are set matters to policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ResourceRequirements {
+    #[serde(deserialize_with = "nullable")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+/// A resource quantity as written (`500m`, `1Gi`); YAML often writes plain numbers (`cpu: 1`),
+/// which are kept as their decimal text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Quantity(pub String);
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct QuantityVisitor;
+        impl Visitor<'_> for QuantityVisitor {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a quantity (string or number)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(QuantityVisitor)
+    }
+}
+
+/// Container lifecycle hooks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub post_start: Option<Handler>,
+    pub pre_stop: Option<Handler>,
+}
+
+/// A probe or lifecycle hook, reduced to the actions that reach the network (`tcpSocket` is
+/// deprecated for hooks but still accepted, so still checked).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Handler {
+    pub http_get: Option<HostTarget>,
+    pub tcp_socket: Option<HostTarget>,
+}
+
+/// An `httpGet` or `tcpSocket` action: a non-empty `host` makes the kubelet connect to another
+/// machine, which lets a pod probe hosts it could not reach itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct HostTarget {
+    #[serde(deserialize_with = "nullable")]
+    pub host: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::k8s::parse;
+
+    #[test]
+    fn parses_container_settings() {
+        let c: Container = parse(&json!({
+            "name": "app", "image": "nginx:1.27",
+            "ports": [{"containerPort": 80, "hostPort": 8080}],
+            "securityContext": {
+                "privileged": true, "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true, "runAsUser": 0, "procMount": "Unmasked",
+                "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+                "windowsOptions": {"hostProcess": false},
+            },
+            "volumeMounts": [{"name": "logs", "mountPath": "/var/log", "readOnly": true}],
+            "resources": {"limits": {"cpu": 1, "memory": "128Mi"}},
+        }))
+        .unwrap();
+        assert_eq!((c.name.as_str(), c.image.as_str()), ("app", "nginx:1.27"));
+        assert_eq!(c.ports[0].host_port, 8080);
+        let sc = &c.security_context;
+        assert_eq!(sc.privileged, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.proc_mount.as_deref(), Some("Unmasked"));
+        assert_eq!(sc.capabilities.add, vec!["NET_ADMIN"]);
+        assert!(c.volume_mounts[0].read_only);
+        assert_eq!(c.resources.limits["cpu"], Quantity("1".into()));
+        assert!(parse::<Quantity>(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn lists_probe_and_lifecycle_hosts_in_order() {
+        let c: Container = parse(&json!({
+            "readinessProbe": {"tcpSocket": {"host": "b", "port": 1}},
+            "livenessProbe": {"httpGet": {"host": "a", "port": "http"}, "tcpSocket": {"port": 1}},
+            "lifecycle": {"preStop": {"httpGet": {"host": "d"}}, "postStart": {"exec": {}}},
+        }))
+        .unwrap();
+        let hosts: Vec<_> = c
+            .host_targets()
+            .map(|(path, t)| (path, t.host.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            vec![
+                ("livenessProbe.httpGet", "a"),
+                ("livenessProbe.tcpSocket", ""),
+                ("readinessProbe.tcpSocket", "b"),
+                ("lifecycle.preStop.httpGet", "d"),
+            ]
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The pod spec and its pod-level security context.
+
+use serde::Deserialize;
+
+use super::container::Container;
+use super::nullable;
+use super::volume::Volume;
+
+/// `corev1.PodSpec`, reduced to what policies read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(deserialize_with = "nullable")]
+    pub host_network: bool,
+    #[serde(rename = "hostPID", deserialize_with = "nullable")]
+    pub host_pid: bool,
+    #[serde(rename = "hostIPC", deserialize_with = "nullable")]
+    pub host_ipc: bool,
+    /// `Some(false)` runs the pod in a user namespace, which relaxes some Pod Security checks.
+    pub host_users: Option<bool>,
+    #[serde(deserialize_with = "nullable")]
+    pub security_context: PodSecurityContext,
+    #[serde(deserialize_with = "nullable")]
+    pub containers: Vec<Container>,
+    #[serde(deserialize_with = "nullable")]
+    pub init_containers: Vec<Container>,
+    /// Ephemeral containers share the container fields policies read.
+    #[serde(deserialize_with = "nullable")]
+    pub ephemeral_containers: Vec<Container>,
+    #[serde(deserialize_with = "nullable")]
+    pub volumes: Vec<Volume>,
+    pub os: Option<PodOs>,
+}
+
+impl PodSpec {
+    /// Windows pods cannot set Linux-only security fields, so checks that require them
+    /// exempt these pods (as Pod Security Admission does from v1.25).
+    pub fn is_windows(&self) -> bool {
+        self.os.as_ref().is_some_and(|os| os.name == "windows")
+    }
+
+    /// Whether the pod runs in a user namespace (`hostUsers: false`).
+    pub fn in_user_namespace(&self) -> bool {
+        self.host_users == Some(false)
+    }
+}
+
+/// `corev1.PodOS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PodOs {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+}
+
+/// `corev1.PodSecurityContext`: defaults for every container, plus pod-only settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: Option<bool>,
+    pub fs_group: Option<i64>,
+    #[serde(deserialize_with = "nullable")]
+    pub supplemental_groups: Vec<i64>,
+    pub seccomp_profile: Option<Profile>,
+    pub app_armor_profile: Option<Profile>,
+    #[serde(rename = "seLinuxOptions")]
+    pub se_linux_options: Option<SeLinuxOptions>,
+    #[serde(deserialize_with = "nullable")]
+    pub sysctls: Vec<Sysctl>,
+    #[serde(deserialize_with = "nullable")]
+    pub windows_options: WindowsOptions,
+}
+
+/// A seccomp or AppArmor profile field: `type` is `RuntimeDefault`, `Unconfined` or
+/// `Localhost` (then `localhostProfile` names the profile).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Profile {
+    #[serde(rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+    pub localhost_profile: Option<String>,
+}
+
+/// `corev1.SELinuxOptions`; an empty string is an unset field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct SeLinuxOptions {
+    #[serde(deserialize_with = "nullable")]
+    pub user: String,
+    #[serde(deserialize_with = "nullable")]
+    pub role: String,
+    #[serde(rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+    #[serde(deserialize_with = "nullable")]
+    pub level: String,
+}
+
+impl SeLinuxOptions {
+    /// True when no field is set, which is the same as no options at all.
+    pub fn is_empty(&self) -> bool {
+        self.user.is_empty()
+            && self.role.is_empty()
+            && self.type_.is_empty()
+            && self.level.is_empty()
+    }
+}
+
+/// A namespaced kernel parameter set for the pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Sysctl {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub value: String,
+}
+
+/// `corev1.WindowsSecurityContextOptions`, reduced to HostProcess.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WindowsOptions {
+    pub host_process: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::k8s::parse;
+
+    #[test]
+    fn parses_pod_level_settings() {
+        let spec: PodSpec = parse(&json!({
+            "hostNetwork": true, "hostPID": true, "hostIPC": false, "hostUsers": false,
+            "os": {"name": "windows"},
+            "securityContext": {
+                "runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true, "fsGroup": 2000,
+                "supplementalGroups": [4000],
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"},
+                "appArmorProfile": {"type": "RuntimeDefault"},
+                "seLinuxOptions": {"type": "container_t", "level": "s0:c1"},
+                "sysctls": [{"name": "kernel.shm_rmid_forced", "value": "0"}],
+                "windowsOptions": {"hostProcess": true},
+            },
+        }))
+        .unwrap();
+        assert!(spec.host_network && spec.host_pid && !spec.host_ipc);
+        assert!(spec.in_user_namespace() && spec.is_windows());
+        let sc = &spec.security_context;
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group, sc.fs_group),
+            (Some(1000), Some(3000), Some(2000))
+        );
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.supplemental_groups, vec![4000]);
+        let seccomp = sc.seccomp_profile.as_ref().unwrap();
+        assert_eq!(
+            (seccomp.type_.as_str(), seccomp.localhost_profile.as_deref()),
+            ("Localhost", Some("p.json"))
+        );
+        assert_eq!(sc.se_linux_options.as_ref().unwrap().type_, "container_t");
+        assert_eq!(sc.sysctls[0].name, "kernel.shm_rmid_forced");
+        assert_eq!(sc.windows_options.host_process, Some(true));
+    }
+
+    #[test]
+    fn empty_selinux_options_are_unset() {
+        assert!(SeLinuxOptions::default().is_empty());
+        let opts = SeLinuxOptions {
+            level: "s0".into(),
+            ..Default::default()
+        };
+        assert!(!opts.is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! Pod volumes: which source each volume uses, plus the source fields policies read (the
+//! hostPath path and the flexVolume driver). A volume without a source is an `emptyDir`, as
+//! the API server defaults it.
+
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::VolumeType;
+
+/// A pod volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    /// The sources set (exactly one in a valid object).
+    pub sources: VolumeSources,
+    /// `hostPath.path`, when the volume is a hostPath.
+    pub host_path: Option<String>,
+    /// `flexVolume.driver`, when the volume is a flexVolume.
+    pub flex_volume_driver: Option<String>,
+}
+
+/// A set of volume sources, one bit per `VolumeType`, so checks iterate without allocating.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VolumeSources(u32);
+
+impl VolumeSources {
+    /// Adds a source (idempotent).
+    pub fn insert(&mut self, source: VolumeType) {
+        self.0 |= bit(source);
+    }
+
+    /// Whether the volume uses this source.
+    pub fn contains(self, source: VolumeType) -> bool {
+        self.0 & bit(source) != 0
+    }
+
+    /// True only while parsing: a parsed volume has at least one source.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The sources in `VolumeType::ALL` order.
+    pub fn iter(self) -> impl Iterator<Item = VolumeType> {
+        VolumeType::ALL
+            .iter()
+            .copied()
+            .filter(move |t| self.contains(*t))
+    }
+}
+
+fn bit(source: VolumeType) -> u32 {
+    // `VolumeType` is a fieldless enum with fewer than 32 variants.
+    1 << (source as u32)
+}
+
+/// `hostPath`, reduced to its path.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct HostPathSource {
+    #[serde(deserialize_with = "super::nullable")]
+    path: String,
+}
+
+/// `flexVolume`, reduced to its driver.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct FlexVolumeSource {
+    #[serde(deserialize_with = "super::nullable")]
+    driver: String,
+}
+
+/// Any other source: only checked to be an object.
+#[derive(Deserialize)]
+struct OtherSource {}
+
+impl<'de> Deserialize<'de> for Volume {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(VolumeVisitor)
+    }
+}
+
+struct VolumeVisitor;
+
+impl<'de> Visitor<'de> for VolumeVisitor {
+    type Value = Volume;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a volume object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Volume, A::Error> {
+        let mut volume = Volume::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "name" {
+                volume.name = map.next_value::<Option<String>>()?.unwrap_or_default();
+                continue;
+            }
+            let Some(source) = VolumeType::from_name(&key) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            // `null` leaves the source unset, as in the API.
+            let set = match source {
+                VolumeType::HostPath => map
+                    .next_value::<Option<HostPathSource>>()?
+                    .map(|s| volume.host_path = Some(s.path))
+                    .is_some(),
+                VolumeType::FlexVolume => map
+                    .next_value::<Option<FlexVolumeSource>>()?
+                    .map(|s| volume.flex_volume_driver = Some(s.driver))
+                    .is_some(),
+                _ => map.next_value::<Option<OtherSource>>()?.is_some(),
+            };
+            if set {
+                volume.sources.insert(source);
+            }
+        }
+        if volume.sources.is_empty() {
+            volume.sources.insert(VolumeType::EmptyDir);
+        }
+        Ok(volume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::k8s::parse;
+
+    fn volume(value: serde_json::Value) -> Volume {
+        parse(&value).unwrap()
+    }
+
+    #[test]
+    fn records_the_source_and_its_fields() {
+        let v = volume(json!({"name": "h", "hostPath": {"path": "/var/log", "type": "Directory"}}));
+        assert_eq!(v.name, "h");
+        assert_eq!(
+            v.sources.iter().collect::<Vec<_>>(),
+            vec![VolumeType::HostPath]
+        );
+        assert_eq!(v.host_path.as_deref(), Some("/var/log"));
+
+        let v = volume(json!({"name": "f", "flexVolume": {"driver": "example/lvm"}}));
+        assert!(v.sources.contains(VolumeType::FlexVolume));
+        assert_eq!(v.flex_volume_driver.as_deref(), Some("example/lvm"));
+
+        let v = volume(json!({"name": "d", "downwardAPI": {"items": []}, "scaleIO": null}));
+        assert_eq!(
+            v.sources.iter().collect::<Vec<_>>(),
+            vec![VolumeType::DownwardApi]
+        );
+    }
+
+    #[test]
+    fn a_volume_without_source_is_an_empty_dir() {
+        let v = volume(json!({"name": "scratch"}));
+        assert_eq!(
+            v.sources.iter().collect::<Vec<_>>(),
+            vec![VolumeType::EmptyDir]
+        );
+    }
+
+    #[test]
+    fn every_source_set_is_kept() {
+        let v = volume(json!({"name": "x", "configMap": {"name": "c"}, "hostPath": {"path": "/"}}));
+        let sources: Vec<_> = v.sources.iter().collect();
+        assert_eq!(sources, vec![VolumeType::ConfigMap, VolumeType::HostPath]);
+    }
+
+    #[test]
+    fn a_source_of_the_wrong_type_is_an_error() {
+        let error = parse::<Volume>(&json!({"name": "x", "secret": "s"})).unwrap_err();
+        assert!(
+            error.to_string().starts_with("secret: invalid type"),
+            "{error}"
+        );
+        assert!(parse::<Volume>(&json!({"hostPath": {"path": 1}})).is_err());
+        assert!(parse::<Volume>(&json!("v")).is_err());
+    }
+}
