@@ -1,0 +1,304 @@
+//! Image hygiene: the image rules that need no scan data (`registries`, `disallowedTags`,
+//! `requireDigest`), checked on one container image, parsed and normalised first.
+//!
+//! Registry entries match whole leading path components of the normalised `registry/path`
+//! (`docker.io/library` covers `nginx`, never `docker.io/libraryx/app`). A reference with a
+//! digest and no tag has no tag at all, so no `disallowedTags` entry (not even `latest`)
+//! applies to it; an explicit tag is always checked, digest or not.
+
+use crate::Finding;
+use crate::glob::Glob;
+use crate::model::{ImageRules, RegistryRule};
+use crate::reference::{DEFAULT_TAG, Parts};
+
+/// Findings for one container image (`image` as written, at field `path`). A policy with no
+/// hygiene rule returns nothing without parsing; otherwise an unparsable reference is one
+/// `imageReference` finding, since none of the rules can be judged on it.
+pub fn check(rules: &ImageRules, image: &str, path: &str) -> Vec<Finding> {
+    let registries = &rules.registries;
+    if registries.is_empty() && rules.disallowed_tags.is_empty() && !rules.require_digest {
+        return Vec::new();
+    }
+    let parts = match Parts::parse(image) {
+        Ok(parts) => parts,
+        Err(error) => {
+            let message = format!("invalid image reference: {error}");
+            return vec![Finding::new("imageReference", path, image, message)];
+        }
+    };
+    let mut findings = Vec::new();
+    if !registries.is_empty()
+        && let Some(message) = registry_violation(registries, &parts.repository_path())
+    {
+        findings.push(Finding::new("registries", path, image, message));
+    }
+    if let Some(tag) = parts.effective_tag()
+        && rules.disallowed_tags.iter().any(|t| t == tag)
+    {
+        let message = tag_message(&rules.disallowed_tags, tag, parts.tag.is_none());
+        findings.push(Finding::new("disallowedTags", path, image, message));
+    }
+    if rules.require_digest && parts.digest.is_none() {
+        let message = "image must be pinned by digest (name@sha256:<64 hex digits>)";
+        findings.push(Finding::new("requireDigest", path, image, message));
+    }
+    findings
+}
+
+/// Why the normalised `repository` breaks the rule, if it does: a `deny` match wins over any
+/// `allow`; a non-empty `allow` list must match.
+fn registry_violation(rule: &RegistryRule, repository: &str) -> Option<String> {
+    let allowed = || match rule.allow.as_slice() {
+        [] => String::new(),
+        allow => format!("; allowed are {}", quoted(allow)),
+    };
+    if let Some(denied) = rule.deny.iter().find(|p| covers(p, repository)) {
+        let (denied, allowed) = (denied.as_str(), allowed());
+        return Some(format!(
+            "image repository {repository:?} is denied by registries.deny entry {denied:?}{allowed}"
+        ));
+    }
+    if rule.allow.is_empty() || rule.allow.iter().any(|p| covers(p, repository)) {
+        return None;
+    }
+    let allowed = allowed();
+    Some(format!(
+        "image repository {repository:?} is not in an allowed registry or repository{allowed}"
+    ))
+}
+
+/// Whether `pattern` matches the leading components of `repository`, as many as the pattern
+/// has (`a/b` is compared with `x/y` of `x/y/z`); a trailing `/` (`docker.io/library/`) means
+/// "strictly under". Because the compared text has exactly the pattern's number of `/`, every
+/// `/` of the text meets a literal `/` of the pattern: `*` cannot reach across components,
+/// so `*.example.com` never matches `evil.com/x.example.com`.
+fn covers(pattern: &Glob, repository: &str) -> bool {
+    let p = pattern.as_str();
+    let slashes = p.bytes().filter(|&b| b == b'/').count();
+    let mut cuts = repository.match_indices('/').map(|(i, _)| i);
+    let candidate = if p.ends_with('/') {
+        cuts.nth(slashes - 1).map(|i| &repository[..=i])
+    } else {
+        match cuts.nth(slashes) {
+            Some(i) => Some(&repository[..i]),
+            None => (repository.matches('/').count() == slashes).then_some(repository),
+        }
+    };
+    candidate.is_some_and(|c| pattern.matches(c))
+}
+
+fn tag_message(disallowed: &[String], tag: &str, implicit: bool) -> String {
+    let list = disallowed.join(", ");
+    if implicit {
+        format!(
+            "image has no tag, which means {DEFAULT_TAG:?}, and that tag is not allowed \
+             (disallowed tags: {list}); set a tag or pin a digest"
+        )
+    } else {
+        format!("tag {tag:?} is not allowed (disallowed tags: {list}); use another tag or a digest")
+    }
+}
+
+fn quoted(patterns: &[Glob]) -> String {
+    let quoted: Vec<String> = patterns
+        .iter()
+        .map(|p| format!("{:?}", p.as_str()))
+        .collect();
+    quoted.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
+    const PATH: &str = "spec.containers[0].image";
+
+    fn globs(patterns: &[&str]) -> Vec<Glob> {
+        patterns.iter().map(|p| Glob::new(p).unwrap()).collect()
+    }
+
+    fn mk_rules(allow: &[&str], deny: &[&str], tags: &[&str], require_digest: bool) -> ImageRules {
+        ImageRules {
+            registries: RegistryRule {
+                allow: globs(allow),
+                deny: globs(deny),
+            },
+            disallowed_tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            require_digest,
+            ..ImageRules::default()
+        }
+    }
+
+    /// The rules of the findings for `image` (`@D` expands to a digest).
+    fn rules_hit(rules: &ImageRules, image: &str) -> Vec<String> {
+        let image = image.replace("@D", &format!("@{D}"));
+        check(rules, &image, PATH)
+            .into_iter()
+            .map(|f| f.rule)
+            .collect()
+    }
+
+    fn allowed(allow: &[&str], image: &str) -> bool {
+        rules_hit(&mk_rules(allow, &[], &[], false), image).is_empty()
+    }
+
+    #[test]
+    fn allow_matches_whole_components_of_the_normalised_reference() {
+        let allow = ["registry.example.com", "docker.io/library"];
+        for image in [
+            "nginx",
+            "nginx:1.25",
+            "library/redis@D",
+            "docker.io/nginx",
+            "index.docker.io/library/a",
+        ] {
+            assert!(allowed(&allow, image), "{image}");
+        }
+        for image in [
+            "user/app",
+            "docker.io/libraryx/app",
+            "registry.example.com.evil.io/app",
+            "registry.example.comx/a",
+        ] {
+            assert!(!allowed(&allow, image), "{image}");
+        }
+        assert!(allowed(&allow, "registry.example.com/team/app:1"));
+        assert!(allowed(&allow, "REGISTRY.example.com/team/app"));
+        assert!(allowed(&["localhost:5000"], "localhost:5000/app"));
+        assert!(!allowed(&["localhost"], "localhost:5000/app"));
+        assert!(allowed(&["docker.io/library/nginx"], "nginx:1"));
+        assert!(!allowed(&["docker.io/library/nginx"], "nginx-unprivileged"));
+    }
+
+    #[test]
+    fn allow_globs_stay_within_components() {
+        assert!(allowed(&["*.example.com"], "registry.example.com/app"));
+        assert!(!allowed(&["*.example.com"], "evil.com/x.example.com"));
+        assert!(allowed(
+            &["registry.example.com/team-*"],
+            "registry.example.com/team-a/app"
+        ));
+        assert!(!allowed(
+            &["registry.example.com/team-*"],
+            "registry.example.com/other/team-a"
+        ));
+        assert!(allowed(&["*/library"], "nginx"));
+        assert!(allowed(&["*"], "anything.io/x/y"));
+        assert!(allowed(&["docker.io/*"], "user/app"));
+        assert!(allowed(&["docker.io/library/"], "nginx"));
+        assert!(!allowed(&["reg.io/team/"], "reg.io/team"));
+        assert!(allowed(&["reg.io/team/"], "reg.io/team/app"));
+        assert!(!allowed(&["a.io/b/c/d"], "a.io/b/c"));
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let rules = mk_rules(&["docker.io"], &["docker.io/library/nginx"], &[], false);
+        assert_eq!(rules_hit(&rules, "redis"), Vec::<String>::new());
+        assert_eq!(rules_hit(&rules, "nginx:1.25"), ["registries"]);
+        let only_deny = mk_rules(&[], &["evil.io"], &[], false);
+        assert_eq!(rules_hit(&only_deny, "Evil.IO/x"), ["registries"]);
+        assert!(rules_hit(&only_deny, "good.io/evil.io").is_empty());
+        let finding = &check(&rules, "nginx", PATH)[0];
+        assert_eq!(
+            (finding.path.as_str(), finding.value.as_str()),
+            (PATH, "nginx")
+        );
+        assert!(
+            finding
+                .message
+                .contains(r#""docker.io/library/nginx" is denied"#),
+            "{}",
+            finding.message
+        );
+    }
+
+    #[test]
+    fn not_allowed_message_lists_the_allowed_entries() {
+        let finding = &check(
+            &mk_rules(&["a.io", "b.io/team"], &[], &[], false),
+            "c.io/x:1",
+            PATH,
+        )[0];
+        assert_eq!(finding.rule, "registries");
+        assert_eq!(finding.value, "c.io/x:1");
+        assert!(
+            finding.message.contains(r#""c.io/x" is not in an allowed"#),
+            "{}",
+            finding.message
+        );
+        assert!(
+            finding
+                .message
+                .ends_with(r#"allowed are "a.io", "b.io/team""#),
+            "{}",
+            finding.message
+        );
+    }
+
+    #[test]
+    fn no_tag_counts_as_latest_unless_a_digest_pins_the_image() {
+        let rules = mk_rules(&[], &[], &["latest", "dev"], false);
+        for image in ["nginx", "nginx:latest", "reg.io/a:dev", "nginx:latest@D"] {
+            assert_eq!(rules_hit(&rules, image), ["disallowedTags"], "{image}");
+        }
+        for image in ["nginx@D", "nginx:1.25", "nginx:Latest", "nginx:1.25@D"] {
+            assert!(rules_hit(&rules, image).is_empty(), "{image}");
+        }
+        let implicit = &check(&rules, "nginx", PATH)[0].message;
+        assert!(
+            implicit.starts_with(r#"image has no tag, which means "latest""#),
+            "{implicit}"
+        );
+        let explicit = &check(&rules, "a:dev", PATH)[0].message;
+        assert!(explicit.starts_with(r#"tag "dev" is not allowed (disallowed tags: latest, dev)"#));
+    }
+
+    #[test]
+    fn require_digest() {
+        let rules = mk_rules(&[], &[], &[], true);
+        assert_eq!(rules_hit(&rules, "nginx:1.25"), ["requireDigest"]);
+        assert!(rules_hit(&rules, "nginx@D").is_empty());
+        assert!(rules_hit(&rules, "nginx:1.25@D").is_empty());
+    }
+
+    #[test]
+    fn every_violated_rule_is_reported() {
+        let rules = mk_rules(&["reg.io"], &[], &["latest"], true);
+        assert_eq!(
+            rules_hit(&rules, "nginx"),
+            ["registries", "disallowedTags", "requireDigest"]
+        );
+        assert!(rules_hit(&rules, "reg.io/app:1@D").is_empty());
+    }
+
+    #[test]
+    fn unparsable_references_are_one_finding() {
+        let rules = mk_rules(&["reg.io"], &[], &["latest"], true);
+        let findings = check(&rules, "Nginx:1", PATH);
+        assert_eq!(findings.len(), 1);
+        let f = &findings[0];
+        assert_eq!(
+            (f.rule.as_str(), f.path.as_str(), f.value.as_str()),
+            ("imageReference", PATH, "Nginx:1")
+        );
+        assert!(
+            f.message
+                .starts_with("invalid image reference: repository name"),
+            "{}",
+            f.message
+        );
+        assert_eq!(rules_hit(&rules, ""), ["imageReference"]);
+        assert_eq!(rules_hit(&rules, " nginx"), ["imageReference"]);
+    }
+
+    #[test]
+    fn rules_without_hygiene_do_not_parse() {
+        let rules = ImageRules {
+            malicious_files: true,
+            ..ImageRules::default()
+        };
+        assert!(check(&rules, "not a reference", PATH).is_empty());
+    }
+}
