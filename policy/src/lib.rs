@@ -2,9 +2,17 @@
 //! invalid field reported with its path), the normalised proto form, glob patterns, and the
 //! policy file format. Used by the control plane, the agent and the CLI alike.
 
+pub mod applicability;
+pub mod controls;
+pub mod engine;
 mod file;
+mod finding;
 mod glob;
+pub mod hygiene;
+pub mod k8s;
 mod model;
+pub mod pss;
+pub mod reference;
 mod to_proto;
 mod validate;
 
@@ -12,6 +20,7 @@ mod validate;
 mod testing;
 
 pub use file::{PolicyFileError, SourceLocation, parse_policy_documents};
+pub use finding::Finding;
 pub use glob::{Glob, GlobError};
 pub use model::*;
 pub use validate::{FieldError, InvalidPolicy, InvalidPolicySet, validate_policy_set};

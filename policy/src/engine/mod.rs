@@ -1,0 +1,294 @@
+//! The admission engine: `evaluate(input, cluster, policies) -> Decision`. Which policies apply
+//! (scope, minus whitelisted namespaces and workloads), every finding of their rules (field
+//! path, offending value, message), minus findings about containers that run a whitelisted
+//! image, and the outcome: any finding of a `block` policy blocks; findings of `alert` policies
+//! admit with warnings. Findings come in a deterministic order: policy, then path, then rule.
+//! Pure and synchronous: the webhook calls it on its hot path, the CLI offline.
+
+mod object;
+
+pub use object::Object;
+
+use crate::{
+    Action, Finding, Kind, Policy,
+    applicability::{self, Applicability, Target},
+    controls, hygiene,
+    k8s::{ContainerPath, PodFinding},
+    pss,
+};
+
+/// The admission operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+    Connect,
+    Other,
+}
+
+impl Operation {
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "CREATE" => Operation::Create,
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            "CONNECT" => Operation::Connect,
+            _ => Operation::Other,
+        }
+    }
+}
+
+/// One admission request as the engine needs it (objects as raw JSON).
+#[derive(Clone, Copy, Debug)]
+pub struct AdmissionInput<'a> {
+    pub operation: Operation,
+    /// `request.kind.kind`.
+    pub kind: &'a str,
+    pub sub_resource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub object: Option<&'a str>,
+    pub old_object: Option<&'a str>,
+}
+
+/// What the request gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    /// Admitted with warnings.
+    Alert,
+    Block,
+    /// The object does not fit its kind.
+    Invalid(String),
+}
+
+/// A finding and the policy it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFinding {
+    pub policy: String,
+    pub action: Action,
+    pub finding: Finding,
+}
+
+/// The engine's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub findings: Vec<PolicyFinding>,
+    /// Why no policy was evaluated at all (DELETE, unknown kind, unchanged UPDATE, ...).
+    pub skipped: Option<&'static str>,
+}
+
+impl Decision {
+    fn skipped(reason: &'static str) -> Self {
+        Self {
+            outcome: Outcome::Allow,
+            findings: Vec::new(),
+            skipped: Some(reason),
+        }
+    }
+
+    /// The policies with findings, in order, once each.
+    pub fn policy_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.findings.iter().map(|f| f.policy.as_str()).collect();
+        names.dedup();
+        names
+    }
+
+    /// The policies with findings of `action`.
+    pub fn policy_names_with(&self, action: Action) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .findings
+            .iter()
+            .filter(|f| f.action == action)
+            .map(|f| f.policy.as_str())
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
+/// Whether the engine evaluates this request at all, and the object if it does.
+pub enum Prepared {
+    Evaluate { kind: Kind, object: Object },
+    Skip(&'static str),
+    Invalid(String),
+}
+
+/// Parses what the request needs: DELETE and CONNECT, subresources other than ephemeral
+/// containers, and unknown kinds are not evaluated; an UPDATE that changed nothing the checks
+/// read is admitted.
+pub fn prepare(input: &AdmissionInput<'_>) -> Prepared {
+    match input.operation {
+        Operation::Create | Operation::Update => {}
+        Operation::Delete => return Prepared::Skip("DELETE is not evaluated"),
+        Operation::Connect => return Prepared::Skip("CONNECT is not evaluated"),
+        Operation::Other => return Prepared::Skip("operation is not evaluated"),
+    }
+    if !input.sub_resource.is_empty() && input.sub_resource != "ephemeralcontainers" {
+        return Prepared::Skip("subresource is not evaluated");
+    }
+    let Some(kind) = Kind::from_name(input.kind) else {
+        return Prepared::Skip("kind is not protected");
+    };
+    let Some(raw) = input.object else {
+        return Prepared::Invalid("request.object: required for CREATE and UPDATE".into());
+    };
+    let object = match Object::parse(kind, raw) {
+        Ok(object) => object,
+        Err(error) => return Prepared::Invalid(error.to_string()),
+    };
+    if input.operation == Operation::Update
+        && let Some(old) = input
+            .old_object
+            .and_then(|raw| Object::parse(kind, raw).ok())
+        && !object.checked_parts_differ(&old)
+    {
+        return Prepared::Skip("UPDATE changed no pod spec, image or Service spec");
+    }
+    Prepared::Evaluate { kind, object }
+}
+
+/// Decides a request against `policies` for `cluster`.
+pub fn evaluate<'p>(
+    input: &AdmissionInput<'_>,
+    cluster: &str,
+    policies: impl IntoIterator<Item = &'p Policy>,
+) -> Decision {
+    match prepare(input) {
+        Prepared::Skip(reason) => Decision::skipped(reason),
+        Prepared::Invalid(reason) => Decision {
+            outcome: Outcome::Invalid(reason),
+            findings: Vec::new(),
+            skipped: None,
+        },
+        Prepared::Evaluate { kind, object } => {
+            let target = Target {
+                cluster,
+                namespace: input.namespace,
+                kind,
+                name: input.name,
+                labels: &object.metadata().labels,
+            };
+            evaluate_object(&object, &target, policies)
+        }
+    }
+}
+
+/// Decides a parsed object (the part of `evaluate` after parsing).
+pub fn evaluate_object<'p>(
+    object: &Object,
+    target: &Target<'_>,
+    policies: impl IntoIterator<Item = &'p Policy>,
+) -> Decision {
+    let mut findings = Vec::new();
+    for policy in policies {
+        if !applicability::applies(policy, target).is_applicable() {
+            continue;
+        }
+        for finding in check_policy(policy, object, target.cluster) {
+            findings.push(PolicyFinding {
+                policy: policy.name.clone(),
+                action: policy.action,
+                finding,
+            });
+        }
+    }
+    findings.sort_by(|a, b| {
+        (&a.policy, &a.finding.path, &a.finding.rule).cmp(&(
+            &b.policy,
+            &b.finding.path,
+            &b.finding.rule,
+        ))
+    });
+    let outcome = if findings.iter().any(|f| f.action == Action::Block) {
+        Outcome::Block
+    } else if findings.is_empty() {
+        Outcome::Allow
+    } else {
+        Outcome::Alert
+    };
+    Decision {
+        outcome,
+        findings,
+        skipped: None,
+    }
+}
+
+/// Every finding of one applicable policy, without those about whitelisted containers.
+fn check_policy(policy: &Policy, object: &Object, cluster: &str) -> Vec<Finding> {
+    let mut found: Vec<PodFinding> = Vec::new();
+    match object {
+        Object::Workload(workload) => {
+            let pod = &workload.pod;
+            if let Some(resource) = &policy.rules.resource {
+                if let Some(rule) = &resource.pod_security {
+                    found.extend(pss::check(rule.level, rule.version, pod));
+                }
+                found.extend(controls::check(resource, pod));
+            }
+            if let Some(image) = &policy.rules.image {
+                for (path, container) in pod.containers() {
+                    let image_path = path.field("image");
+                    for finding in hygiene::check(image, &container.image, &image_path) {
+                        found.push(PodFinding {
+                            container: Some(path),
+                            finding,
+                        });
+                    }
+                }
+            }
+            if !policy.whitelist.images.is_empty() && !found.is_empty() {
+                let exempt: Vec<ContainerPath> = pod
+                    .containers()
+                    .filter(|(_, c)| applicability::image_whitelisted(policy, cluster, &c.image))
+                    .map(|(path, _)| path)
+                    .collect();
+                found.retain(|f| f.container.is_none_or(|c| !exempt.contains(&c)));
+            }
+        }
+        Object::Service(service) => {
+            if let Some(rule) = policy
+                .rules
+                .resource
+                .as_ref()
+                .and_then(|r| r.service.as_ref())
+            {
+                return controls::check_service(rule, &service.spec, "spec");
+            }
+        }
+    }
+    found.into_iter().map(|f| f.finding).collect()
+}
+
+/// Why each policy did or did not apply to a request (`portcullis explain`).
+pub fn explain<'p>(
+    input: &AdmissionInput<'_>,
+    cluster: &str,
+    policies: impl IntoIterator<Item = &'p Policy>,
+) -> Vec<(String, String)> {
+    let Prepared::Evaluate { kind, object } = prepare(input) else {
+        return Vec::new();
+    };
+    let target = Target {
+        cluster,
+        namespace: input.namespace,
+        kind,
+        name: input.name,
+        labels: &object.metadata().labels,
+    };
+    policies
+        .into_iter()
+        .map(|policy| {
+            let why = match applicability::applies(policy, &target) {
+                Applicability::Applies => "applies".to_owned(),
+                Applicability::NotApplicable(reason) => format!("does not apply: {reason}"),
+            };
+            (policy.name.clone(), why)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
