@@ -63,6 +63,49 @@ pub struct RunArgs {
     /// Admin HTTP listen address: /livez, /readyz, /metrics, /state.
     #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
+    /// Webhook HTTPS listen address (`POST /validate`).
+    #[arg(
+        long,
+        env = "PORTCULLIS_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub webhook_listen: SocketAddr,
+    /// Webhook serving certificate (PEM), reloaded when it changes. Without it a self-signed
+    /// certificate is generated (standalone runs).
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_CERT", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// Webhook serving key (PEM).
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_KEY", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// Names for the generated self-signed certificate (repeatable).
+    #[arg(long = "webhook-san", env = "PORTCULLIS_WEBHOOK_SANS", value_delimiter = ',', default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    pub webhook_sans: Vec<String>,
+    /// Where the generated self-signed certificate is written, for clients to trust.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_CERT_OUT")]
+    pub webhook_cert_out: Option<PathBuf>,
+    /// The agent's own namespace (exempt from admission).
+    #[arg(
+        long,
+        env = "PORTCULLIS_NAMESPACE",
+        default_value = "portcullis-system"
+    )]
+    pub namespace: String,
+    /// The agent's own service account (its requests are admitted).
+    #[arg(
+        long,
+        env = "PORTCULLIS_SERVICE_ACCOUNT",
+        default_value = "portcullis-agent"
+    )]
+    pub service_account: String,
+    /// Namespaces exempt from admission [default: kube-system and the agent's namespace].
+    #[arg(long, env = "PORTCULLIS_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Option<Vec<String>>,
+    /// Largest AdmissionReview body accepted, in bytes (larger: HTTP 413).
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub webhook_max_body_bytes: usize,
+    /// Admission requests evaluated at once; more are refused with HTTP 503 at once.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub webhook_max_in_flight: usize,
     /// Heartbeats missed in a row before the Sync stream counts as dead.
     #[arg(long, env = "PORTCULLIS_HEARTBEAT_MISSES", default_value_t = 3)]
     pub heartbeat_misses: u32,
@@ -72,6 +115,41 @@ pub struct RunArgs {
     /// Seconds between periodic status reports.
     #[arg(long, env = "PORTCULLIS_STATUS_INTERVAL", default_value_t = 30)]
     pub status_interval: u64,
+}
+
+impl RunArgs {
+    /// The exempt namespaces, checked: exact namespace names only (a pattern such as `*` that
+    /// would exempt everything is refused).
+    pub fn exempt_namespaces(&self) -> Result<Vec<String>, String> {
+        let names = self
+            .exempt_namespaces
+            .clone()
+            .unwrap_or_else(|| vec!["kube-system".to_owned(), self.namespace.clone()]);
+        for name in &names {
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !valid {
+                return Err(format!(
+                    "--exempt-namespaces: {name:?} is not a namespace name (patterns such as \"*\" \
+                     would exempt everything and are refused)"
+                ));
+            }
+        }
+        Ok(names)
+    }
+
+    /// The username of the agent's own service account.
+    pub fn own_user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +180,41 @@ mod tests {
         assert!(args.standalone);
         assert_eq!(args.admin_listen.port(), 9091);
         assert!(Cli::try_parse_from(["portcullis-agent", "run", "--standalone"]).is_err());
+        assert_eq!(
+            args.exempt_namespaces().unwrap(),
+            ["kube-system", "portcullis-system"]
+        );
+        assert_eq!(
+            args.own_user(),
+            "system:serviceaccount:portcullis-system:portcullis-agent"
+        );
+        assert_eq!(args.webhook_listen.port(), 8443);
+    }
+
+    #[test]
+    fn exempting_everything_is_refused() {
+        for bad in ["*", "kube-*", "", "Kube-System"] {
+            let cli = Cli::try_parse_from([
+                "portcullis-agent",
+                "run",
+                "--standalone",
+                "--cluster",
+                "c",
+                "--control-plane",
+                "https://x",
+                "--token-file",
+                "t",
+                "--exempt-namespaces",
+                bad,
+            ])
+            .unwrap();
+            let Command::Run(args) = cli.command;
+            assert!(
+                args.exempt_namespaces()
+                    .unwrap_err()
+                    .contains("--exempt-namespaces"),
+                "{bad}"
+            );
+        }
     }
 }

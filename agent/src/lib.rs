@@ -8,6 +8,7 @@ pub mod state;
 pub mod stats;
 pub mod sync;
 pub mod telemetry;
+pub mod webhook;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -44,6 +45,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
              available in this version: run with --standalone"
         );
     }
+    let exempt_namespaces = args.exempt_namespaces().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let opened = cache::Cache::open_or_recover(&args.data_dir)
@@ -92,6 +94,53 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         )
     };
 
+    let resolver = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            let resolver = webhook::tls::CertResolver::new(webhook::tls::load_files(cert, key)?);
+            tokio::spawn(
+                webhook::tls::watch_files(
+                    resolver.clone(),
+                    cert.clone(),
+                    key.clone(),
+                    Duration::from_secs(10),
+                )
+                .instrument(info_span!("webhook-cert")),
+            );
+            resolver
+        }
+        _ => {
+            let (key, pem) = webhook::tls::self_signed(&args.webhook_sans)?;
+            if let Some(out) = &args.webhook_cert_out {
+                std::fs::write(out, pem).with_context(|| format!("writing {}", out.display()))?;
+            }
+            info!(names = ?args.webhook_sans, "Webhook serves a generated self-signed certificate");
+            webhook::tls::CertResolver::new(key)
+        }
+    };
+    let webhook_listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .with_context(|| format!("binding webhook listener {}", args.webhook_listen))?;
+    let webhook = webhook::Webhook::new(
+        webhook::WebhookConfig {
+            cluster: args.cluster.clone(),
+            exempt_namespaces,
+            exempt_users: vec![args.own_user()],
+            max_body_bytes: args.webhook_max_body_bytes,
+            max_in_flight: args.webhook_max_in_flight,
+        },
+        state.clone(),
+    );
+    let mut webhook_task = tokio::spawn(
+        webhook::server::serve(
+            webhook_listener,
+            webhook::tls::server_config(resolver),
+            webhook::router(webhook),
+            shutdown_rx.clone(),
+            Duration::from_secs(10),
+        )
+        .instrument(info_span!("webhook")),
+    );
+
     let reporter = sync::status::StatusReporter::default();
     let reporter_task = tokio::spawn(
         reporter
@@ -118,6 +167,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         state,
         stats,
         reporter,
+        last_token: Default::default(),
     };
     let mut sync_task = tokio::spawn(
         client
@@ -126,7 +176,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     );
 
     admin_state.listening.store(true, Ordering::Release);
-    info!(cluster = %args.cluster, admin = %args.admin_listen, "Agent running (standalone)");
+    info!(cluster = %args.cluster, admin = %args.admin_listen, webhook = %args.webhook_listen, "Agent running (standalone)");
 
     tokio::select! {
         result = &mut sync_task => {
@@ -134,6 +184,9 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         }
         result = &mut admin_task => {
             bail!("the admin server stopped: {result:?}");
+        }
+        result = &mut webhook_task => {
+            bail!("the webhook server stopped: {result:?}");
         }
         () = shutdown_signal() => {}
     }
@@ -143,7 +196,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     sync_task.abort();
     reporter_task.abort();
     tokio::select! {
-        _ = admin_task => info!("Drained"),
+        _ = async { let _ = tokio::join!(admin_task, webhook_task); } => info!("Drained"),
         () = tokio::time::sleep(Duration::from_secs(10)) => warn!("Drain timed out"),
         () = shutdown_signal() => warn!("Second signal: exiting now"),
     }

@@ -6,7 +6,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -277,6 +277,7 @@ pub struct Agent {
     pub data_dir: PathBuf,
     pub token_file: PathBuf,
     pub admin_port: u16,
+    pub webhook_port: u16,
     control_plane: String,
     ca_file: PathBuf,
     _tmp: TempDir,
@@ -294,6 +295,7 @@ impl Agent {
             data_dir: tmp.path().join("data"),
             token_file,
             admin_port: free_port(),
+            webhook_port: free_port(),
             control_plane: cp.url(),
             ca_file: cp.ca_file(),
             _tmp: tmp,
@@ -314,6 +316,10 @@ impl Agent {
             .arg(&self.data_dir)
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", self.admin_port))
+            .arg("--webhook-listen")
+            .arg(format!("127.0.0.1:{}", self.webhook_port))
+            .arg("--webhook-cert-out")
+            .arg(self.webhook_ca())
             .args(["--reconnect-max", "1", "--status-interval", "1"])
             .env("PORTCULLIS_LOG", "info")
             .stdin(Stdio::null())
@@ -332,6 +338,11 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The webhook's self-signed certificate (what a client trusts).
+    pub fn webhook_ca(&self) -> PathBuf {
+        self.data_dir.with_extension("webhook.crt")
     }
 
     /// `/state` as JSON.
@@ -413,6 +424,64 @@ impl Drop for Agent {
             &self.data_dir.with_extension("log"),
         );
     }
+}
+
+/// POSTs an AdmissionReview body to an agent's webhook over TLS (trusting its self-signed
+/// certificate), as the API server does; returns the HTTP status and the body.
+pub fn post_review(agent: &Agent, body: Vec<u8>) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pem = std::fs::read(agent.webhook_ca()).expect("webhook certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", agent.webhook_port))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the webhook");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::post("/validate?timeout=5s")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&bytes).into(),
+        ));
+        (status, json)
+    })
+}
+
+/// An AdmissionReview fixture captured from kube-apiserver (agent/tests/fixtures/admission).
+pub fn admission_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/tests/fixtures/admission")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Polls `pred` until it holds (30 s at most).

@@ -3,7 +3,9 @@
 //! - `up`: build, then run the control plane and one agent on this machine with embedded
 //!   defaults (data in `.portcullis/`), and print what to try next.
 //! - `test`: install what the tests need (grpcurl), then run every test of the workspace.
+//! - `bench`: benchmark programs against release binaries; results go to BENCHMARKS.md.
 
+mod bench;
 mod test;
 mod up;
 
@@ -21,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the control plane and one agent locally with embedded defaults (data in .portcullis/).
     Up(up::UpArgs),
+    /// Benchmarks (not tests): results go to BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Install test tools (grpcurl) and run every test of the workspace.
     Test {
         /// Extra arguments for `cargo test`.
@@ -33,5 +38,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up::run(args),
         Command::Test { args } => test::run(&args),
+        Command::Bench(bench) => bench::run(bench),
     }
 }

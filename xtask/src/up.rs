@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// Admin HTTP port of the local agent.
     #[arg(long, default_value_t = 9091)]
     agent_admin_port: u16,
+    /// Webhook HTTPS port of the local agent.
+    #[arg(long, default_value_t = 8444)]
+    webhook_port: u16,
     /// The local agent's cluster name.
     #[arg(long, default_value = "local")]
     cluster: String,
@@ -57,7 +60,11 @@ pub fn run(args: UpArgs) -> Result<()> {
         .arg(format!("127.0.0.1:{}", args.admin_port))
         .spawn()
         .context("starting portcullis-control-plane")?;
-    wait_ready(&mut control_plane, "portcullis-control-plane", args.admin_port)?;
+    wait_ready(
+        &mut control_plane,
+        "portcullis-control-plane",
+        args.admin_port,
+    )?;
 
     let token = cp_dir.join("admin.token");
     let ca = cp_dir.join("tls/ca.crt");
@@ -79,14 +86,27 @@ pub fn run(args: UpArgs) -> Result<()> {
             .output()
             .context("running portcullis cluster register")?;
         if !out.status.success() {
-            bail!("registering cluster {}: {}", args.cluster, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "registering cluster {}: {}",
+                args.cluster,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let response: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let value = response["agentToken"].as_str().context("no agentToken in the answer")?;
+        let value = response["agentToken"]
+            .as_str()
+            .context("no agentToken in the answer")?;
         write_private(&agent_token, value)?;
     }
     let mut agent = Command::new(bin.join("portcullis-agent"))
-        .args(["run", "--standalone", "--cluster", &args.cluster, "--control-plane", &server])
+        .args([
+            "run",
+            "--standalone",
+            "--cluster",
+            &args.cluster,
+            "--control-plane",
+            &server,
+        ])
         .arg("--token-file")
         .arg(&agent_token)
         .arg("--ca-file")
@@ -95,6 +115,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         .arg(agent_dir.join("data"))
         .arg("--admin-listen")
         .arg(format!("127.0.0.1:{}", args.agent_admin_port))
+        .arg("--webhook-listen")
+        .arg(format!("127.0.0.1:{}", args.webhook_port))
+        .arg("--webhook-cert-out")
+        .arg(agent_dir.join("webhook.crt"))
         .spawn()
         .context("starting portcullis-agent")?;
     if let Err(error) = wait_ready(&mut agent, "portcullis-agent", args.agent_admin_port) {
@@ -136,7 +160,9 @@ Ctrl-C stops it; the data stays in {data}.
     );
     // Ctrl-C reaches both children (same process group); wait for both.
     let agent_status = agent.wait().context("waiting for the agent")?;
-    let status = control_plane.wait().context("waiting for the control plane")?;
+    let status = control_plane
+        .wait()
+        .context("waiting for the control plane")?;
     if !status.success() || !agent_status.success() {
         bail!("stopped: control plane {status}, agent {agent_status}");
     }

@@ -48,6 +48,8 @@ pub struct SyncClient {
     pub state: StateHandle,
     pub stats: Arc<SyncStats>,
     pub reporter: StatusReporter,
+    /// The token of the last connection attempt.
+    pub last_token: std::sync::Mutex<Option<String>>,
 }
 
 /// Why a session ended.
@@ -107,8 +109,18 @@ impl SyncClient {
 
     /// Waits `delay`, or less when the token file changes (a rotated Secret is tried at once).
     async fn sleep_unless_token_changes(&self, delay: Duration) {
-        let read = || std::fs::read(&self.config.token_file).ok();
-        let before = read();
+        let read = || {
+            std::fs::read_to_string(&self.config.token_file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        };
+        // Compare with the token the failed attempt used, not with the file at this moment:
+        // a Secret rotated between the refusal and now counts as a change too.
+        let before = self
+            .last_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let deadline = tokio::time::Instant::now() + delay;
         loop {
             let now = tokio::time::Instant::now();
@@ -130,6 +142,7 @@ impl SyncClient {
                 self.config.token_file.display()
             ))
         })?;
+        *self.last_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.trim().to_owned());
         let bearer = Bearer::new(token.trim()).map_err(SessionError::Local)?;
         let mut tls = ClientTlsConfig::new();
         tls = match &self.config.ca_file {

@@ -1,0 +1,134 @@
+//! The `/validate` handler: bounds, exemptions, evaluation, response.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome};
+
+use super::{respond, review};
+use crate::state::StateHandle;
+
+/// What the webhook exempts and how much it takes on.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub cluster: String,
+    /// Namespaces whose objects are admitted without evaluation (exact names).
+    pub exempt_namespaces: Vec<String>,
+    /// Usernames whose requests are admitted (the agent's own service account).
+    pub exempt_users: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_in_flight: usize,
+}
+
+/// The webhook's shared state.
+#[derive(Clone)]
+pub struct Webhook {
+    config: Arc<WebhookConfig>,
+    state: StateHandle,
+    pub(super) in_flight: Arc<Semaphore>,
+}
+
+impl Webhook {
+    pub fn new(config: WebhookConfig, state: StateHandle) -> Self {
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Self {
+            config: Arc::new(config),
+            state,
+            in_flight,
+        }
+    }
+
+    /// Decides one AdmissionReview body. Synchronous: nothing here waits.
+    pub fn review(&self, body: &[u8]) -> Result<review::Response, review::ReviewError> {
+        let request = review::parse(body)?;
+        let uid = request.uid.as_str();
+        let namespace = request.namespace.as_str();
+        if !namespace.is_empty() && self.config.exempt_namespaces.iter().any(|n| n == namespace) {
+            return Ok(review::Response::allow(uid));
+        }
+        if self
+            .config
+            .exempt_users
+            .contains(&request.user_info.username)
+        {
+            return Ok(review::Response::allow(uid));
+        }
+        let input = AdmissionInput {
+            operation: Operation::parse(&request.operation),
+            kind: &request.kind.kind,
+            sub_resource: request.sub_resource.as_deref().unwrap_or(""),
+            namespace,
+            name: &request.name,
+            object: request.object().map(|raw| raw.get()),
+            old_object: request.old_object().map(|raw| raw.get()),
+        };
+        let state = self.state.load();
+        let decision = engine::evaluate(
+            &input,
+            &self.config.cluster,
+            state.policies.values().map(|p| &p.policy),
+        );
+        let dry_run = request.dry_run.unwrap_or(false);
+        match &decision.outcome {
+            Outcome::Block | Outcome::Alert => info!(
+                uid,
+                kind = input.kind,
+                namespace,
+                name = input.name,
+                operation = %request.operation,
+                user = %request.user_info.username,
+                dry_run,
+                outcome = ?decision.outcome,
+                policies = %decision.policy_names().join(","),
+                "Admission decision"
+            ),
+            Outcome::Invalid(reason) => {
+                warn!(uid, kind = input.kind, namespace, name = input.name, %reason, "Object not valid for its kind")
+            }
+            Outcome::Allow => {}
+        }
+        Ok(respond::response(uid, input.kind, &decision))
+    }
+}
+
+/// `POST /validate`, with the body limit and the in-flight bound.
+pub fn router(webhook: Webhook) -> Router {
+    let limit = webhook.config.max_body_bytes;
+    Router::new()
+        .route("/validate", post(validate))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(webhook)
+}
+
+async fn validate(State(webhook): State<Webhook>, body: Bytes) -> Response {
+    let Ok(_permit) = webhook.in_flight.clone().try_acquire_owned() else {
+        warn!("Webhook overloaded: request refused");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "portcullis: too many admission requests in flight; retry\n",
+        )
+            .into_response();
+    };
+    match webhook.review(&body) {
+        Ok(response) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            review::to_body(response),
+        )
+            .into_response(),
+        Err(error) => {
+            warn!(%error, "Bad AdmissionReview");
+            (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
+        }
+    }
+}

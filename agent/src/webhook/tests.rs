@@ -1,0 +1,345 @@
+//! Webhook tests with AdmissionReview bodies exactly as kube-apiserver sent them (the captured
+//! fixtures), in-process through the router and over real TLS.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{body::Body, http::Request};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+use crate::state::{AgentState, LoadedPolicy, handle};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/admission/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn config() -> WebhookConfig {
+    WebhookConfig {
+        cluster: "c1".into(),
+        exempt_namespaces: vec!["kube-system".into(), "portcullis-system".into()],
+        exempt_users: vec!["system:serviceaccount:portcullis-system:portcullis-agent".into()],
+        max_body_bytes: 4 * 1024 * 1024,
+        max_in_flight: 16,
+    }
+}
+
+fn webhook_with(policies_yaml: &str, config: WebhookConfig) -> Webhook {
+    let mut policies = BTreeMap::new();
+    for proto in portcullis_policy::parse_policy_documents(policies_yaml).unwrap() {
+        let loaded = LoadedPolicy::load(proto).unwrap();
+        policies.insert(loaded.proto.name.clone(), Arc::new(loaded));
+    }
+    let state = AgentState {
+        epoch: "e".into(),
+        revision: 1,
+        policies,
+        ..Default::default()
+    };
+    Webhook::new(config, handle(state))
+}
+
+const RESTRICTED: &str =
+    "name: restricted\nrules: {resource: {podSecurity: {level: restricted}}}\n";
+const NO_PRIVILEGED: &str = "name: no-privileged\nrules: {resource: {privileged: {}}}\n";
+
+async fn post(webhook: &Webhook, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let request = Request::post("/validate")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let response = router(webhook.clone()).oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+/// The `response` of an answered review.
+async fn review_of(webhook: &Webhook, name: &str) -> Value {
+    let body = fixture(name);
+    let uid = serde_json::from_slice::<Value>(&body).unwrap()["request"]["uid"].clone();
+    let (status, out) = post(webhook, body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let review: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    assert_eq!(review["response"]["uid"], uid, "uid echoed");
+    review["response"].clone()
+}
+
+#[tokio::test]
+async fn privileged_pod_is_denied_with_a_readable_message() {
+    let webhook = webhook_with(NO_PRIVILEGED, config());
+    let response = review_of(&webhook, "pod-create-privileged.json").await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "[no-privileged] privileged at spec.containers[0].securityContext.privileged = true"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        response["auditAnnotations"]["portcullis.io/blocked-by"],
+        "no-privileged"
+    );
+    assert_eq!(
+        review_of(&webhook, "pod-create-plain.json").await["allowed"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn workloads_updates_and_dry_runs_are_decided_like_the_api_server_sends_them() {
+    let webhook = webhook_with(RESTRICTED, config());
+    for blocked in [
+        "deployment-create-basic.json",
+        "statefulset-create-volumeclaimtemplate.json",
+        "daemonset-create-basic.json",
+        "job-create-basic.json",
+        "cronjob-create-basic.json",
+        "replicaset-create-basic.json",
+        "pod-create-plain.json",
+        "pod-create-dryrun-apply.json",
+        "pod-create-dryrun-server-side-apply.json",
+        "deployment-update-image.json",
+        "pod-update-ephemeralcontainers-kubectl-debug.json",
+    ] {
+        let response = review_of(&webhook, blocked).await;
+        assert_eq!(response["allowed"], false, "{blocked}: {response}");
+        assert!(
+            response["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("podSecurity/"),
+            "{blocked}"
+        );
+    }
+    let deployment = review_of(&webhook, "deployment-create-basic.json").await;
+    assert!(
+        deployment["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.template.spec.containers[0]")
+    );
+    let cronjob = review_of(&webhook, "cronjob-create-basic.json").await;
+    assert!(
+        cronjob["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.jobTemplate.spec.template.spec.")
+    );
+    for admitted in [
+        "pod-create-restricted-compliant.json",
+        "pod-update-label-only.json",
+        "pod-delete-force-call1.json",
+        "pod-delete-force-call2-deletiontimestamp.json",
+        "deployment-delete-background.json",
+        "podexecoptions-connect-pods-exec.json",
+        "service-create-clusterip.json",
+    ] {
+        assert_eq!(
+            review_of(&webhook, admitted).await["allowed"],
+            true,
+            "{admitted}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn services_host_settings_and_images() {
+    let policies = "name: svc\nrules: {resource: {service: {disallowTypes: [NodePort], forbidExternalIPs: true}}}\n---\n\
+                    name: host\nrules: {resource: {hostNamespaces: {}, hostPath: {}}}\n---\n\
+                    name: pinned\nrules: {image: {requireDigest: true}}\n";
+    let webhook = webhook_with(policies, config());
+    let svc = review_of(&webhook, "service-create-nodeport-externalips.json").await;
+    let message = svc["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.type") && message.contains("spec.externalIPs"),
+        "{message}"
+    );
+    let host = review_of(&webhook, "pod-create-hostnetwork-hostpid-hostpath.json").await;
+    let message = host["status"]["message"].as_str().unwrap();
+    for path in [
+        "spec.hostNetwork",
+        "spec.hostPID",
+        "spec.volumes[0].hostPath",
+    ] {
+        assert!(message.contains(path), "{path} missing: {message}");
+    }
+    let multi = review_of(
+        &webhook,
+        "pod-create-init-multicontainer-tag-and-digest.json",
+    )
+    .await;
+    let message = multi["status"]["message"].as_str().unwrap();
+    assert!(message.contains("requireDigest"), "{message}");
+    assert!(
+        !message.contains("nginx@sha256"),
+        "the digest image passes: {message}"
+    );
+}
+
+#[tokio::test]
+async fn alerts_admit_with_warnings() {
+    let webhook = webhook_with(
+        "name: watch\naction: alert\nrules: {resource: {privileged: {}}}\n",
+        config(),
+    );
+    let response = review_of(&webhook, "pod-create-privileged.json").await;
+    assert_eq!(response["allowed"], true);
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("portcullis [watch] privileged at spec.containers[0]"),
+        "{warning}"
+    );
+    assert_eq!(
+        response["auditAnnotations"]["portcullis.io/alerted-by"],
+        "watch"
+    );
+}
+
+#[tokio::test]
+async fn exempt_namespaces_and_the_agents_own_service_account() {
+    let mut exempt = config();
+    exempt.exempt_namespaces.push("demo".into());
+    let webhook = webhook_with(NO_PRIVILEGED, exempt);
+    assert_eq!(
+        review_of(&webhook, "pod-create-privileged.json").await["allowed"],
+        true
+    );
+
+    let mut own = config();
+    own.exempt_users = vec!["admin".into()];
+    let webhook = webhook_with(NO_PRIVILEGED, own);
+    assert_eq!(
+        review_of(&webhook, "pod-create-privileged.json").await["allowed"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let webhook = webhook_with(NO_PRIVILEGED, config());
+    let cases: [(&[u8], u16, &str); 5] = [
+        (b"{not json", 400, "not JSON"),
+        (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#, 400, "apiVersion"),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#, 400, "kind"),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, 400, "request: required"),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"kind":"Pod"}}}"#, 400, "request.uid"),
+    ];
+    for (body, status, text) in cases {
+        let (got, out) = post(&webhook, body.to_vec()).await;
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(got, status, "{out}");
+        assert!(out.contains(text), "{text} missing from {out}");
+    }
+    // A 10 MB body is refused before it is read whole.
+    let (status, _) = post(&webhook, vec![b' '; 10 * 1024 * 1024]).await;
+    assert_eq!(status, 413);
+    // An object that does not fit its kind: a clear denial.
+    let mut review: Value = serde_json::from_slice(&fixture("pod-create-plain.json")).unwrap();
+    review["request"]["object"]["spec"]["containers"] = Value::String("nope".into());
+    let (status, out) = post(&webhook, serde_json::to_vec(&review).unwrap()).await;
+    let response: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (status, response["response"]["status"]["code"].as_u64()),
+        (200, Some(400))
+    );
+    assert!(
+        response["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.containers")
+    );
+    // Unknown kinds are admitted.
+    let mut review: Value = serde_json::from_slice(&fixture("pod-create-plain.json")).unwrap();
+    review["request"]["kind"]["kind"] = Value::String("ConfigMap".into());
+    let (_, out) = post(&webhook, serde_json::to_vec(&review).unwrap()).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out).unwrap()["response"]["allowed"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_flood_is_refused_with_503() {
+    let mut small = config();
+    small.max_in_flight = 1;
+    let webhook = webhook_with(NO_PRIVILEGED, small);
+    let _held = webhook.in_flight.clone().try_acquire_owned().unwrap();
+    let (status, out) = post(&webhook, fixture("pod-create-plain.json")).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&out));
+}
+
+#[tokio::test]
+async fn over_real_tls() {
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::{ServerName, pem::PemObject};
+
+    let (key, cert_pem) = tls::self_signed(&["localhost".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(
+        listener,
+        tls::server_config(tls::CertResolver::new(key)),
+        router(webhook_with(NO_PRIVILEGED, config())),
+        stop_rx,
+        Duration::from_secs(5),
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Keep-alive: two reviews on one connection, as the API server does.
+    for (name, allowed) in [
+        ("pod-create-privileged.json", false),
+        ("pod-create-plain.json", true),
+    ] {
+        let request = Request::post("/validate?timeout=5s")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(fixture(name))))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let review: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review["response"]["allowed"], allowed, "{name}");
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,168 @@
+//! Processes and clients for the benchmarks: release binaries on loopback ports.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::Interceptor,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub fn build_release() -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--bins",
+            "-p",
+            "portcullis-control-plane",
+            "-p",
+            "portcullis-agent",
+        ])
+        .status()
+        .context("cargo build --release")?;
+    if !status.success() {
+        bail!("release build failed");
+    }
+    Ok(())
+}
+
+pub fn release_bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A control plane process that is killed on drop.
+pub struct ControlPlane {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl ControlPlane {
+    pub fn start(extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (port, admin_port) = (free_port(), free_port());
+        let child = Command::new(release_bin("portcullis-control-plane"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("cp"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(extra)
+            .env("PORTCULLIS_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the control plane")?;
+        let cp = Self { child, dir, port };
+        wait_http_ok(admin_port, "/readyz", Duration::from_secs(30))?;
+        Ok(cp)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("cp/tls/ca.crt")
+    }
+
+    pub fn admin_token(&self) -> Result<String> {
+        Ok(
+            std::fs::read_to_string(self.dir.path().join("cp/admin.token"))?
+                .trim()
+                .to_owned(),
+        )
+    }
+
+    /// A TLS channel trusting the generated CA.
+    pub async fn channel(&self) -> Result<Channel> {
+        let ca = std::fs::read(self.ca_file())?;
+        Ok(Endpoint::from_shared(self.url())?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
+            .connect()
+            .await?)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Self> {
+        Ok(Self(format!("Bearer {token}").parse()?))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Status code and body of `GET path`.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn wait_http_ok(port: u16, path: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if matches!(http_get(port, path), Some((200, _))) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{path} on port {port} not OK within {limit:?}")
+}
+
+/// Resident set size of a process, in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,32 @@
+//! `cargo xtask bench …`: benchmark programs (not tests). Each builds the release binaries,
+//! runs against real processes on loopback, and prints numbers to record in BENCHMARKS.md.
+
+mod harness;
+mod sync;
+
+use anyhow::Result;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// 1,000 agent streams and one policy change; a 5,000-policy snapshot to a real agent.
+    Sync(sync::SyncArgs),
+}
+
+pub fn run(bench: Bench) -> Result<()> {
+    harness::build_release()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match bench {
+        Bench::Sync(args) => runtime.block_on(sync::run(args)),
+    }
+}
+
+/// The p-th percentile (0..=100) of sorted samples.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
