@@ -60,6 +60,34 @@ pub enum Command {
     /// Manage registered clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Test manifests against policies offline, with the agent's engine. Exits 1 if anything
+    /// is blocked (or not valid for its kind), so a pipeline can gate on it.
+    Test(TestArgs),
+    /// Like `test --verbose`: which policies applied to each object, and why the others did
+    /// not. Exits 0.
+    Explain(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// Policy file or directory (repeatable).
+    #[arg(short = 'p', long = "policy", required = true)]
+    pub policies: Vec<PathBuf>,
+    /// Manifest file or directory, or - for standard input (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub manifests: Vec<PathBuf>,
+    /// The cluster to test for (policies scoped to other clusters do not apply; without it,
+    /// only policies with no cluster scope apply).
+    #[arg(long, default_value = "")]
+    pub cluster: String,
+    /// Namespace for objects that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Show which policies applied to each object and why the others did not.
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 #[derive(Subcommand, Debug)]

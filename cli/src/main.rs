@@ -5,10 +5,11 @@ use portcullis_cli::{args::Cli, run};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("portcullis: {error:#}");
-            std::process::ExitCode::FAILURE
+            // 2: the command could not run (1 means `test` blocked something).
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -1,18 +1,13 @@
 //! `portcullis policy …`: apply files, get, list, delete.
 
-use std::{
-    fs,
-    io::Read,
-    path::{Path, PathBuf},
-};
-
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use portcullis_proto::v1::{
     ApplyPoliciesRequest, DeletePolicyRequest, GetPolicyRequest, ListPoliciesRequest, Policy,
 };
 
 use super::rpc;
+use crate::files::read_policy_files;
 use crate::{
     args::{Connection, PolicyCommand},
     client,
@@ -126,93 +121,4 @@ fn policy_table(policies: &[Policy]) -> Table {
         ]);
     }
     table
-}
-
-/// Reads and parses every policy document of the given files and directories, so nothing is
-/// sent unless all of them parse. Errors name the file, document, line and column.
-pub fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<Policy>> {
-    let mut policies = Vec::new();
-    for path in expand(paths)? {
-        let (shown, text) = if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading standard input")?;
-            ("<stdin>".to_owned(), text)
-        } else {
-            let text =
-                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            (path.display().to_string(), text)
-        };
-        let parsed = portcullis_policy::parse_policy_documents(&text)
-            .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
-        policies.extend(parsed);
-    }
-    if policies.is_empty() {
-        bail!("no policies found in {}", show_paths(paths));
-    }
-    Ok(policies)
-}
-
-/// Files as given, and the policy files of directories (sorted).
-fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = fs::read_dir(path)
-                .with_context(|| format!("reading directory {}", path.display()))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| is_policy_file(p))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    Ok(files)
-}
-
-fn is_policy_file(path: &Path) -> bool {
-    path.is_file()
-        && matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        )
-}
-
-fn show_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn directories_expand_to_sorted_policy_files() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["b.yaml", "a.json", "notes.txt"] {
-            fs::write(dir.path().join(name), "").unwrap();
-        }
-        let files = expand(&[dir.path().to_owned()]).unwrap();
-        let names: Vec<_> = files
-            .iter()
-            .map(|p| p.file_name().unwrap().to_owned())
-            .collect();
-        assert_eq!(names, ["a.json", "b.yaml"]);
-    }
-
-    #[test]
-    fn parse_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.yaml");
-        fs::write(&path, "name: [unclosed\n").unwrap();
-        let err = read_policy_files(&[path]).unwrap_err().to_string();
-        assert!(err.contains("bad.yaml") && err.contains("line"), "{err}");
-    }
 }

@@ -1,0 +1,217 @@
+//! Reading input files: YAML/JSON files, directories of them (sorted), or `-` for standard
+//! input; and parsing them as policies or as Kubernetes manifests. Errors name the file, the
+//! document, the line and the column.
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+use portcullis_proto::v1::Policy;
+
+/// One input file: how to show it, and its text.
+pub struct Input {
+    pub shown: String,
+    pub text: String,
+}
+
+/// The texts of the given files, of the YAML/JSON files of the given directories (sorted), and
+/// of standard input for `-`.
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for path in expand(paths)? {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            inputs.push(Input {
+                shown: "<stdin>".into(),
+                text,
+            });
+        } else {
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            inputs.push(Input {
+                shown: path.display().to_string(),
+                text,
+            });
+        }
+    }
+    Ok(inputs)
+}
+
+/// Reads and parses every policy document, so nothing is used unless all of them parse.
+pub fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<Policy>> {
+    let mut policies = Vec::new();
+    for input in read_inputs(paths)? {
+        let parsed = portcullis_policy::parse_policy_documents(&input.text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", input.shown))?;
+        policies.extend(parsed);
+    }
+    if policies.is_empty() {
+        bail!("no policies found in {}", show_paths(paths));
+    }
+    Ok(policies)
+}
+
+/// A Kubernetes object from a manifest file.
+#[derive(Debug)]
+pub struct Manifest {
+    /// `file` or `file#2` (the second document).
+    pub source: String,
+    pub value: serde_json::Value,
+}
+
+/// Every object of the manifests: YAML streams (`---`) or JSON; a `kind: List` is expanded into
+/// its items; empty documents are skipped.
+pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Manifest>> {
+    let mut manifests = Vec::new();
+    for input in read_inputs(paths)? {
+        for (index, document) in serde_yaml::Deserializer::from_str(&input.text).enumerate() {
+            let value = serde_json::Value::deserialize_yaml(document)
+                .map_err(|e| anyhow::anyhow!("{}: document {}: {e}", input.shown, index + 1))?;
+            let source = if index == 0 {
+                input.shown.clone()
+            } else {
+                format!("{}#{}", input.shown, index + 1)
+            };
+            push_objects(&mut manifests, &source, value)?;
+        }
+    }
+    Ok(manifests)
+}
+
+fn push_objects(out: &mut Vec<Manifest>, source: &str, value: serde_json::Value) -> Result<()> {
+    match value {
+        serde_json::Value::Null => Ok(()),
+        serde_json::Value::Object(ref map)
+            if map
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .is_some_and(|k| k.ends_with("List")) =>
+        {
+            for item in map
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default()
+            {
+                push_objects(out, source, item)?;
+            }
+            Ok(())
+        }
+        serde_json::Value::Object(_) => {
+            out.push(Manifest {
+                source: source.to_owned(),
+                value,
+            });
+            Ok(())
+        }
+        other => bail!("{source}: a manifest must be an object with a kind, not {other}"),
+    }
+}
+
+/// Conversion from a YAML document to JSON.
+trait FromYaml: Sized {
+    fn deserialize_yaml(document: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error>;
+}
+
+impl FromYaml for serde_json::Value {
+    fn deserialize_yaml(document: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error> {
+        serde::Deserialize::deserialize(document)
+    }
+}
+
+/// Files as given, and the YAML/JSON files of directories (sorted).
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = fs::read_dir(path)
+                .with_context(|| format!("reading directory {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| is_yaml_or_json(p))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn is_yaml_or_json(path: &Path) -> bool {
+    path.is_file()
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+}
+
+fn show_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_expand_to_sorted_yaml_and_json_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.yaml", "a.json", "notes.txt"] {
+            fs::write(dir.path().join(name), "").unwrap();
+        }
+        let files = expand(&[dir.path().to_owned()]).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["a.json", "b.yaml"]);
+    }
+
+    #[test]
+    fn policy_parse_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.yaml");
+        fs::write(&path, "name: [unclosed\n").unwrap();
+        let err = read_policy_files(&[path]).unwrap_err().to_string();
+        assert!(err.contains("bad.yaml") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn manifests_split_documents_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        fs::write(
+            &path,
+            "kind: Pod\nmetadata: {name: a}\n---\n---\nkind: List\nitems:\n- {kind: Service, metadata: {name: b}}\n- {kind: Pod, metadata: {name: c}}\n",
+        )
+        .unwrap();
+        let manifests = read_manifests(&[path]).unwrap();
+        let names: Vec<_> = manifests
+            .iter()
+            .map(|m| m.value["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(
+            manifests[1].source.ends_with("m.yaml#3"),
+            "{}",
+            manifests[1].source
+        );
+        fs::write(dir.path().join("bad.yaml"), "kind: Pod\n  bad: [\n").unwrap();
+        let err = read_manifests(&[dir.path().join("bad.yaml")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line"), "{err}");
+    }
+}
