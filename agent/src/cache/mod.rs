@@ -175,7 +175,11 @@ impl Cache {
                 return Err(CacheError::Corrupt("transaction aborted".into()));
             }
         }
-        self.db.flush_async().await?;
+        // sled's blocking flush on a blocking thread (its flush_async was seen to hang).
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| CacheError::Corrupt(format!("flush task: {e}")))??;
         Ok(())
     }
 }

@@ -64,7 +64,12 @@ impl Store {
         }
         self.changes.apply_batch(batch)?;
         drop(_guard);
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("flush task: {e}"),
+            })??;
         Ok(dropped)
     }
 }

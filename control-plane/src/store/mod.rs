@@ -87,6 +87,8 @@ pub struct Store {
     written: AtomicU64,
     /// Serialises writers so revisions are assigned and committed in order.
     write_lock: Mutex<()>,
+    /// One flush at a time (see `make_durable`).
+    flush_lock: Mutex<()>,
     /// The last revision that is durable; agents' streams watch it.
     durable: watch::Sender<u64>,
 }
@@ -120,6 +122,7 @@ impl Store {
             epoch,
             written: AtomicU64::new(revision),
             write_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
             durable,
         })
     }
@@ -160,16 +163,34 @@ impl Store {
         self.commit(revision, &ops)?;
         self.written.store(revision, Ordering::Release);
         drop(guard);
-        // One flush covers every write committed before it, so concurrent writers share it.
-        self.db.flush_async().await?;
+        self.make_durable(revision).await?;
+        Ok(out)
+    }
+
+    /// Flushes until `revision` is on disk, then publishes it. One flush runs at a time and
+    /// covers every write committed before it, so concurrent writers share flushes (group
+    /// commit). The flush is sled's blocking `flush` on a blocking thread: sled's
+    /// `flush_async` was seen to hang under concurrent writers.
+    async fn make_durable(&self, revision: u64) -> Result<(), StoreError> {
+        let _flushing = self.flush_lock.lock().await;
+        if *self.durable.borrow() >= revision {
+            return Ok(());
+        }
+        let target = self.written.load(Ordering::Acquire);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("flush task: {e}"),
+            })??;
         self.durable.send_if_modified(|durable| {
-            let newer = revision > *durable;
+            let newer = target > *durable;
             if newer {
-                *durable = revision;
+                *durable = target;
             }
             newer
         });
-        Ok(out)
+        Ok(())
     }
 
     fn commit(&self, revision: u64, ops: &[Op]) -> Result<(), StoreError> {

@@ -295,6 +295,42 @@ mod tests {
         assert!(store.get_policy("a").unwrap().is_none());
     }
 
+    #[test]
+    fn concurrent_writers_all_commit_and_share_flushes() {
+        // On its own runtime and thread: a deadlock blocks the workers, so only a timeout
+        // from outside the runtime can report it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let revision = runtime.block_on(async {
+                let (store, _dir) = temp_store();
+                let store = std::sync::Arc::new(store);
+                let writers: Vec<_> = (0..64)
+                    .map(|i| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            store.create_policy(mk_policy(&format!("p{i}"))).await
+                        })
+                    })
+                    .collect();
+                for writer in writers {
+                    writer.await.unwrap().unwrap();
+                }
+                assert_eq!(store.list_policies(None, 100).unwrap().items.len(), 64);
+                store.revision()
+            });
+            let _ = done_tx.send(revision);
+        });
+        let revision = done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("concurrent writers hung");
+        assert_eq!(revision, 64);
+    }
+
     #[tokio::test]
     async fn writes_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
