@@ -13,6 +13,7 @@ pub mod k8s;
 mod model;
 pub mod pss;
 pub mod reference;
+pub mod scan;
 mod to_proto;
 mod validate;
 

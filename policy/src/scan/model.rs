@@ -1,0 +1,231 @@
+//! The normalised scan result of one image, whatever tool produced it: what the control plane
+//! stores and the policy engine reads (through `ScanSummary`). Every report format converts to
+//! exactly this; nothing here depends on a tool's vocabulary except the raw `status` text.
+
+use std::ops::Index;
+
+use super::ScanSummary;
+use crate::Severity;
+
+/// Longest vulnerability, rule or signature id accepted (CVE, GHSA and vendor ids are far
+/// shorter); bounds what a summary held for every image costs.
+pub const MAX_ID_LEN: usize = 256;
+
+/// One scanned image and everything the scanner found in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageScan {
+    pub image: ImageIdentity,
+    pub scanner: Scanner,
+    /// RFC 3339, as the scanner wrote it (checked for shape).
+    pub scanned_at: Option<String>,
+    pub os: Option<Os>,
+    /// One entry per (vulnerability, package) as the scanner reported it: the same CVE in two
+    /// packages appears twice, so counts match the scanner's own totals.
+    pub vulnerabilities: Vec<Vulnerability>,
+    pub malicious_files: Vec<MaliciousFile>,
+    pub baseline_failures: Vec<BaselineFailure>,
+    /// Severities that were missing or not recognised; those findings are kept as `Unknown`,
+    /// and this count lets an operator see that a scanner speaks a dialect we do not.
+    pub unknown_severities: u32,
+}
+
+/// Which image a scan describes. Pods match by digest when they pin one (digests name
+/// content, so they are the preferred identity); tags are mutable and only a fallback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageIdentity {
+    /// Normalised `registry/path` (`docker.io/library/alpine`), as `ImageReference` spells it.
+    pub repository: String,
+    /// Bare tags (`3.19`) of `repository`, without duplicates.
+    pub tags: Vec<String>,
+    /// Manifest (or index) digests, `sha256:<hex>`, without duplicates; what a pod spec pins.
+    pub digests: Vec<String>,
+    /// The image configuration digest (`docker images` ID) when the scanner gave one. It is
+    /// not what pod specs reference, so it is kept for display and never matched.
+    pub image_id: Option<String>,
+}
+
+/// The tool that produced the report, for operators judging the result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scanner {
+    pub name: String,
+    /// Empty when the report does not say.
+    pub version: String,
+}
+
+/// The image's operating system as the scanner detected it (`alpine`, `3.10.2`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Os {
+    pub family: String,
+    pub name: String,
+}
+
+/// One vulnerability in one package.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vulnerability {
+    /// `CVE-…`, `GHSA-…` or a vendor id; never empty.
+    pub id: String,
+    pub severity: Severity,
+    pub package: String,
+    pub installed_version: String,
+    /// The version(s) that fix it, as the scanner wrote them (`1.2.1, 2.1.3`).
+    pub fixed_version: Option<String>,
+    /// The scanner's own fix status word (`fixed`, `affected`, `will_not_fix`, `not-fixed`),
+    /// kept verbatim: vocabularies differ between tools.
+    pub status: Option<String>,
+    /// Highest CVSS v3 base score the report gives, 0 to 10.
+    pub cvss_score: Option<f32>,
+    /// RFC 3339.
+    pub published: Option<String>,
+}
+
+impl Vulnerability {
+    /// A fix exists when the scanner names a fixed version: that is what an operator can
+    /// upgrade to, and what `fixable_only` policies count.
+    pub fn is_fixable(&self) -> bool {
+        self.fixed_version.as_deref().is_some_and(|v| !v.is_empty())
+    }
+}
+
+/// A file a malware scanner (ClamAV and the like) flagged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaliciousFile {
+    pub path: String,
+    /// The signature that matched (`Unix.Trojan.Mirai-7100807-0`): what operators look up.
+    pub signature: String,
+}
+
+/// A failed image baseline check: a misconfiguration (FAIL) or an embedded secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaselineFailure {
+    /// The check or rule id (`DS-0002`, `aws-access-key-id`).
+    pub id: String,
+    pub severity: Severity,
+    pub title: String,
+    pub kind: BaselineKind,
+}
+
+/// Policies treat both kinds alike; the kind tells an operator where to look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BaselineKind {
+    Misconfiguration,
+    Secret,
+}
+
+/// Finding counts indexed by `Severity as usize` (Unknown, Low, Medium, High, Critical).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SeverityCounts(pub [u32; 5]);
+
+impl SeverityCounts {
+    pub(crate) fn add(&mut self, severity: Severity) {
+        let slot = &mut self.0[severity as usize];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// All findings, every severity.
+    pub fn total(&self) -> u32 {
+        self.0.iter().fold(0, |sum, n| sum.saturating_add(*n))
+    }
+
+    /// Findings a `severity >= threshold` policy would count.
+    pub fn at_or_above(&self, threshold: Severity) -> u32 {
+        self.0[threshold as usize..]
+            .iter()
+            .fold(0, |sum, n| sum.saturating_add(*n))
+    }
+}
+
+impl Index<Severity> for SeverityCounts {
+    type Output = u32;
+
+    fn index(&self, severity: Severity) -> &u32 {
+        &self.0[severity as usize]
+    }
+}
+
+impl FromIterator<Severity> for SeverityCounts {
+    fn from_iter<I: IntoIterator<Item = Severity>>(severities: I) -> Self {
+        let mut counts = Self::default();
+        severities.into_iter().for_each(|s| counts.add(s));
+        counts
+    }
+}
+
+impl ImageScan {
+    /// Vulnerabilities per severity, one per (vulnerability, package) entry, as scanners
+    /// total them in their own output.
+    pub fn counts_by_severity(&self) -> SeverityCounts {
+        self.vulnerabilities.iter().map(|v| v.severity).collect()
+    }
+
+    /// The compact form the agents hold per image (see `ScanSummary`).
+    pub fn summary(&self) -> ScanSummary {
+        ScanSummary::new(
+            self.counts_by_severity(),
+            self.vulnerabilities
+                .iter()
+                .map(|v| (v.id.as_str(), v.severity, v.is_fixable())),
+            self.malicious_files.iter().map(|m| m.signature.as_str()),
+            self.baseline_failures.iter().map(|b| b.id.as_str()),
+        )
+    }
+}
+
+/// Rejects an empty or oversized id; `path` names the field in the report.
+pub(crate) fn check_id(path: impl FnOnce() -> String, id: &str) -> Result<(), super::ScanError> {
+    if id.is_empty() {
+        return Err(super::ScanError::invalid(path(), "empty id"));
+    }
+    if id.len() > MAX_ID_LEN {
+        let reason = format!("id is {} bytes; at most {MAX_ID_LEN} are allowed", id.len());
+        return Err(super::ScanError::invalid(path(), reason));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A vulnerability with the fields tests vary.
+    pub(crate) fn mk_vuln(id: &str, severity: Severity, fixed: Option<&str>) -> Vulnerability {
+        Vulnerability {
+            id: id.to_owned(),
+            severity,
+            package: "pkg".to_owned(),
+            installed_version: "1.0".to_owned(),
+            fixed_version: fixed.map(str::to_owned),
+            status: None,
+            cvss_score: None,
+            published: None,
+        }
+    }
+
+    #[test]
+    fn fixable_means_a_fixed_version_is_named() {
+        assert!(mk_vuln("CVE-1", Severity::Low, Some("1.1")).is_fixable());
+        assert!(!mk_vuln("CVE-1", Severity::Low, Some("")).is_fixable());
+        assert!(!mk_vuln("CVE-1", Severity::Low, None).is_fixable());
+    }
+
+    #[test]
+    fn counts_index_by_severity() {
+        let counts: SeverityCounts = [Severity::High, Severity::High, Severity::Unknown]
+            .into_iter()
+            .collect();
+        assert_eq!(counts, SeverityCounts([1, 0, 0, 2, 0]));
+        assert_eq!(counts[Severity::High], 2);
+        assert_eq!(counts.total(), 3);
+        assert_eq!(counts.at_or_above(Severity::Medium), 2);
+        assert_eq!(counts.at_or_above(Severity::Unknown), 3);
+    }
+
+    #[test]
+    fn ids_must_be_short_and_non_empty() {
+        let path = || "vulnerabilities[0].id".to_owned();
+        assert!(check_id(path, "CVE-2024-1").is_ok());
+        let empty = check_id(path, "").unwrap_err();
+        assert_eq!(empty.to_string(), "vulnerabilities[0].id: empty id");
+        let long = check_id(path, &"x".repeat(MAX_ID_LEN + 1)).unwrap_err();
+        assert!(long.to_string().contains("at most 256"), "{long}");
+    }
+}
