@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{
+    Args, Parser, Subcommand, ValueEnum,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
+use portcullis_policy::scan::ReportFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,6 +87,13 @@ pub struct TestArgs {
     /// Namespace for objects that name none.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// Scan report (Trivy or Grype JSON, or native) that image rules read (repeatable). Each
+    /// must name its image; an image with no report is unscanned.
+    #[arg(long = "scan", value_name = "FILE")]
+    pub scans: Vec<PathBuf>,
+    /// The format of every --scan report [default: detected from each report].
+    #[arg(long, value_name = "FORMAT", value_parser = report_format())]
+    pub scan_format: Option<ReportFormat>,
     /// Show which policies applied to each object and why the others did not.
     #[arg(short, long)]
     pub verbose: bool,
@@ -187,6 +198,12 @@ impl FailurePolicy {
             FailurePolicy::Fail => "fail",
         }
     }
+}
+
+/// `trivy`, `grype` or `native`, listed in `--help`.
+fn report_format() -> impl TypedValueParser<Value = ReportFormat> {
+    PossibleValuesParser::new(ReportFormat::NAMES)
+        .try_map(|name| ReportFormat::from_name(&name).ok_or("unknown report format"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

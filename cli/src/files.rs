@@ -1,6 +1,6 @@
 //! Reading input files: YAML/JSON files, directories of them (sorted), or `-` for standard
 //! input; and parsing them as policies or as Kubernetes manifests. Errors name the file, the
-//! document, the line and the column.
+//! document, the line and the column. Also scan reports, into the index image rules read.
 
 use std::{
     fs,
@@ -8,8 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
+use portcullis_policy::{
+    engine::ScanIndex,
+    scan::{self, DEFAULT_MAX_REPORT_BYTES, ReportFormat, ScanError},
+};
 use portcullis_proto::v1::Policy;
 
 /// One input file: how to show it, and its text.
@@ -56,6 +60,41 @@ pub fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<Policy>> {
         bail!("no policies found in {}", show_paths(paths));
     }
     Ok(policies)
+}
+
+/// Reads scan reports (`format`, or each detected from its content) into one index, with the
+/// default size limit. Each report must name its image: there is no per-file override here.
+/// A later report of the same image replaces an earlier one.
+pub fn read_scan_reports(paths: &[PathBuf], format: Option<ReportFormat>) -> Result<ScanIndex> {
+    let mut index = ScanIndex::default();
+    for path in paths {
+        let shown = path.display();
+        let size = fs::metadata(path)
+            .with_context(|| format!("reading scan report {shown}"))?
+            .len();
+        if size > DEFAULT_MAX_REPORT_BYTES as u64 {
+            bail!("scan report {shown}: {size} bytes; the limit is {DEFAULT_MAX_REPORT_BYTES}");
+        }
+        let bytes = fs::read(path).with_context(|| format!("reading scan report {shown}"))?;
+        let Some(format) = format.or_else(|| scan::detect_format(&bytes)) else {
+            bail!(
+                "scan report {shown}: not a report we read (expected {}); set --scan-format",
+                ReportFormat::NAMES.join(", ")
+            );
+        };
+        let report = scan::parse_report(format, &bytes, None, DEFAULT_MAX_REPORT_BYTES).map_err(
+            |error| match error {
+                ScanError::NoImageIdentity { artifact } => anyhow!(
+                    "scan report {shown}: no image identity: the report is for {artifact}; \
+                     portcullis test reads only reports that name their image (scan the image \
+                     by reference, or set the image of a native report)"
+                ),
+                error => anyhow!("scan report {shown} ({}): {error}", format.name()),
+            },
+        )?;
+        index.insert(&report);
+    }
+    Ok(index)
 }
 
 /// A Kubernetes object from a manifest file.
@@ -186,6 +225,67 @@ mod tests {
         fs::write(&path, "name: [unclosed\n").unwrap();
         let err = read_policy_files(&[path]).unwrap_err().to_string();
         assert!(err.contains("bad.yaml") && err.contains("line"), "{err}");
+    }
+
+    fn scan_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policy/tests/scans")
+            .join(name)
+    }
+
+    #[test]
+    fn scan_reports_are_detected_and_indexed_by_image() {
+        let report = scan_fixture("trivy/debian-buster.json");
+        let index = read_scan_reports(std::slice::from_ref(&report), None).unwrap();
+        let image = "ghcr.io/aquasecurity/trivy-test-images:debian-buster";
+        let summary = index.lookup(image).expect("indexed by its RepoTags");
+        assert!(summary.vulnerability("CVE-2019-18224").is_some());
+        assert!(
+            index
+                .lookup("ghcr.io/aquasecurity/trivy-test-images:alpine-310")
+                .is_none()
+        );
+        let given = read_scan_reports(&[report], Some(ReportFormat::Trivy)).unwrap();
+        assert_eq!(given, index);
+        assert!(read_scan_reports(&[], None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn scan_report_errors_name_the_file() {
+        let no_image = scan_fixture("trivy/dockerfile.json");
+        let err = read_scan_reports(std::slice::from_ref(&no_image), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "scan report {}: no image identity",
+                no_image.display()
+            )) && err.contains("reads only reports that name their image"),
+            "{err}"
+        );
+        let wrong = read_scan_reports(
+            &[scan_fixture("trivy/debian-buster.json")],
+            Some(ReportFormat::Grype),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            wrong.contains("debian-buster.json (grype): this looks like a Trivy report"),
+            "{wrong}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.json");
+        fs::write(&other, r#"{"hello": "world"}"#).unwrap();
+        let err = read_scan_reports(&[other], None).unwrap_err().to_string();
+        assert!(
+            err.contains("other.json: not a report we read") && err.contains("--scan-format"),
+            "{err}"
+        );
+        let missing = read_scan_reports(&[dir.path().join("missing.json")], None).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("missing.json"),
+            "{missing:#}"
+        );
     }
 
     #[test]

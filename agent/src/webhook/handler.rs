@@ -13,7 +13,7 @@ use axum::{
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome};
+use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome, ScanIndex};
 
 use super::{respond, review};
 use crate::state::StateHandle;
@@ -35,6 +35,9 @@ pub struct WebhookConfig {
 pub struct Webhook {
     config: Arc<WebhookConfig>,
     state: StateHandle,
+    /// The scan results image rules read. Empty until the agent syncs scans, so every image
+    /// is unscanned: policies with `unscanned: alert|block` alert or block on every image.
+    scans: Arc<ScanIndex>,
     pub(super) in_flight: Arc<Semaphore>,
 }
 
@@ -44,6 +47,7 @@ impl Webhook {
         Self {
             config: Arc::new(config),
             state,
+            scans: Arc::default(),
             in_flight,
         }
     }
@@ -77,6 +81,7 @@ impl Webhook {
             &input,
             &self.config.cluster,
             state.policies.values().map(|p| &p.policy),
+            &self.scans,
         );
         let dry_run = request.dry_run.unwrap_or(false);
         match &decision.outcome {

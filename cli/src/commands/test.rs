@@ -1,4 +1,5 @@
-//! `portcullis test` and `portcullis explain`: the agent's engine, offline, on manifest files.
+//! `portcullis test` and `portcullis explain`: the agent's engine, offline, on manifest files,
+//! with image rules reading the scan reports given with `--scan`.
 
 use std::process::ExitCode;
 
@@ -12,7 +13,7 @@ use portcullis_policy::{
 
 use crate::{
     args::{Output, TestArgs},
-    files::{Manifest, read_manifests, read_policy_files},
+    files::{Manifest, read_manifests, read_policy_files, read_scan_reports},
     output::Table,
 };
 
@@ -55,6 +56,7 @@ pub fn run(args: TestArgs, explain: bool) -> Result<ExitCode> {
     if !invalid.is_empty() {
         bail!("invalid policies:\n  {}", invalid.join("\n  "));
     }
+    let scans = read_scan_reports(&args.scans, args.scan_format)?;
     let manifests = read_manifests(&args.manifests)?;
     if manifests.is_empty() {
         bail!("no objects found in the manifests");
@@ -85,7 +87,7 @@ pub fn run(args: TestArgs, explain: bool) -> Result<ExitCode> {
             object: Some(&raw),
             old_object: None,
         };
-        let decision = engine::evaluate(&input, &args.cluster, &policies);
+        let decision = engine::evaluate(&input, &args.cluster, &policies, &scans);
         let explained = if verbose {
             engine::explain(&input, &args.cluster, &policies)
         } else {

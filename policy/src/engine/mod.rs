@@ -1,13 +1,16 @@
-//! The admission engine: `evaluate(input, cluster, policies) -> Decision`. Which policies apply
-//! (scope, minus whitelisted namespaces and workloads), every finding of their rules (field
-//! path, offending value, message), minus findings about containers that run a whitelisted
-//! image, and the outcome: any finding of a `block` policy blocks; findings of `alert` policies
-//! admit with warnings. Findings come in a deterministic order: policy, then path, then rule.
-//! Pure and synchronous: the webhook calls it on its hot path, the CLI offline.
+//! The admission engine: `evaluate(input, cluster, policies, scans) -> Decision`. Which
+//! policies apply (scope, minus whitelisted namespaces and workloads), every finding of their
+//! rules (field path, offending value, message), minus findings about containers that run a
+//! whitelisted image, and the outcome: any finding whose action is `block` blocks; `alert`
+//! findings admit with warnings. A finding's action is its policy's, lowered to `alert` where
+//! the rule says so (`unscanned: alert`). Findings come in a deterministic order: policy, then
+//! path, then rule. Pure and synchronous: the webhook calls it on its hot path, the CLI offline.
 
 mod object;
+mod scans;
 
 pub use object::Object;
+pub use scans::ScanIndex;
 
 use crate::{
     Action, Finding, Kind, Policy,
@@ -16,6 +19,7 @@ use crate::{
     k8s::{ContainerPath, PodFinding},
     pss,
 };
+use scans::ContainerScans;
 
 /// The admission operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +71,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyFinding {
     pub policy: String,
+    /// What this finding does: the policy's action, or `alert` where the rule only alerts
+    /// (`unscanned: alert` in a `block` policy). A rule never raises an `alert` policy to
+    /// `block`. The outcome, warnings and audit annotations all follow this, not the policy.
     pub action: Action,
     pub finding: Finding,
 }
@@ -96,7 +103,7 @@ impl Decision {
         names
     }
 
-    /// The policies with findings of `action`.
+    /// The policies with findings whose action is `action`.
     pub fn policy_names_with(&self, action: Action) -> Vec<&str> {
         let mut names: Vec<&str> = self
             .findings
@@ -150,11 +157,13 @@ pub fn prepare(input: &AdmissionInput<'_>) -> Prepared {
     Prepared::Evaluate { kind, object }
 }
 
-/// Decides a request against `policies` for `cluster`.
+/// Decides a request against `policies` for `cluster`; image rules read `scans` (an image
+/// the index does not hold is unscanned).
 pub fn evaluate<'p>(
     input: &AdmissionInput<'_>,
     cluster: &str,
     policies: impl IntoIterator<Item = &'p Policy>,
+    scans: &ScanIndex,
 ) -> Decision {
     match prepare(input) {
         Prepared::Skip(reason) => Decision::skipped(reason),
@@ -171,7 +180,7 @@ pub fn evaluate<'p>(
                 name: input.name,
                 labels: &object.metadata().labels,
             };
-            evaluate_object(&object, &target, policies)
+            evaluate_object(&object, &target, policies, scans)
         }
     }
 }
@@ -181,16 +190,19 @@ pub fn evaluate_object<'p>(
     object: &Object,
     target: &Target<'_>,
     policies: impl IntoIterator<Item = &'p Policy>,
+    scans: &ScanIndex,
 ) -> Decision {
     let mut findings = Vec::new();
+    let mut container_scans = ContainerScans::new(scans);
     for policy in policies {
         if !applicability::applies(policy, target).is_applicable() {
             continue;
         }
-        for finding in check_policy(policy, object, target.cluster) {
+        for (finding, action) in check_policy(policy, object, target.cluster, &mut container_scans)
+        {
             findings.push(PolicyFinding {
                 policy: policy.name.clone(),
-                action: policy.action,
+                action,
                 finding,
             });
         }
@@ -216,26 +228,47 @@ pub fn evaluate_object<'p>(
     }
 }
 
-/// Every finding of one applicable policy, without those about whitelisted containers.
-fn check_policy(policy: &Policy, object: &Object, cluster: &str) -> Vec<Finding> {
-    let mut found: Vec<PodFinding> = Vec::new();
+/// Every finding of one applicable policy with its action, without those about whitelisted
+/// containers.
+fn check_policy(
+    policy: &Policy,
+    object: &Object,
+    cluster: &str,
+    container_scans: &mut ContainerScans<'_>,
+) -> Vec<(Finding, Action)> {
+    let action = policy.action;
+    let mut found: Vec<(PodFinding, Action)> = Vec::new();
     match object {
         Object::Workload(workload) => {
             let pod = &workload.pod;
             if let Some(resource) = &policy.rules.resource {
                 if let Some(rule) = &resource.pod_security {
-                    found.extend(pss::check(rule.level, rule.version, pod));
+                    let pss = pss::check(rule.level, rule.version, pod);
+                    found.extend(pss.into_iter().map(|f| (f, action)));
                 }
-                found.extend(controls::check(resource, pod));
+                found.extend(
+                    controls::check(resource, pod)
+                        .into_iter()
+                        .map(|f| (f, action)),
+                );
             }
             if let Some(image) = &policy.rules.image {
-                for (path, container) in pod.containers() {
+                let reads_scans = scans::reads_scans(image);
+                for (ordinal, (path, container)) in pod.containers().enumerate() {
+                    let written = container.image.as_str();
                     let image_path = path.field("image");
-                    for finding in hygiene::check(image, &container.image, &image_path) {
-                        found.push(PodFinding {
-                            container: Some(path),
-                            finding,
-                        });
+                    let at = |finding| PodFinding {
+                        container: Some(path),
+                        finding,
+                    };
+                    for finding in hygiene::check(image, written, &image_path) {
+                        found.push((at(finding), action));
+                    }
+                    if reads_scans {
+                        let scan = container_scans.get(pod, ordinal);
+                        for (finding, most) in scans::check(image, written, scan, &image_path) {
+                            found.push((at(finding), weaker(action, most)));
+                        }
                     }
                 }
             }
@@ -245,7 +278,7 @@ fn check_policy(policy: &Policy, object: &Object, cluster: &str) -> Vec<Finding>
                     .filter(|(_, c)| applicability::image_whitelisted(policy, cluster, &c.image))
                     .map(|(path, _)| path)
                     .collect();
-                found.retain(|f| f.container.is_none_or(|c| !exempt.contains(&c)));
+                found.retain(|(f, _)| f.container.is_none_or(|c| !exempt.contains(&c)));
             }
         }
         Object::Service(service) => {
@@ -255,11 +288,23 @@ fn check_policy(policy: &Policy, object: &Object, cluster: &str) -> Vec<Finding>
                 .as_ref()
                 .and_then(|r| r.service.as_ref())
             {
-                return controls::check_service(rule, &service.spec, "spec");
+                let findings = controls::check_service(rule, &service.spec, "spec");
+                return findings.into_iter().map(|f| (f, action)).collect();
             }
         }
     }
-    found.into_iter().map(|f| f.finding).collect()
+    found
+        .into_iter()
+        .map(|(f, action)| (f.finding, action))
+        .collect()
+}
+
+/// The milder of two actions: a rule can lower its policy's action, never raise it.
+fn weaker(a: Action, b: Action) -> Action {
+    match (a, b) {
+        (Action::Block, Action::Block) => Action::Block,
+        _ => Action::Alert,
+    }
 }
 
 /// Why each policy did or did not apply to a request (`portcullis explain`).
@@ -290,5 +335,7 @@ pub fn explain<'p>(
         .collect()
 }
 
+#[cfg(test)]
+mod scan_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 //! Engine tests: outcomes, whitelists, workload paths, UPDATE and DELETE handling, ordering.
+//! Image blocking from scan results is tested in `scan_tests`.
 
 use super::*;
 use crate::parse_policy_documents;
@@ -10,6 +11,12 @@ fn policies(yaml: &str) -> Vec<Policy> {
         .iter()
         .map(|p| Policy::try_from(p).unwrap())
         .collect()
+}
+
+/// `evaluate` with no scan results: these tests are about everything else (scan rules are in
+/// `scan_tests`).
+fn evaluate(input: &AdmissionInput<'_>, cluster: &str, policies: &[Policy]) -> Decision {
+    super::evaluate(input, cluster, policies, &ScanIndex::default())
 }
 
 fn mk_pod(containers: &str) -> String {

@@ -1,0 +1,441 @@
+//! Image blocking from scan results: the `ScanIndex` that finds an image's `ScanSummary` (by
+//! digest first, then by normalised `repository:tag`), and the checks of `vulnerabilities`,
+//! `maliciousFiles`, `baselineFailures` and `unscanned` on one container image. Each finding
+//! carries the most it may do: `unscanned: alert` only alerts, even in a `block` policy.
+
+use std::{borrow::Cow, collections::HashMap, fmt::Write, sync::Arc};
+
+use crate::{
+    Action, Finding, ImageRules, UnscannedAction, VulnerabilityRule,
+    k8s::PodTemplate,
+    reference::{ImageReference, MAX_NAME, MAX_TAG, Parts},
+    scan::{ImageIdentity, ImageScan, ScanSummary, SummaryVulnerability},
+};
+
+/// Ids listed in a message before the rest are only counted.
+const LISTED_IDS: usize = 5;
+/// Longest image text quoted in a message: every valid reference fits; a hostile invalid one
+/// cannot inflate a denial or a warning.
+const MAX_SHOWN_IMAGE: usize = 600;
+
+/// The scan results an agent or the CLI holds, found by the image as a pod spec writes it.
+///
+/// A digest names content, so it is looked up first and matches whatever repository the scan
+/// came from; tags are mutable and only a fallback (`nginx` means `docker.io/library/nginx:latest`).
+/// Every key of a scan's identity shares one summary; a later insert under the same key wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanIndex {
+    /// `sha256:<hex>` (any algorithm the reference grammar accepts).
+    by_digest: HashMap<Box<str>, Arc<ScanSummary>>,
+    /// Normalised `registry/path:tag`, as `ImageReference::normalized()` spells it.
+    by_tag: HashMap<Box<str>, Arc<ScanSummary>>,
+}
+
+impl ScanIndex {
+    /// Registers `scan`'s summary under every digest and every tag of its identity.
+    pub fn insert(&mut self, scan: &ImageScan) {
+        self.insert_summary(&scan.image, scan.summary());
+    }
+
+    /// Registers a summary under every digest and every `repository:tag` of `image`: for
+    /// summaries that arrive without their report (synced or stored copies). Keys are
+    /// normalised again, so an identity spelled `nginx` still matches; tags that do not form
+    /// a valid reference with the repository are skipped, as no pod could name them.
+    pub fn insert_summary(&mut self, image: &ImageIdentity, summary: ScanSummary) {
+        let summary = Arc::new(summary);
+        for digest in &image.digests {
+            self.by_digest
+                .insert(digest.as_str().into(), Arc::clone(&summary));
+        }
+        for tag in &image.tags {
+            if let Ok(reference) = ImageReference::parse(&format!("{}:{tag}", image.repository))
+                && reference.digest().is_none()
+            {
+                self.by_tag
+                    .insert(reference.normalized().into(), Arc::clone(&summary));
+            }
+        }
+    }
+
+    /// The scan of `image` as written in a pod spec: by its digest when the index has it,
+    /// else by its repository and tag (no tag means `latest`; a digest-only reference has no
+    /// tag to fall back on). `None` for an image never scanned or not a valid reference.
+    ///
+    /// O(1): one parse of the reference and at most two hash lookups. It allocates only to
+    /// normalise a Docker Hub short name (`nginx:1.25`) or an upper-case registry; the key is
+    /// built on the stack.
+    pub fn lookup(&self, image: &str) -> Option<&ScanSummary> {
+        if self.is_empty() {
+            return None;
+        }
+        let parts = Parts::parse(image).ok()?;
+        if let Some(digest) = parts.digest
+            && let Some(summary) = self.by_digest.get(digest)
+        {
+            return Some(summary);
+        }
+        let tag = parts.effective_tag()?;
+        let repository = parts.repository_path();
+        let mut key = KeyBuffer::default();
+        self.by_tag.get(key.join(&repository, tag)?).map(|s| &**s)
+    }
+
+    /// Whether no scan is registered (every image is unscanned).
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty() && self.by_tag.is_empty()
+    }
+}
+
+/// `repository:tag` on the stack: references are bounded, so a lookup needs no heap.
+struct KeyBuffer {
+    bytes: [u8; MAX_NAME + 1 + MAX_TAG],
+}
+
+impl Default for KeyBuffer {
+    fn default() -> Self {
+        Self {
+            bytes: [0; MAX_NAME + 1 + MAX_TAG],
+        }
+    }
+}
+
+impl KeyBuffer {
+    /// `repository:tag`, or `None` past the bounds (a parsed reference never is).
+    fn join(&mut self, repository: &str, tag: &str) -> Option<&str> {
+        let end = repository.len() + 1 + tag.len();
+        let out = self.bytes.get_mut(..end)?;
+        let (name, rest) = out.split_at_mut(repository.len());
+        name.copy_from_slice(repository.as_bytes());
+        rest[0] = b':';
+        rest[1..].copy_from_slice(tag.as_bytes());
+        std::str::from_utf8(&self.bytes[..end]).ok()
+    }
+}
+
+/// The scan of each container image of one object, looked up once (on the first policy that
+/// reads scans) and shared by every policy.
+pub(super) struct ContainerScans<'s> {
+    index: &'s ScanIndex,
+    found: Option<Vec<Option<&'s ScanSummary>>>,
+}
+
+impl<'s> ContainerScans<'s> {
+    pub(super) fn new(index: &'s ScanIndex) -> Self {
+        Self { index, found: None }
+    }
+
+    /// The scan of the `ordinal`-th container of `pod.containers()`.
+    pub(super) fn get(&mut self, pod: &PodTemplate, ordinal: usize) -> Option<&'s ScanSummary> {
+        let index = self.index;
+        self.found
+            .get_or_insert_with(|| {
+                pod.containers()
+                    .map(|(_, c)| index.lookup(&c.image))
+                    .collect()
+            })
+            .get(ordinal)
+            .copied()
+            .flatten()
+    }
+}
+
+/// Whether any of `rules` reads scan results (otherwise no lookup is made).
+pub(super) fn reads_scans(rules: &ImageRules) -> bool {
+    rules.vulnerabilities.is_some()
+        || rules.malicious_files
+        || rules.baseline_failures
+        || rules.unscanned != UnscannedAction::Allow
+}
+
+/// Findings of the scan rules for one container image (`image` as written, at field `path`),
+/// each with the most it may do: `Block`, except `unscanned: alert`, which only alerts.
+pub(super) fn check(
+    rules: &ImageRules,
+    image: &str,
+    scan: Option<&ScanSummary>,
+    path: &str,
+) -> Vec<(Finding, Action)> {
+    let shown = shown(image);
+    let Some(scan) = scan else {
+        let action = match rules.unscanned {
+            UnscannedAction::Allow => return Vec::new(),
+            UnscannedAction::Alert => Action::Alert,
+            UnscannedAction::Block => Action::Block,
+        };
+        let message = format!(
+            "image {shown} has no scan result (unscanned: {})",
+            rules.unscanned.as_str()
+        );
+        return vec![(Finding::new("unscanned", path, image, message), action)];
+    };
+    let mut findings = Vec::new();
+    let mut push = |rule: &str, message: String| {
+        findings.push((Finding::new(rule, path, image, message), Action::Block));
+    };
+    if let Some(rule) = &rules.vulnerabilities
+        && let Some(message) = vulnerability_message(rule, &shown, scan)
+    {
+        push("vulnerabilities", message);
+    }
+    if rules.malicious_files && !scan.malware().is_empty() {
+        let signatures = scan.malware();
+        push(
+            "maliciousFiles",
+            format!(
+                "image {shown} has malicious files matching {}: {}",
+                counted(signatures.len(), "signature", "signatures"),
+                listed(signatures.iter().map(|s| &**s)),
+            ),
+        );
+    }
+    if rules.baseline_failures && !scan.baseline_failures().is_empty() {
+        let failures = scan.baseline_failures();
+        push(
+            "baselineFailures",
+            format!(
+                "image {shown} has {} (misconfigurations or embedded secrets): {}",
+                counted(
+                    failures.len(),
+                    "failed baseline check",
+                    "failed baseline checks"
+                ),
+                listed(failures.iter().map(|s| &**s)),
+            ),
+        );
+    }
+    findings
+}
+
+/// What the rule finds in `scan`, if anything: the vulnerabilities at or above the threshold
+/// (fixable ones only if asked), less the ignored ids, highest severity first; then the ids of
+/// `block` the threshold did not already count.
+fn vulnerability_message(
+    rule: &VulnerabilityRule,
+    image: &str,
+    scan: &ScanSummary,
+) -> Option<String> {
+    let counts = |v: &SummaryVulnerability<'_>| {
+        rule.severity
+            .is_some_and(|threshold| v.severity >= threshold)
+            && (v.fixable || !rule.fixable_only)
+            && !rule.ignore.iter().any(|id| id == v.id)
+    };
+    let mut over: Vec<SummaryVulnerability<'_>> = match rule.severity {
+        Some(_) => scan.vulnerabilities().filter(counts).collect(),
+        None => Vec::new(),
+    };
+    over.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(b.id)));
+    let mut named: Vec<&str> = rule
+        .block
+        .iter()
+        .filter_map(|id| scan.vulnerability(id))
+        .filter(|v| !counts(v))
+        .map(|v| v.id)
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    if over.is_empty() && named.is_empty() {
+        return None;
+    }
+    let mut message = format!("image {image} has ");
+    if let Some(threshold) = rule.severity.filter(|_| !over.is_empty()) {
+        let fix = if rule.fixable_only { " with a fix" } else { "" };
+        let _ = write!(
+            message,
+            "{} at or above {threshold}{fix}: {}",
+            counted(over.len(), "vulnerability", "vulnerabilities"),
+            listed(over.iter().map(|v| v.id)),
+        );
+        if !named.is_empty() {
+            message.push_str("; and ");
+        }
+    }
+    if !named.is_empty() {
+        let _ = write!(
+            message,
+            "{} named in vulnerabilities.block: {}",
+            counted(named.len(), "vulnerability", "vulnerabilities"),
+            listed(named.iter().copied()),
+        );
+    }
+    Some(message)
+}
+
+/// The image as written, cut to `MAX_SHOWN_IMAGE` characters.
+fn shown(image: &str) -> Cow<'_, str> {
+    match image.char_indices().nth(MAX_SHOWN_IMAGE) {
+        Some((end, _)) => Cow::Owned(format!("{}...", &image[..end])),
+        None => Cow::Borrowed(image),
+    }
+}
+
+/// `1 vulnerability`, `3 vulnerabilities`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The first `LISTED_IDS` ids, then how many more: `A, B, C, D, E and 7 more`.
+fn listed<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = ids.len();
+    let mut text = String::new();
+    for (i, id) in ids.take(LISTED_IDS).enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(id);
+    }
+    if total > LISTED_IDS {
+        let _ = write!(text, " and {} more", total - LISTED_IDS);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Severity;
+    use crate::scan::SeverityCounts;
+
+    const D1: &str = "sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
+    const D2: &str = "sha256:ca738abb87a8d58f112d3400ebb079b61ceae7dc290beb34bda735be4b1941d5";
+
+    /// A summary whose only vulnerability is `id` (so tests can tell summaries apart).
+    fn mk_summary(id: &str) -> ScanSummary {
+        ScanSummary::new(
+            SeverityCounts::default(),
+            [(id, Severity::High, true)],
+            [],
+            [],
+        )
+    }
+
+    fn mk_identity(repository: &str, tags: &[&str], digests: &[&str]) -> ImageIdentity {
+        ImageIdentity {
+            repository: repository.to_owned(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            digests: digests.iter().map(|d| (*d).to_owned()).collect(),
+            image_id: None,
+        }
+    }
+
+    /// The id of the summary `image` finds.
+    fn found(index: &ScanIndex, image: &str) -> Option<String> {
+        let summary = index.lookup(image)?;
+        Some(summary.vulnerabilities().next().unwrap().id.to_owned())
+    }
+
+    #[test]
+    fn digests_are_looked_up_first_whatever_the_repository() {
+        let mut index = ScanIndex::default();
+        let tagged = mk_identity("docker.io/library/nginx", &["1.25"], &[]);
+        index.insert_summary(&tagged, mk_summary("BY-TAG"));
+        let pinned = mk_identity("mirror.example.com/nginx", &[], &[D1]);
+        index.insert_summary(&pinned, mk_summary("BY-DIGEST"));
+        assert_eq!(
+            found(&index, &format!("nginx:1.25@{D1}")).as_deref(),
+            Some("BY-DIGEST")
+        );
+        assert_eq!(
+            found(&index, &format!("other.io/x@{D1}")).as_deref(),
+            Some("BY-DIGEST")
+        );
+        // An unknown digest falls back to the tag; a digest-only reference has none.
+        assert_eq!(
+            found(&index, &format!("nginx:1.25@{D2}")).as_deref(),
+            Some("BY-TAG")
+        );
+        assert_eq!(found(&index, &format!("nginx@{D2}")), None);
+    }
+
+    #[test]
+    fn tags_match_whatever_the_spelling_and_no_tag_means_latest() {
+        let mut index = ScanIndex::default();
+        let identity = mk_identity("docker.io/library/nginx", &["1.25", "latest"], &[D1]);
+        index.insert_summary(&identity, mk_summary("NGINX"));
+        let team = mk_identity("registry.example.com/team/app", &["2.0"], &[]);
+        index.insert_summary(&team, mk_summary("APP"));
+        for image in [
+            "nginx:1.25",
+            "docker.io/nginx:1.25",
+            "index.docker.io/library/nginx:1.25",
+            "docker.io/library/nginx:1.25",
+            "nginx",
+            "nginx:latest",
+        ] {
+            assert_eq!(found(&index, image).as_deref(), Some("NGINX"), "{image}");
+        }
+        assert_eq!(
+            found(&index, "Registry.Example.com/team/app:2.0").as_deref(),
+            Some("APP")
+        );
+        for image in [
+            "nginx:1.26",
+            "user/nginx:1.25",
+            "registry.example.com/team/app",
+            "Nginx",
+        ] {
+            assert_eq!(found(&index, image), None, "{image}");
+        }
+    }
+
+    #[test]
+    fn identities_are_normalised_and_later_inserts_win() {
+        let mut index = ScanIndex::default();
+        assert!(index.is_empty() && index.lookup("nginx").is_none());
+        index.insert_summary(&mk_identity("nginx", &["1"], &[]), mk_summary("OLD"));
+        index.insert_summary(
+            &mk_identity("nginx", &["1", "-bad"], &[]),
+            mk_summary("NEW"),
+        );
+        assert_eq!(
+            found(&index, "docker.io/library/nginx:1").as_deref(),
+            Some("NEW")
+        );
+        assert!(!index.is_empty());
+    }
+
+    #[test]
+    fn the_key_buffer_holds_the_longest_reference() {
+        let repository = format!("localhost/{}a", "a/".repeat(122));
+        let tag = "t".repeat(MAX_TAG);
+        let mut index = ScanIndex::default();
+        index.insert_summary(&mk_identity(&repository, &[&tag], &[]), mk_summary("LONG"));
+        assert_eq!(
+            found(&index, &format!("{repository}:{tag}")).as_deref(),
+            Some("LONG")
+        );
+        assert_eq!(
+            KeyBuffer::default().join(&repository, &format!("{tag}x")),
+            None
+        );
+    }
+
+    #[test]
+    fn lists_name_the_first_ids_and_count_the_rest() {
+        let ids = ["A", "B", "C", "D", "E", "F", "G"];
+        assert_eq!(listed(ids[..1].iter().copied()), "A");
+        assert_eq!(listed(ids[..5].iter().copied()), "A, B, C, D, E");
+        assert_eq!(listed(ids.iter().copied()), "A, B, C, D, E and 2 more");
+        assert_eq!(counted(1, "file", "files"), "1 file");
+        assert_eq!(counted(2, "file", "files"), "2 files");
+    }
+
+    #[test]
+    fn long_images_are_cut_in_messages() {
+        let rules = ImageRules {
+            unscanned: UnscannedAction::Block,
+            ..ImageRules::default()
+        };
+        let image = "x".repeat(10_000);
+        let [(finding, Action::Block)] = &check(&rules, &image, None, "p")[..] else {
+            panic!("expected one blocking finding")
+        };
+        assert_eq!(finding.value, image);
+        assert!(
+            finding.message.len() < MAX_SHOWN_IMAGE + 60,
+            "{}",
+            finding.message
+        );
+        assert_eq!(shown("nginx:1.25"), "nginx:1.25");
+    }
+}
