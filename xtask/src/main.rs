@@ -26,6 +26,9 @@ enum Command {
     /// Benchmarks (not tests): results go to BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// (Used by `bench webhook`, from the release build.) HTTPS load on the webhook.
+    #[command(hide = true)]
+    BenchLoadgen(bench::loadgen::LoadArgs),
     /// Install test tools (grpcurl) and run every test of the workspace.
     Test {
         /// Extra arguments for `cargo test`.
@@ -39,5 +42,6 @@ fn main() -> Result<()> {
         Command::Up(args) => up::run(args),
         Command::Test { args } => test::run(&args),
         Command::Bench(bench) => bench::run(bench),
+        Command::BenchLoadgen(args) => bench::loadgen::run(args),
     }
 }

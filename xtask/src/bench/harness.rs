@@ -35,6 +35,8 @@ pub fn build_release() -> Result<()> {
             "portcullis-control-plane",
             "-p",
             "portcullis-agent",
+            "-p",
+            "xtask",
         ])
         .status()
         .context("cargo build --release")?;

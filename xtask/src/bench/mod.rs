@@ -2,7 +2,9 @@
 //! runs against real processes on loopback, and prints numbers to record in BENCHMARKS.md.
 
 mod harness;
+pub mod loadgen;
 mod sync;
+mod webhook;
 
 use anyhow::Result;
 
@@ -10,6 +12,8 @@ use anyhow::Result;
 pub enum Bench {
     /// 1,000 agent streams and one policy change; a 5,000-policy snapshot to a real agent.
     Sync(sync::SyncArgs),
+    /// The webhook over HTTPS: throughput, then latency at half that rate.
+    Webhook(webhook::WebhookArgs),
 }
 
 pub fn run(bench: Bench) -> Result<()> {
@@ -19,6 +23,7 @@ pub fn run(bench: Bench) -> Result<()> {
         .build()?;
     match bench {
         Bench::Sync(args) => runtime.block_on(sync::run(args)),
+        Bench::Webhook(args) => runtime.block_on(webhook::run(args)),
     }
 }
 

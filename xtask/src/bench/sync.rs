@@ -229,6 +229,8 @@ async fn one_agent(
                 revision = delta.revision;
                 client.report_status(report(&epoch, revision)).await?;
                 done.send(Instant::now()).await?;
+                // Stay connected (heartbeats) until the benchmark has read the fleet view.
+                while let Ok(Some(_)) = stream.message().await {}
                 return Ok(());
             }
             _ => {}

@@ -1,0 +1,203 @@
+//! `cargo xtask bench webhook`: the agent's webhook over HTTPS with keep-alive, from a load
+//! generator on loopback sharing the machine's 2 cores. A release control plane and agent,
+//! a set of mixed policies synced to the agent, and the Deployment AdmissionReview captured
+//! from kube-apiserver as the request. First the throughput (closed loop), then the latency at
+//! half that rate (open loop, measured from the scheduled send time).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use portcullis_proto::v1::{
+    ApplyPoliciesRequest, CapabilitiesRule, ImageRules, PodSecurityRule, Policy,
+    RegisterClusterRequest, RegistryRule, ResourceRules, Rules,
+    cluster_service_client::ClusterServiceClient, policy_service_client::PolicyServiceClient,
+};
+
+use super::harness::{Bearer, ControlPlane, free_port, http_get, release_bin, root, wait_http_ok};
+
+#[derive(clap::Args)]
+pub struct WebhookArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+}
+
+/// Ten policies of each kind: Pod Security restricted, individual controls, image hygiene.
+fn policies() -> Vec<Policy> {
+    let mut out = Vec::new();
+    for i in 0..10 {
+        out.push(Policy {
+            name: format!("pss-{i}"),
+            action: if i % 2 == 0 { "alert" } else { "block" }.into(),
+            rules: Some(Rules {
+                resource: Some(ResourceRules {
+                    pod_security: Some(PodSecurityRule {
+                        level: "baseline".into(),
+                        version: "latest".into(),
+                    }),
+                    privileged: Some(Default::default()),
+                    capabilities: Some(CapabilitiesRule {
+                        allow: vec!["NET_BIND_SERVICE".into()],
+                        required_drop: vec![],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        out.push(Policy {
+            name: format!("hygiene-{i}"),
+            rules: Some(Rules {
+                image: Some(ImageRules {
+                    registries: Some(RegistryRule {
+                        allow: vec!["docker.io/library".into()],
+                        deny: vec![],
+                    }),
+                    disallowed_tags: vec!["latest".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+pub async fn run(args: WebhookArgs) -> Result<()> {
+    let cp = ControlPlane::start(&[])?;
+    let channel = cp.channel().await?;
+    let admin = Bearer::new(&cp.admin_token()?)?;
+    let token = ClusterServiceClient::with_interceptor(channel.clone(), admin.clone())
+        .register_cluster(RegisterClusterRequest {
+            name: "bench".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .agent_token;
+    let policies = policies();
+    let count = policies.len();
+    PolicyServiceClient::with_interceptor(channel, admin)
+        .apply_policies(ApplyPoliciesRequest {
+            policies,
+            validate_only: false,
+        })
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("token"), token)?;
+    let (admin_port, webhook_port) = (free_port(), free_port());
+    let cert = dir.path().join("webhook.crt");
+    let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
+        .args([
+            "run",
+            "--standalone",
+            "--cluster",
+            "bench",
+            "--control-plane",
+            &cp.url(),
+        ])
+        .arg("--token-file")
+        .arg(dir.path().join("token"))
+        .arg("--ca-file")
+        .arg(cp.ca_file())
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+        .arg("--webhook-cert-out")
+        .arg(&cert)
+        .env("PORTCULLIS_LOG", "warn")
+        .spawn()?;
+    let result = async {
+        wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, body)) = http_get(admin_port, "/state") {
+                let state: serde_json::Value = serde_json::from_str(&body)?;
+                if state["policies"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == count)
+                {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not sync the policies");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let body = root().join("agent/tests/fixtures/admission/deployment-create-basic.json");
+        println!(
+            "== webhook: {count} policies, Deployment AdmissionReview, {} keep-alive connections",
+            args.connections
+        );
+        let max = loadgen(
+            webhook_port,
+            &cert,
+            &body,
+            args.connections,
+            args.duration,
+            0.0,
+        )?;
+        println!("throughput (closed loop): {max}");
+        let rps = max["rps"].as_f64().context("rps")?;
+        let half = loadgen(
+            webhook_port,
+            &cert,
+            &body,
+            args.connections,
+            args.duration,
+            rps / 2.0,
+        )?;
+        println!("at half that rate ({:.0}/s, open loop): {half}", rps / 2.0);
+        Ok(())
+    }
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    result
+}
+
+fn loadgen(
+    port: u16,
+    ca: &std::path::Path,
+    body: &std::path::Path,
+    connections: usize,
+    duration: u64,
+    rate: f64,
+) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(root().join("target/release/xtask"))
+        .args([
+            "bench-loadgen",
+            "--port",
+            &port.to_string(),
+            "--connections",
+            &connections.to_string(),
+        ])
+        .args([
+            "--duration",
+            &duration.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--body")
+        .arg(body)
+        .output()
+        .context("running the load generator")?;
+    if !out.status.success() {
+        bail!(
+            "load generator failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
