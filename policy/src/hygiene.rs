@@ -15,11 +15,26 @@ use crate::reference::{DEFAULT_TAG, Parts};
 /// hygiene rule returns nothing without parsing; otherwise an unparsable reference is one
 /// `imageReference` finding, since none of the rules can be judged on it.
 pub fn check(rules: &ImageRules, image: &str, path: &str) -> Vec<Finding> {
-    let registries = &rules.registries;
-    if registries.is_empty() && rules.disallowed_tags.is_empty() && !rules.require_digest {
+    if !has_rules(rules) {
         return Vec::new();
     }
-    let parts = match Parts::parse(image) {
+    check_parsed(rules, image, &Parts::parse(image), path)
+}
+
+/// Whether `rules` hold any hygiene rule (when not, no image needs parsing).
+pub(crate) fn has_rules(rules: &ImageRules) -> bool {
+    !rules.registries.is_empty() || !rules.disallowed_tags.is_empty() || rules.require_digest
+}
+
+/// `check` on a reference parsed once for every policy (the engine's per-object cache).
+pub(crate) fn check_parsed(
+    rules: &ImageRules,
+    image: &str,
+    parsed: &Result<Parts<'_>, crate::reference::ReferenceError>,
+    path: &str,
+) -> Vec<Finding> {
+    let registries = &rules.registries;
+    let parts = match parsed {
         Ok(parts) => parts,
         Err(error) => {
             let message = format!("invalid image reference: {error}");

@@ -6,6 +6,7 @@
 //! the rule says so (`unscanned: alert`). Findings come in a deterministic order: policy, then
 //! path, then rule. Pure and synchronous: the webhook calls it on its hot path, the CLI offline.
 
+mod cache;
 mod object;
 mod scans;
 
@@ -17,8 +18,8 @@ use crate::{
     applicability::{self, Applicability, Target},
     controls, hygiene,
     k8s::{ContainerPath, PodFinding},
-    pss,
 };
+use cache::PodCache;
 use scans::ContainerScans;
 
 /// The admission operation.
@@ -194,12 +195,18 @@ pub fn evaluate_object<'p>(
 ) -> Decision {
     let mut findings = Vec::new();
     let mut container_scans = ContainerScans::new(scans);
+    let mut pod_cache = PodCache::default();
     for policy in policies {
         if !applicability::applies(policy, target).is_applicable() {
             continue;
         }
-        for (finding, action) in check_policy(policy, object, target.cluster, &mut container_scans)
-        {
+        for (finding, action) in check_policy(
+            policy,
+            object,
+            target.cluster,
+            &mut container_scans,
+            &mut pod_cache,
+        ) {
             findings.push(PolicyFinding {
                 policy: policy.name.clone(),
                 action,
@@ -230,11 +237,12 @@ pub fn evaluate_object<'p>(
 
 /// Every finding of one applicable policy with its action, without those about whitelisted
 /// containers.
-fn check_policy(
+fn check_policy<'o>(
     policy: &Policy,
-    object: &Object,
+    object: &'o Object,
     cluster: &str,
     container_scans: &mut ContainerScans<'_>,
+    pod_cache: &mut PodCache<'o>,
 ) -> Vec<(Finding, Action)> {
     let action = policy.action;
     let mut found: Vec<(PodFinding, Action)> = Vec::new();
@@ -243,8 +251,8 @@ fn check_policy(
             let pod = &workload.pod;
             if let Some(resource) = &policy.rules.resource {
                 if let Some(rule) = &resource.pod_security {
-                    let pss = pss::check(rule.level, rule.version, pod);
-                    found.extend(pss.into_iter().map(|f| (f, action)));
+                    let pss = pod_cache.pod_security(rule.level, rule.version, pod);
+                    found.extend(pss.iter().cloned().map(|f| (f, action)));
                 }
                 found.extend(
                     controls::check(resource, pod)
@@ -254,19 +262,24 @@ fn check_policy(
             }
             if let Some(image) = &policy.rules.image {
                 let reads_scans = scans::reads_scans(image);
-                for (ordinal, (path, container)) in pod.containers().enumerate() {
-                    let written = container.image.as_str();
-                    let image_path = path.field("image");
+                let hygiene_rules = hygiene::has_rules(image);
+                for (ordinal, entry) in pod_cache.images(pod).iter().enumerate() {
+                    let (path, written, image_path) =
+                        (entry.path, entry.image, entry.field.as_str());
                     let at = |finding| PodFinding {
                         container: Some(path),
                         finding,
                     };
-                    for finding in hygiene::check(image, written, &image_path) {
-                        found.push((at(finding), action));
+                    if hygiene_rules {
+                        for finding in
+                            hygiene::check_parsed(image, written, &entry.parsed, image_path)
+                        {
+                            found.push((at(finding), action));
+                        }
                     }
                     if reads_scans {
                         let scan = container_scans.get(pod, ordinal);
-                        for (finding, most) in scans::check(image, written, scan, &image_path) {
+                        for (finding, most) in scans::check(image, written, scan, image_path) {
                             found.push((at(finding), weaker(action, most)));
                         }
                     }

@@ -3,7 +3,7 @@
 
 use crate::{
     Kind,
-    k8s::{self, K8sError, ObjectMeta, Service, Workload},
+    k8s::{self, K8sError, ObjectMeta, Service, Source, Workload},
 };
 
 /// An object the engine evaluates.
@@ -14,21 +14,21 @@ pub enum Object {
 }
 
 impl Object {
-    /// Parses raw JSON of `kind`; an object that does not fit its kind names the field.
+    /// Parses raw JSON of `kind` in one pass; an object that does not fit its kind names the
+    /// field.
     pub fn parse(kind: Kind, raw: &str) -> Result<Self, K8sError> {
-        let value: serde_json::Value =
-            serde_json::from_str(raw).map_err(|e| K8sError::InvalidField {
-                path: "object".into(),
-                reason: e.to_string(),
-            })?;
-        Self::from_value(kind, &value)
+        Self::from_source(kind, raw)
     }
 
     /// Reads an already parsed JSON value of `kind`.
     pub fn from_value(kind: Kind, value: &serde_json::Value) -> Result<Self, K8sError> {
-        match k8s::pod_template(kind, value)? {
+        Self::from_source(kind, value)
+    }
+
+    fn from_source<S: Source + ?Sized>(kind: Kind, source: &S) -> Result<Self, K8sError> {
+        match k8s::pod_template(kind, source)? {
             Some(workload) => Ok(Object::Workload(Box::new(workload))),
-            None => Ok(Object::Service(Box::new(k8s::parse(value)?))),
+            None => Ok(Object::Service(Box::new(source.parse()?))),
         }
     }
 

@@ -35,20 +35,50 @@ pub enum K8sError {
     InvalidField { path: String, reason: String },
 }
 
+/// JSON an object can be read from: a parsed value, or the raw text (read in one pass, which
+/// is what the webhook's hot path does).
+pub trait Source {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, K8sError>;
+}
+
+impl Source for serde_json::Value {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, K8sError> {
+        parse(self)
+    }
+}
+
+impl Source for str {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, K8sError> {
+        // Fast path without path tracking; a failure is parsed again to name the field.
+        if let Ok(value) = serde_json::from_str(self) {
+            return Ok(value);
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(self);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(path_error)?;
+        deserializer.end().map_err(|e| K8sError::InvalidField {
+            path: "object".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(value)
+    }
+}
+
 /// Parses any model type from a JSON value, naming the field path of the first error.
 pub fn parse<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, K8sError> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
-        let path = if path == "." {
-            "object".to_owned()
-        } else {
-            path
-        };
-        K8sError::InvalidField {
-            path,
-            reason: error.into_inner().to_string(),
-        }
-    })
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+fn path_error<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> K8sError {
+    let path = error.path().to_string();
+    let path = if path == "." {
+        "object".to_owned()
+    } else {
+        path
+    };
+    K8sError::InvalidField {
+        path,
+        reason: error.into_inner().to_string(),
+    }
 }
 
 /// Reads `null` as the default value, as the API server does for non-pointer fields.

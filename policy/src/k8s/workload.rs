@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::container::Container;
 use super::meta::ObjectMeta;
 use super::pod::PodSpec;
-use super::{K8sError, nullable, parse};
+use super::{K8sError, Source, nullable};
 use crate::{Finding, Kind};
 
 /// Where a pod's metadata and spec sit in the admitted object.
@@ -175,21 +175,24 @@ pub struct Workload {
 
 /// Reads the pod of an admitted object of `kind`; `Ok(None)` for kinds without a pod
 /// (Service). An object that does not fit its kind is an error naming the field.
-pub fn pod_template(kind: Kind, object: &serde_json::Value) -> Result<Option<Workload>, K8sError> {
+pub fn pod_template<S: Source + ?Sized>(
+    kind: Kind,
+    object: &S,
+) -> Result<Option<Workload>, K8sError> {
     let Some(paths) = TemplatePaths::of(kind) else {
         return Ok(None);
     };
     let (metadata, pod) = match kind {
         Kind::Pod => {
-            let pod: PodShape = parse(object)?;
+            let pod: PodShape = object.parse()?;
             (pod.metadata.clone(), pod)
         }
         Kind::CronJob => {
-            let cron: CronJobShape = parse(object)?;
+            let cron: CronJobShape = object.parse()?;
             (cron.metadata, cron.spec.job_template.spec.template)
         }
         _ => {
-            let owner: TemplateOwner = parse(object)?;
+            let owner: TemplateOwner = object.parse()?;
             (owner.metadata, owner.spec.template)
         }
     };

@@ -1,0 +1,62 @@
+//! Work done once per admitted pod and shared by every policy that needs it: Pod Security
+//! results per (level, version), and each container's image reference parsed once with its
+//! field path. Fifty policies on a four-container pod otherwise parse the same images and run
+//! the same standards dozens of times.
+
+use crate::{
+    PodSecurityLevel, PodSecurityVersion,
+    k8s::{ContainerPath, PodFinding, PodTemplate},
+    pss,
+    reference::{Parts, ReferenceError},
+};
+
+/// One container's image: where it is, as written, and parsed.
+pub(crate) struct ContainerImage<'o> {
+    pub path: ContainerPath,
+    pub image: &'o str,
+    /// `…containers[i].image`.
+    pub field: String,
+    pub parsed: Result<Parts<'o>, ReferenceError>,
+}
+
+/// Per-pod results, filled on first use.
+#[derive(Default)]
+pub(crate) struct PodCache<'o> {
+    pod_security: Vec<((PodSecurityLevel, PodSecurityVersion), Vec<PodFinding>)>,
+    images: Option<Vec<ContainerImage<'o>>>,
+}
+
+impl<'o> PodCache<'o> {
+    /// The standards' findings for `pod` at this level and version, computed once.
+    pub fn pod_security(
+        &mut self,
+        level: PodSecurityLevel,
+        version: PodSecurityVersion,
+        pod: &PodTemplate,
+    ) -> &[PodFinding] {
+        let key = (level, version);
+        let index = match self.pod_security.iter().position(|(k, _)| *k == key) {
+            Some(index) => index,
+            None => {
+                self.pod_security
+                    .push((key, pss::check(level, version, pod)));
+                self.pod_security.len() - 1
+            }
+        };
+        &self.pod_security[index].1
+    }
+
+    /// Every container's image, parsed once (in container order).
+    pub fn images(&mut self, pod: &'o PodTemplate) -> &[ContainerImage<'o>] {
+        self.images.get_or_insert_with(|| {
+            pod.containers()
+                .map(|(path, container)| ContainerImage {
+                    path,
+                    image: container.image.as_str(),
+                    field: path.field("image"),
+                    parsed: Parts::parse(container.image.as_str()),
+                })
+                .collect()
+        })
+    }
+}
