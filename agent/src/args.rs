@@ -125,20 +125,11 @@ impl RunArgs {
             .exempt_namespaces
             .clone()
             .unwrap_or_else(|| vec!["kube-system".to_owned(), self.namespace.clone()]);
-        for name in &names {
-            let valid = !name.is_empty()
-                && name.len() <= 63
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !name.starts_with('-')
-                && !name.ends_with('-');
-            if !valid {
-                return Err(format!(
-                    "--exempt-namespaces: {name:?} is not a namespace name (patterns such as \"*\" \
-                     would exempt everything and are refused)"
-                ));
-            }
+        if let Some(name) = names.iter().find(|n| !portcullis_policy::is_dns_label(n)) {
+            return Err(format!(
+                "--exempt-namespaces: {name:?} is not a namespace name (patterns such as \"*\" \
+                 would exempt everything and are refused)"
+            ));
         }
         Ok(names)
     }

@@ -24,4 +24,6 @@ pub use file::{PolicyFileError, SourceLocation, parse_policy_documents};
 pub use finding::Finding;
 pub use glob::{Glob, GlobError};
 pub use model::*;
-pub use validate::{FieldError, InvalidPolicy, InvalidPolicySet, validate_policy_set};
+pub use validate::{
+    FieldError, InvalidPolicy, InvalidPolicySet, is_dns_label, validate_policy_set,
+};

@@ -16,6 +16,7 @@ use portcullis_proto::v1 as proto;
 
 use errors::{Errors, Path, unknown};
 pub use errors::{FieldError, InvalidPolicy, InvalidPolicySet};
+pub use syntax::is_dns_label;
 
 use crate::model::{Action, Policy, Rules};
 

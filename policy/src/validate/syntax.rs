@@ -27,7 +27,8 @@ pub(crate) fn policy_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// Whether `s` is a DNS label (RFC 1123): the names of policies, clusters and namespaces.
+pub fn is_dns_label(s: &str) -> bool {
     s.len() <= MAX_LABEL
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
