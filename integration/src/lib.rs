@@ -118,8 +118,10 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self) {
+        let log = log_file(&self.data_dir.with_extension("log"));
         let child = self
             .command()
+            .stderr(log)
             .spawn()
             .expect("starting portcullis-control-plane");
         self.child = Some(child);

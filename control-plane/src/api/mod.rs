@@ -5,10 +5,13 @@ mod agent;
 mod cluster;
 mod paging;
 mod policy;
+mod scan;
+mod scan_proto;
 
 pub use agent::AgentApi;
 pub use cluster::ClusterApi;
 pub use policy::PolicyApi;
+pub use scan::{REQUEST_OVERHEAD_BYTES, ScanApi};
 
 use tonic::Status;
 
@@ -20,6 +23,7 @@ impl From<StoreError> for Status {
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::Conflict { .. } => Status::aborted(error.to_string()),
+            StoreError::Invalid { .. } => Status::invalid_argument(error.to_string()),
             StoreError::NewerFormat { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Sled(_)
@@ -33,14 +37,7 @@ impl From<StoreError> for Status {
 
 /// Validates a DNS-label name (policies, clusters), naming the field on error.
 fn check_name(field: &str, name: &str) -> Result<(), Status> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
+    if portcullis_policy::is_dns_label(name) {
         Ok(())
     } else if name.is_empty() {
         Err(Status::invalid_argument(format!("{field}: required")))
