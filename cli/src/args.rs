@@ -12,7 +12,7 @@ use portcullis_policy::scan::ReportFormat;
 #[command(
     name = "portcullis",
     version,
-    about = "Operate Portcullis: policies, clusters"
+    about = "Operate Portcullis: policies, clusters, image scans"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -64,6 +64,9 @@ pub enum Command {
     /// Manage registered clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Import and inspect image scan results.
+    #[command(subcommand)]
+    Scan(ScanCommand),
     /// Test manifests against policies offline, with the agent's engine. Exits 1 if anything
     /// is blocked (or not valid for its kind), so a pipeline can gate on it.
     Test(TestArgs),
@@ -183,6 +186,45 @@ pub enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScanCommand {
+    /// Import a Trivy, Grype or native JSON report; replaces the image's previous result.
+    Import {
+        /// The report, or - for standard input.
+        file: PathBuf,
+        /// The report's format [default: detected by the control plane].
+        #[arg(long, value_name = "FORMAT", value_parser = report_format())]
+        format: Option<ReportFormat>,
+        /// The image the report describes (required when the report names none).
+        #[arg(long, value_name = "REF")]
+        image: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one image's scan, found by digest or by image reference.
+    Get {
+        image: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List scans (counts only).
+    List {
+        /// Repository, exact (`nginx`) or a glob (`registry.example.com/*`).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only images with a vulnerability at or above this severity.
+        #[arg(long, value_parser = ["critical", "high", "medium", "low", "unknown"])]
+        min_severity: Option<String>,
+        /// Only images with malicious files.
+        #[arg(long)]
+        malware: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete an image's scan.
+    Delete { image: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -13,6 +13,7 @@ use tonic::{
 
 use portcullis_proto::v1::{
     cluster_service_client::ClusterServiceClient, policy_service_client::PolicyServiceClient,
+    scan_service_client::ScanServiceClient,
 };
 
 use crate::args::Connection;
@@ -36,7 +37,11 @@ pub type Authed = InterceptedService<Channel, BearerToken>;
 pub struct Clients {
     pub policies: PolicyServiceClient<Authed>,
     pub clusters: ClusterServiceClient<Authed>,
+    pub scans: ScanServiceClient<Authed>,
 }
+
+/// Largest scan result the CLI reads back (a full `ImageScan` of a large image).
+const MAX_SCAN_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
 pub async fn connect(connection: &Connection) -> Result<Clients> {
     let token = match (&connection.token, &connection.token_file) {
@@ -73,6 +78,8 @@ pub async fn connect(connection: &Connection) -> Result<Clients> {
     let bearer = BearerToken(bearer);
     Ok(Clients {
         policies: PolicyServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        clusters: ClusterServiceClient::with_interceptor(channel, bearer),
+        clusters: ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        scans: ScanServiceClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_SCAN_RESPONSE_BYTES),
     })
 }

@@ -1,4 +1,4 @@
-//! `portcullis`, the operator command line: policies and clusters on a control plane, and
+//! `portcullis`, the operator command line: policies, clusters and image scans on a control plane, and
 //! offline tests of manifests against policies.
 
 pub mod args;
@@ -16,6 +16,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Policy(command) => commands::policy::run(command, &cli.connection).await?,
         Command::Cluster(command) => commands::cluster::run(command, &cli.connection).await?,
+        Command::Scan(command) => commands::scan::run(command, &cli.connection).await?,
         Command::Test(args) => return commands::test::run(args, false),
         Command::Explain(args) => return commands::test::run(args, true),
     }

@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// Seconds between heartbeats on an idle agent Sync stream.
     #[arg(long, env = "PORTCULLIS_HEARTBEAT_INTERVAL", default_value_t = 10)]
     pub heartbeat_interval: u64,
+    /// Largest scan report `ImportReport` accepts, in bytes; larger ones are refused whole.
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAX_REPORT_BYTES",
+        default_value_t = portcullis_policy::scan::DEFAULT_MAX_REPORT_BYTES
+    )]
+    pub max_report_bytes: usize,
     /// Seconds to drain streams and in-flight requests on SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
@@ -95,6 +102,7 @@ mod tests {
         let Command::Serve(args) = cli.command;
         assert_eq!(args.listen.port(), 8443);
         assert_eq!(args.admin_listen.port(), 9090);
+        assert_eq!(args.max_report_bytes, 128 * 1024 * 1024);
         assert!(Cli::try_parse_from(["cp", "serve", "--tls-cert", "c.pem"]).is_err());
         let cli =
             Cli::try_parse_from(["cp", "serve", "--tls-san", "a,b", "--tls-san", "c"]).unwrap();

@@ -15,12 +15,12 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
     agent_service_server::AgentServiceServer, cluster_service_server::ClusterServiceServer,
-    policy_service_server::PolicyServiceServer,
+    policy_service_server::PolicyServiceServer, scan_service_server::ScanServiceServer,
 };
 
 use crate::{
     admin::{self, AdminState},
-    api::{AgentApi, ClusterApi, PolicyApi},
+    api::{AgentApi, ClusterApi, PolicyApi, REQUEST_OVERHEAD_BYTES, ScanApi},
     args::ServeArgs,
     auth::{self, Authenticator, Role},
     fleet::Fleet,
@@ -87,6 +87,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     health_reporter
         .set_serving::<AgentServiceServer<AgentApi>>()
         .await;
+    health_reporter
+        .set_serving::<ScanServiceServer<ScanApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -127,6 +130,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .instrument(info_span!("compaction")),
     );
 
+    let max_report_bytes = args
+        .max_report_bytes
+        .min(portcullis_policy::scan::MAX_REPORT_BYTES_CEILING);
+    // ImportReport carries the report: tonic must decode a request at the limit. A request
+    // slightly over it reaches the parser (InvalidArgument naming --max-report-bytes); one far
+    // beyond is refused by tonic's decoder (OutOfRange, naming its limit) before buffering.
+    let scans = ScanServiceServer::new(ScanApi::new(
+        store.clone(),
+        authenticator.clone(),
+        max_report_bytes,
+    ))
+    .max_decoding_message_size(max_report_bytes.saturating_add(REQUEST_OVERHEAD_BYTES));
+
     let fleet = Fleet::default();
     let grpc = Server::builder()
         .tls_config(
@@ -147,6 +163,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             authenticator.clone(),
             fleet.clone(),
         )))
+        .add_service(scans)
         .add_service(AgentServiceServer::new(AgentApi::new(
             store.clone(),
             authenticator.clone(),

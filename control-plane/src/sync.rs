@@ -244,6 +244,8 @@ async fn send_delta(store: &Store, cluster: &str, cursor: u64, tx: &Sender) -> R
                 ))));
             }
             Some(Change::ClusterPut(_) | Change::ClusterDeleted(_)) | None => {}
+            // Scans are not sent to agents yet.
+            Some(Change::ScanPut(_) | Change::ScanDeleted(_)) => {}
         }
     }
     send(tx, Message::Delta(delta)).await?;

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod policy;
+pub mod scan;
 pub mod test;
 
 use anyhow::anyhow;

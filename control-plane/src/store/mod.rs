@@ -1,14 +1,16 @@
-//! The control plane's durable state in sled: policies, clusters, agent token hashes, and the
-//! change log. Every mutation takes the next global revision and is written in one atomic sled
-//! transaction together with its change-log entry; the store is flushed before the caller gets
-//! an answer, and only then is the revision published to watchers. The store has an `epoch`
-//! (fixed at creation) so agents can tell a reset store from the one they synced with.
+//! The control plane's durable state in sled: policies, clusters, agent token hashes, image
+//! scan results, and the change log. Every mutation takes the next global revision and is
+//! written in one atomic sled transaction together with its change-log entry; the store is
+//! flushed before the caller gets an answer, and only then is the revision published to
+//! watchers. The store has an `epoch` (fixed at creation) so agents can tell a reset store
+//! from the one they synced with.
 
 mod changelog;
 mod clusters;
 mod format;
 mod policies;
 mod records;
+mod scans;
 mod snapshot;
 
 use std::{
@@ -53,6 +55,9 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    /// The caller's input cannot be stored; the gRPC layer answers InvalidArgument.
+    #[error("{what}")]
+    Invalid { what: String },
     #[error("store is corrupt: {what}")]
     Corrupt { what: String },
     #[error("sled: {0}")]
@@ -68,6 +73,8 @@ enum TreeId {
     Clusters,
     Tokens,
     Changes,
+    Scans,
+    ScanKeys,
 }
 
 const META_EPOCH: &[u8] = b"epoch";
@@ -82,6 +89,10 @@ pub struct Store {
     clusters: sled::Tree,
     tokens: sled::Tree,
     changes: sled::Tree,
+    /// Scan id -> `ImageScan` (prost).
+    scans: sled::Tree,
+    /// Every digest and normalised `repository:tag` of a scan -> its id.
+    scan_keys: sled::Tree,
     epoch: String,
     /// The last revision written to sled (maybe not yet flushed).
     written: AtomicU64,
@@ -117,6 +128,8 @@ impl Store {
             clusters: db.open_tree("clusters")?,
             tokens: db.open_tree("tokens")?,
             changes: db.open_tree("changes")?,
+            scans: db.open_tree("scans")?,
+            scan_keys: db.open_tree("scan_keys")?,
             meta,
             db,
             epoch,
@@ -200,15 +213,19 @@ impl Store {
             &self.clusters,
             &self.tokens,
             &self.changes,
+            &self.scans,
+            &self.scan_keys,
         );
-        let result: Result<(), TransactionError<()>> =
-            trees.transaction(|(meta, policies, clusters, tokens, changes)| {
+        let result: Result<(), TransactionError<()>> = trees.transaction(
+            |(meta, policies, clusters, tokens, changes, scans, scan_keys)| {
                 for op in ops {
                     let tree = match op.tree {
                         TreeId::Policies => policies,
                         TreeId::Clusters => clusters,
                         TreeId::Tokens => tokens,
                         TreeId::Changes => changes,
+                        TreeId::Scans => scans,
+                        TreeId::ScanKeys => scan_keys,
                     };
                     match &op.value {
                         Some(value) => tree.insert(op.key.as_slice(), value.as_slice())?,
@@ -217,7 +234,8 @@ impl Store {
                 }
                 meta.insert(META_REVISION, &revision.to_be_bytes())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
-            });
+            },
+        );
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(e.into()),

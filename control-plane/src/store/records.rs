@@ -2,7 +2,7 @@
 //! every revision and the cluster record with its token hash. prost-encoded, so the on-disk
 //! format evolves the way the wire format does (new fields are optional).
 
-use portcullis_proto::v1::{Cluster, Policy};
+use portcullis_proto::v1::{Cluster, ImageScan, Policy};
 
 /// One committed change, keyed in the `changes` tree by its revision (big-endian u64).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -11,7 +11,7 @@ pub struct ChangeRecord {
     pub revision: u64,
     #[prost(int64, tag = "2")]
     pub unix_millis: i64,
-    #[prost(oneof = "Change", tags = "3, 4, 5, 6")]
+    #[prost(oneof = "Change", tags = "3, 4, 5, 6, 7, 8")]
     pub change: Option<Change>,
 }
 
@@ -27,6 +27,12 @@ pub enum Change {
     ClusterPut(Box<Cluster>),
     #[prost(string, tag = "6")]
     ClusterDeleted(String),
+    /// A scan imported (or re-imported, replacing the one with the same id).
+    #[prost(message, boxed, tag = "7")]
+    ScanPut(Box<ImageScan>),
+    /// The id of a deleted scan.
+    #[prost(string, tag = "8")]
+    ScanDeleted(String),
 }
 
 /// A registered cluster as stored: the API object plus the SHA-256 of its agent token.

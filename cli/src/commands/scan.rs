@@ -1,0 +1,156 @@
+//! `portcullis scan …`: import a scanner's report, get one image's result, list results with
+//! their counts per severity, delete a result. Reports are parsed by the control plane, so
+//! what it refuses is refused the same way for grpcurl and the CLI.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow};
+use tonic::Code;
+
+use portcullis_proto::v1::{
+    DeleteImageScanRequest, GetImageScanRequest, ImageScan, ImportReportRequest,
+    ListImageScansRequest,
+};
+
+use super::rpc;
+use crate::{
+    args::{Connection, ScanCommand},
+    client,
+    output::{self, Table},
+};
+
+pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
+    // Read the report before connecting: a missing file is reported even with no server.
+    let report = match &command {
+        ScanCommand::Import { file, .. } => read_report(file)?,
+        _ => Vec::new(),
+    };
+    let mut clients = client::connect(connection).await?;
+    match command {
+        ScanCommand::Import {
+            file,
+            format,
+            image,
+            output,
+        } => {
+            let size = report.len();
+            let request = ImportReportRequest {
+                format: format.map(|f| f.name().to_owned()).unwrap_or_default(),
+                report,
+                image: image.unwrap_or_default(),
+            };
+            let scan = match clients.scans.import_report(request).await {
+                // tonic's own refusal of a request over its decoding limit.
+                Err(status)
+                    if matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange)
+                        && status.message().contains("too large") =>
+                {
+                    return Err(anyhow!(
+                        "{:?}: {}: the report ({size} bytes) is over the control \
+                         plane's report size limit (--max-report-bytes): {}",
+                        status.code(),
+                        file.display(),
+                        status.message()
+                    ));
+                }
+                result => rpc(result)?,
+            };
+            output::print(output, &scan, || scan_table(std::slice::from_ref(&scan)))
+        }
+        ScanCommand::Get { image, output } => {
+            let scan = rpc(clients
+                .scans
+                .get_image_scan(GetImageScanRequest { image })
+                .await)?;
+            output::print(output, &scan, || scan_table(std::slice::from_ref(&scan)))
+        }
+        ScanCommand::List {
+            repository,
+            min_severity,
+            malware,
+            output,
+        } => {
+            let mut scans = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = ListImageScansRequest {
+                    repository: repository.clone().unwrap_or_default(),
+                    min_severity: min_severity.clone().unwrap_or_default(),
+                    has_malware: malware.then_some(true),
+                    page_size: 1000,
+                    page_token,
+                };
+                let page = rpc(clients.scans.list_image_scans(request).await)?;
+                scans.extend(page.scans);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::print(output, &scans, || scan_table(&scans))
+        }
+        ScanCommand::Delete { image } => {
+            let response = rpc(clients
+                .scans
+                .delete_image_scan(DeleteImageScanRequest { image })
+                .await)?;
+            println!(
+                "scan {:?} deleted at revision {}",
+                response.id, response.revision
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_report(path: &PathBuf) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading the report from standard input")?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("reading report {}", path.display()))
+}
+
+/// How a scan's image reads in a table: `repository:tag`, else `repository@digest`.
+fn image_name(scan: &ImageScan) -> String {
+    let identity = scan.image.clone().unwrap_or_default();
+    match (identity.tags.first(), identity.digests.first()) {
+        (Some(tag), _) => format!("{}:{tag}", identity.repository),
+        (None, Some(digest)) => format!("{}@{digest}", identity.repository),
+        (None, None) => identity.repository,
+    }
+}
+
+fn scan_table(scans: &[ImageScan]) -> Table {
+    let mut table = Table::new(vec![
+        "IMAGE", "SCANNER", "CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN", "MALWARE", "SCANNED",
+    ]);
+    for scan in scans {
+        let counts = scan.counts.unwrap_or_default();
+        let scanner = scan.scanner.clone().unwrap_or_default();
+        table.row(vec![
+            image_name(scan),
+            match scanner.version.as_str() {
+                "" => scanner.name,
+                version => format!("{} {version}", scanner.name),
+            },
+            counts.critical.to_string(),
+            counts.high.to_string(),
+            counts.medium.to_string(),
+            counts.low.to_string(),
+            counts.unknown.to_string(),
+            scan.malicious_files.len().to_string(),
+            match scan.scanned_at.as_str() {
+                "" => "-".into(),
+                at => at.to_owned(),
+            },
+        ]);
+    }
+    table
+}
