@@ -22,6 +22,11 @@ fn write_policy(dir: &Path, name: &str, clusters: &[&str]) -> String {
     path.display().to_string()
 }
 
+/// Applies a one-rule policy scoped to `clusters` through the CLI.
+fn apply_policy(cp: &ControlPlane, dir: &Path, name: &str, clusters: &[&str]) {
+    success(&cp.admin_cli(&["policy", "apply", "-f", &write_policy(dir, name, clusters)]));
+}
+
 /// Waits until the fleet view shows `cluster` connected, at the store's revision, lag 0.
 fn wait_acked(cp: &ControlPlane, cluster: &str) -> serde_json::Value {
     let revision = cp.revision();
@@ -48,18 +53,8 @@ fn policies_reach_only_the_agents_in_scope_and_are_acked() {
     b.wait_revision(cp.revision());
     assert_eq!(a.state()["lastSyncMode"], "snapshot");
 
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "prod-only", &["prod-*"]),
-    ]));
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "everywhere", &[]),
-    ]));
+    apply_policy(&cp, dir.path(), "prod-only", &["prod-*"]);
+    apply_policy(&cp, dir.path(), "everywhere", &[]);
     let revision = cp.revision();
     a.wait_revision(revision);
     b.wait_revision(revision);
@@ -75,12 +70,7 @@ fn policies_reach_only_the_agents_in_scope_and_are_acked() {
     assert!(fleet.contains("prod-a") && fleet.contains("yes"), "{fleet}");
 
     // Rescoping moves a policy from one agent to the other.
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "prod-only", &["dev-*"]),
-    ]));
+    apply_policy(&cp, dir.path(), "prod-only", &["dev-*"]);
     let revision = cp.revision();
     a.wait_revision(revision);
     b.wait_revision(revision);
@@ -110,24 +100,14 @@ fn agents_resume_with_deltas_after_the_control_plane_is_killed() {
     let mut cp = ControlPlane::start();
     let dir = tempfile::tempdir().unwrap();
     let token = cp.register("c1");
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "first", &[]),
-    ]));
+    apply_policy(&cp, dir.path(), "first", &[]);
     let agent = Agent::start(&cp, "c1", &token);
     agent.wait_revision(cp.revision());
 
     cp.kill();
     agent.wait_for("the agent to notice", |s| s["connected"] == false);
     cp.restart();
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "second", &[]),
-    ]));
+    apply_policy(&cp, dir.path(), "second", &[]);
     let state = agent.wait_revision(cp.revision());
     assert_eq!(state["lastSyncMode"], "resume");
     assert_eq!(state["snapshots"], 1, "no second snapshot: {state}");
@@ -140,12 +120,7 @@ fn a_restarted_agent_serves_its_cache_while_the_control_plane_is_down() {
     let mut cp = ControlPlane::start();
     let dir = tempfile::tempdir().unwrap();
     let token = cp.register("c1");
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "cached", &[]),
-    ]));
+    apply_policy(&cp, dir.path(), "cached", &[]);
     let mut agent = Agent::start(&cp, "c1", &token);
     let before = agent.wait_revision(cp.revision());
 
@@ -165,24 +140,14 @@ fn a_reset_store_makes_agents_take_a_snapshot() {
     let mut cp = ControlPlane::start();
     let dir = tempfile::tempdir().unwrap();
     let token = cp.register("c1");
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "old", &[]),
-    ]));
+    apply_policy(&cp, dir.path(), "old", &[]);
     let agent = Agent::start(&cp, "c1", &token);
     let before = agent.wait_revision(cp.revision());
 
     cp.reset_store();
     let token = cp.register("c1");
     agent.set_token(&token);
-    success(&cp.admin_cli(&[
-        "policy",
-        "apply",
-        "-f",
-        &write_policy(dir.path(), "new", &[]),
-    ]));
+    apply_policy(&cp, dir.path(), "new", &[]);
     let after = agent.wait_for("a snapshot of the new epoch", |s| {
         s["epoch"] != before["epoch"]
     });
