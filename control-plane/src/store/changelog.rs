@@ -64,12 +64,7 @@ impl Store {
         }
         self.changes.apply_batch(batch)?;
         drop(_guard);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("flush task: {e}"),
-            })??;
+        self.flush().await?;
         Ok(dropped)
     }
 }

@@ -190,12 +190,7 @@ impl Store {
             return Ok(());
         }
         let target = self.written.load(Ordering::Acquire);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("flush task: {e}"),
-            })??;
+        self.flush().await?;
         self.durable.send_if_modified(|durable| {
             let newer = target > *durable;
             if newer {
@@ -203,6 +198,17 @@ impl Store {
             }
             newer
         });
+        Ok(())
+    }
+
+    /// sled's blocking flush on a blocking thread (see `make_durable`).
+    async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("flush task: {e}"),
+            })??;
         Ok(())
     }
 
