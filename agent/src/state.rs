@@ -1,11 +1,13 @@
-//! The state the agent enforces: an immutable snapshot of the policies in scope for its cluster
-//! and the cluster's protection settings at one (epoch, revision). Readers (the webhook) load
+//! The state the agent enforces: an immutable snapshot of the policies in scope for its cluster,
+//! the image scan summaries and the cluster's protection settings at one (epoch, revision). Readers (the webhook) load
 //! the current `Arc<AgentState>` without a lock; the sync client swaps in a new one after each
 //! applied revision.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use arc_swap::ArcSwap;
+
+use portcullis_policy::engine::ScanIndex;
 
 use portcullis_proto::v1::{Policy, ProtectionSettings};
 
@@ -33,6 +35,8 @@ pub struct AgentState {
     pub revision: u64,
     pub protection: Option<ProtectionSettings>,
     pub policies: BTreeMap<String, Arc<LoadedPolicy>>,
+    /// Every image scan's summary (copy-on-write: a new state shares what did not change).
+    pub scans: ScanIndex,
     /// Unix milliseconds of the last apply.
     pub applied_at_ms: i64,
 }

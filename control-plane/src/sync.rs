@@ -8,15 +8,21 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{debug, info};
 
+use prost::Message as _;
+
+use portcullis_policy::scan::summary_of_stored;
 use portcullis_proto::v1::{
-    Delta, Heartbeat, Policy, PolicyChange, ProtectionSettings, SnapshotChunk, SnapshotEnd,
-    SyncRequest, SyncResponse, SyncStart, policy_change, sync_response::Message,
+    Delta, Heartbeat, ImageSummary, Policy, PolicyChange, ProtectionSettings, ScanChange,
+    SnapshotChunk, SnapshotEnd, SyncRequest, SyncResponse, SyncStart, policy_change, scan_change,
+    sync_response::Message,
 };
 
 use crate::store::{Change, ChangesSince, Store, StoreError};
 
 /// Policies per snapshot chunk.
 const CHUNK: usize = 100;
+/// Encoded image summaries per snapshot chunk, in bytes (a chunk holds at least one).
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Revisions per delta when an agent catches up.
 const DELTA_BATCH: usize = 500;
 
@@ -146,10 +152,12 @@ async fn stream(
                     tx,
                     Message::SnapshotChunk(SnapshotChunk {
                         policies: chunk.to_vec(),
+                        scans: Vec::new(),
                     }),
                 )
                 .await?;
             }
+            send_scans(tx, &snapshot.scans).await?;
             send(
                 tx,
                 Message::SnapshotEnd(SnapshotEnd {
@@ -194,6 +202,39 @@ async fn stream(
             () = tx.closed() => return Err(End::Gone),
         }
     }
+}
+
+/// Sends the snapshot's image summaries in chunks of about `SCAN_CHUNK_BYTES`, decoding each
+/// chunk only when it is sent.
+async fn send_scans(tx: &Sender, encoded: &[sled::IVec]) -> Result<(), End> {
+    let mut rest = encoded;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .take_while(|value| {
+                bytes += value.len();
+                bytes <= SCAN_CHUNK_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(take);
+        rest = after;
+        let scans = chunk
+            .iter()
+            .map(|value| ImageSummary::decode(value.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| End::Error(Status::internal(format!("stored image summary: {e}"))))?;
+        send(
+            tx,
+            Message::SnapshotChunk(SnapshotChunk {
+                policies: Vec::new(),
+                scans,
+            }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Sends the changes after `cursor` (up to a batch) as one delta; returns the new cursor.
@@ -244,8 +285,12 @@ async fn send_delta(store: &Store, cluster: &str, cursor: u64, tx: &Sender) -> R
                 ))));
             }
             Some(Change::ClusterPut(_) | Change::ClusterDeleted(_)) | None => {}
-            // Scans are not sent to agents yet.
-            Some(Change::ScanPut(_) | Change::ScanDeleted(_)) => {}
+            Some(Change::ScanPut(scan)) => delta.scan_changes.push(ScanChange {
+                change: Some(scan_change::Change::Put(summary_of_stored(&scan))),
+            }),
+            Some(Change::ScanDeleted(id)) => delta.scan_changes.push(ScanChange {
+                change: Some(scan_change::Change::Deleted(id)),
+            }),
         }
     }
     send(tx, Message::Delta(delta)).await?;
@@ -388,6 +433,96 @@ mod tests {
         };
         assert_eq!((delta.revision, delta.protection), (5, Some(settings)));
         assert!(delta.changes.is_empty());
+    }
+
+    fn mk_scan(tag: &str, cve: &str) -> portcullis_proto::v1::ImageScan {
+        use portcullis_proto::v1::{ImageIdentity, ImageScan, ScanVulnerability};
+        ImageScan {
+            image: Some(ImageIdentity {
+                repository: "docker.io/library/nginx".into(),
+                tags: vec![tag.into()],
+                ..Default::default()
+            }),
+            vulnerabilities: vec![ScanVulnerability {
+                id: cve.into(),
+                severity: "high".into(),
+                fixed_version: "2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn scans_travel_as_summaries_in_snapshots_and_deltas() {
+        let h = Harness::new().await;
+        h.store.put_scan(mk_scan("1.25", "CVE-1")).await.unwrap();
+        let mut rx = h.open("", 0);
+        assert!(matches!(next(&mut rx).await.unwrap(), Message::Start(_)));
+        let Message::SnapshotChunk(chunk) = next(&mut rx).await.unwrap() else {
+            panic!("expected the scans chunk")
+        };
+        assert_eq!(chunk.scans.len(), 1);
+        let summary = &chunk.scans[0];
+        assert_eq!(
+            (summary.id.as_str(), summary.vulnerability_ids.as_slice()),
+            (
+                "docker.io/library/nginx:1.25",
+                ["CVE-1".to_string()].as_slice()
+            )
+        );
+        assert_eq!(summary.vulnerability_flags, [3 | 8]);
+        assert!(matches!(
+            next(&mut rx).await.unwrap(),
+            Message::SnapshotEnd(_)
+        ));
+
+        // A re-import and a delete arrive as deltas of their own revisions.
+        h.store.put_scan(mk_scan("1.25", "CVE-2")).await.unwrap();
+        let Message::Delta(delta) = next(&mut rx).await.unwrap() else {
+            panic!()
+        };
+        let Some(scan_change::Change::Put(put)) = &delta.scan_changes[0].change else {
+            panic!("expected a put")
+        };
+        assert_eq!(put.vulnerability_ids, ["CVE-2"]);
+        assert_eq!(put.revision, delta.revision);
+        h.store.delete_scan("nginx:1.25").await.unwrap();
+        let Message::Delta(delta) = next(&mut rx).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            delta.scan_changes[0].change,
+            Some(scan_change::Change::Deleted(
+                "docker.io/library/nginx:1.25".into()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn large_snapshots_split_scans_into_bounded_chunks() {
+        let values: Vec<sled::IVec> = (0..5)
+            .map(|i| {
+                let summary = ImageSummary {
+                    id: format!("id{i}"),
+                    malware: vec!["x".repeat(SCAN_CHUNK_BYTES / 2)],
+                    ..Default::default()
+                };
+                summary.encode_to_vec().into()
+            })
+            .collect();
+        let (tx, mut rx) = mpsc::channel(16);
+        send_scans(&tx, &values).await.ok().unwrap();
+        drop(tx);
+        let mut sizes = Vec::new();
+        while let Some(Ok(SyncResponse {
+            message: Some(Message::SnapshotChunk(chunk)),
+        })) = rx.recv().await
+        {
+            sizes.push(chunk.scans.len());
+        }
+        // Each summary is just over half the budget: one per chunk, none lost.
+        assert_eq!(sizes, [1, 1, 1, 1, 1]);
     }
 
     #[tokio::test]

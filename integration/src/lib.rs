@@ -431,6 +431,12 @@ impl Drop for Agent {
 /// POSTs an AdmissionReview body to an agent's webhook over TLS (trusting its self-signed
 /// certificate), as the API server does; returns the HTTP status and the body.
 pub fn post_review(agent: &Agent, body: Vec<u8>) -> (u16, serde_json::Value) {
+    post_webhook(agent, "/validate?timeout=5s", body)
+}
+
+/// POSTs `body` to `path` on an agent's webhook port over TLS; returns the HTTP status and
+/// the body (JSON, or the text as a JSON string).
+pub fn post_webhook(agent: &Agent, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
     use http_body_util::BodyExt;
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
@@ -463,7 +469,7 @@ pub fn post_review(agent: &Agent, body: Vec<u8>) -> (u16, serde_json::Value) {
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        let request = hyper::Request::post("/validate?timeout=5s")
+        let request = hyper::Request::post(path)
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))

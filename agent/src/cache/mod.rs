@@ -1,7 +1,14 @@
-//! The durable cache of the last good state, in sled: the policies in scope and the meta record
-//! (epoch, revision, protection settings). Each applied revision is written in one transaction
-//! and flushed before it is acknowledged. A cache that cannot be read is moved aside (kept for
-//! inspection) and the agent starts empty, to be rebuilt by a resync.
+//! The durable cache of the last good state, in sled: the policies in scope, the image scan
+//! summaries and the meta record (epoch, revision, protection settings). Each applied revision
+//! is written in one transaction and flushed before it is acknowledged. A cache that cannot be
+//! read is moved aside (kept for inspection) and the agent starts empty, to be rebuilt by a
+//! resync.
+//!
+//! Scans can be many (100,000 images), so a snapshot's scans are written chunk by chunk into a
+//! fresh tree while they arrive, and the meta record names the tree that is current: switching
+//! to the new tree is part of the snapshot's transaction, so a crash mid-snapshot leaves the
+//! previous state whole. Delta scan changes go into the current tree in the revision's
+//! transaction.
 
 use std::{
     collections::BTreeMap,
@@ -15,9 +22,13 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use portcullis_proto::v1::{Policy, ProtectionSettings};
+use portcullis_policy::{engine::ScanIndex, scan::ScanSummary};
+use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings};
 
-use crate::state::{AgentState, LoadedPolicy};
+use crate::{
+    state::{AgentState, LoadedPolicy},
+    sync::apply::ScanWrite,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -33,12 +44,37 @@ const EPOCH: &[u8] = b"epoch";
 const REVISION: &[u8] = b"revision";
 const PROTECTION: &[u8] = b"protection";
 const APPLIED_AT: &[u8] = b"applied_at_ms";
+/// The name of the current scans tree.
+const SCANS_TREE: &[u8] = b"scans_tree";
+const DEFAULT_SCANS_TREE: &str = "scans";
+/// Staged snapshot trees are named with this prefix and a sequence number.
+const STAGED_PREFIX: &str = "scans-";
+/// sled's page cache: the agent holds its state in memory already, so a small one will do
+/// (sled's default of 1 GiB would count against the pod's memory limit).
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The agent's cache.
 pub struct Cache {
     db: sled::Db,
     meta: sled::Tree,
     policies: sled::Tree,
+    /// The current scans tree (replaced when a snapshot commits).
+    scans: std::sync::Mutex<sled::Tree>,
+}
+
+/// The scans of a snapshot being received, written to a tree that becomes current only when
+/// the snapshot commits.
+pub struct StagedScans {
+    name: String,
+    tree: sled::Tree,
+}
+
+/// How a revision's scans reach the cache.
+pub enum ScanPersist<'a> {
+    /// A delta's changes, into the current tree.
+    Changes(&'a [ScanWrite]),
+    /// A snapshot's staged tree, which replaces the current one.
+    Replace(StagedScans),
 }
 
 /// What opening found.
@@ -60,6 +96,11 @@ impl Cache {
                 state,
                 recovered: None,
             }),
+            // Only a cache that cannot be read is moved aside; an I/O error (another
+            // process holding the lock, a full disk) must not discard a good cache.
+            Err(error @ (CacheError::Sled(sled::Error::Io(_)) | CacheError::MoveAside(_))) => {
+                Err(error)
+            }
             Err(error) => {
                 let aside = corrupt_path(dir);
                 std::fs::rename(&path, &aside).map_err(CacheError::MoveAside)?;
@@ -75,14 +116,70 @@ impl Cache {
     }
 
     fn open(path: &Path) -> Result<(Self, AgentState), CacheError> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        let scans_name = match meta.get(SCANS_TREE)? {
+            Some(name) => String::from_utf8(name.to_vec())
+                .map_err(|_| CacheError::Corrupt("scans tree name is not UTF-8".into()))?,
+            None => DEFAULT_SCANS_TREE.to_owned(),
+        };
+        // Trees of snapshots that never committed.
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let stale = name.starts_with(STAGED_PREFIX) || name == DEFAULT_SCANS_TREE;
+            if stale && name != scans_name {
+                db.drop_tree(name.as_bytes())?;
+            }
+        }
         let cache = Self {
-            meta: db.open_tree("meta")?,
             policies: db.open_tree("policies")?,
+            scans: std::sync::Mutex::new(db.open_tree(scans_name.as_bytes())?),
+            meta,
             db,
         };
         let state = cache.load()?;
         Ok((cache, state))
+    }
+
+    fn current_scans(&self) -> sled::Tree {
+        self.scans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A fresh tree for the scans of a snapshot about to arrive.
+    pub fn stage_scans(&self) -> Result<StagedScans, CacheError> {
+        let current = self.current_scans();
+        let name = loop {
+            let n = self.db.generate_id()?;
+            let name = format!("{STAGED_PREFIX}{n}");
+            if name.as_bytes() != current.name().as_ref() {
+                break name;
+            }
+        };
+        let tree = self.db.open_tree(name.as_bytes())?;
+        tree.clear()?;
+        Ok(StagedScans { name, tree })
+    }
+
+    /// Writes one chunk of a snapshot's scans to its staged tree (not yet durable or current).
+    pub fn stage_chunk(
+        &self,
+        staged: &StagedScans,
+        scans: &[ImageSummary],
+    ) -> Result<(), CacheError> {
+        let mut batch = sled::Batch::default();
+        for summary in scans {
+            batch.insert(summary.id.as_bytes(), summary.encode_to_vec());
+        }
+        staged.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Drops a staged tree whose snapshot was abandoned.
+    pub fn discard(&self, staged: StagedScans) {
+        let _ = self.db.drop_tree(staged.name.as_bytes());
     }
 
     fn load(&self) -> Result<AgentState, CacheError> {
@@ -118,11 +215,28 @@ impl Cache {
         if epoch.is_empty() && !policies.is_empty() {
             return Err(corrupt("policies without an epoch".into()));
         }
+        let mut scans = ScanIndex::default();
+        for entry in self.current_scans().iter() {
+            let (key, value) = entry?;
+            let name = || String::from_utf8_lossy(&key).into_owned();
+            let message = ImageSummary::decode(value.as_ref())
+                .map_err(|e| corrupt(format!("image summary {}: {e}", name())))?;
+            if message.id.as_bytes() != key.as_ref() {
+                return Err(corrupt(format!(
+                    "image summary stored under {:?} has id {:?}",
+                    name(),
+                    message.id
+                )));
+            }
+            let (image, summary) = ScanSummary::from_proto(&message).map_err(corrupt)?;
+            scans.put(&message.id, image, summary, message.revision);
+        }
         Ok(AgentState {
             epoch,
             revision,
             protection,
             policies,
+            scans,
             applied_at_ms,
         })
     }
@@ -133,6 +247,7 @@ impl Cache {
         &self,
         previous: &AgentState,
         next: &AgentState,
+        scans: ScanPersist<'_>,
     ) -> Result<(), CacheError> {
         let mut removed = Vec::new();
         for name in previous.policies.keys() {
@@ -151,8 +266,28 @@ impl Cache {
             }
         }
         let protection = next.protection.as_ref().map(Message::encode_to_vec);
-        let result: Result<(), TransactionError<()>> =
-            (&self.meta, &self.policies).transaction(|(meta, policies)| {
+        let (scans_tree, changes, replaced_by) = match scans {
+            ScanPersist::Changes(changes) => (self.current_scans(), changes, None),
+            ScanPersist::Replace(staged) => {
+                let tree = staged.tree.clone();
+                (self.current_scans(), &[][..], Some((staged, tree)))
+            }
+        };
+        let result: Result<(), TransactionError<()>> = (&self.meta, &self.policies, &scans_tree)
+            .transaction(|(meta, policies, scans)| {
+                for change in changes {
+                    match change {
+                        ScanWrite::Put(id, bytes) => {
+                            scans.insert(id.as_bytes(), bytes.as_slice())?;
+                        }
+                        ScanWrite::Delete(id) => {
+                            scans.remove(id.as_bytes())?;
+                        }
+                    }
+                }
+                if let Some((staged, _)) = &replaced_by {
+                    meta.insert(SCANS_TREE, staged.name.as_bytes())?;
+                }
                 for key in &removed {
                     policies.remove(key.as_slice())?;
                 }
@@ -175,7 +310,22 @@ impl Cache {
                 return Err(CacheError::Corrupt("transaction aborted".into()));
             }
         }
-        // sled's blocking flush on a blocking thread (its flush_async was seen to hang).
+        self.flush().await?;
+        if let Some((staged, tree)) = replaced_by {
+            let old = std::mem::replace(
+                &mut *self.scans.lock().unwrap_or_else(|e| e.into_inner()),
+                tree,
+            );
+            drop(staged);
+            // The meta record no longer names the old tree; a crash before this drop only
+            // leaves it for the next open to remove.
+            self.db.drop_tree(old.name())?;
+        }
+        Ok(())
+    }
+
+    /// sled's blocking flush on a blocking thread (its flush_async was seen to hang).
+    async fn flush(&self) -> Result<(), CacheError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -251,6 +401,7 @@ mod tests {
                 .iter()
                 .map(|n| (n.to_string(), mk_policy(n)))
                 .collect(),
+            scans: ScanIndex::default(),
             applied_at_ms: 42,
         }
     }
@@ -261,12 +412,20 @@ mod tests {
         let opened = Cache::open_or_recover(dir.path()).unwrap();
         assert!(!opened.state.is_loaded());
         let first = mk_state(3, &["a", "b"]);
-        opened.cache.persist(&opened.state, &first).await.unwrap();
+        opened
+            .cache
+            .persist(&opened.state, &first, ScanPersist::Changes(&[]))
+            .await
+            .unwrap();
         let mut second = first.clone();
         second.revision = 4;
         second.policies.remove("a");
         second.policies.insert("c".into(), mk_policy("c"));
-        opened.cache.persist(&first, &second).await.unwrap();
+        opened
+            .cache
+            .persist(&first, &second, ScanPersist::Changes(&[]))
+            .await
+            .unwrap();
         drop(opened);
 
         let reopened = Cache::open_or_recover(dir.path()).unwrap();
@@ -280,6 +439,111 @@ mod tests {
         assert_eq!(state.protection, second.protection);
     }
 
+    fn mk_summary(id: &str) -> ImageSummary {
+        ImageSummary {
+            id: id.into(),
+            image: Some(portcullis_proto::v1::ImageIdentity {
+                repository: "docker.io/library/app".into(),
+                tags: vec![id.into()],
+                ..Default::default()
+            }),
+            vulnerability_ids: vec!["CVE-1".into()],
+            vulnerability_flags: vec![4],
+            ..Default::default()
+        }
+    }
+
+    fn with_scans(mut state: AgentState, ids: &[&str]) -> AgentState {
+        state.scans = ScanIndex::default();
+        let summaries: Vec<ImageSummary> = ids.iter().map(|id| mk_summary(id)).collect();
+        crate::sync::apply::add_scans(&mut state.scans, &summaries).unwrap();
+        state
+    }
+
+    fn scan_ids(state: &AgentState) -> Vec<String> {
+        let mut ids: Vec<String> = state.scans.scans().map(|s| s.id.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn snapshot_scans_replace_the_old_ones_and_deltas_change_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = Cache::open_or_recover(dir.path()).unwrap();
+        let cache = opened.cache;
+        // A first snapshot with two scans, staged in two chunks.
+        let first = with_scans(mk_state(1, &["a"]), &["1", "2"]);
+        let staged = cache.stage_scans().unwrap();
+        cache.stage_chunk(&staged, &[mk_summary("1")]).unwrap();
+        cache.stage_chunk(&staged, &[mk_summary("2")]).unwrap();
+        cache
+            .persist(&opened.state, &first, ScanPersist::Replace(staged))
+            .await
+            .unwrap();
+        // A delta: "3" imported, "1" deleted.
+        let second = with_scans(mk_state(2, &["a"]), &["2", "3"]);
+        let writes = [
+            ScanWrite::Put("3".into(), mk_summary("3").encode_to_vec()),
+            ScanWrite::Delete("1".into()),
+        ];
+        cache
+            .persist(&first, &second, ScanPersist::Changes(&writes))
+            .await
+            .unwrap();
+        // A snapshot abandoned halfway leaves nothing behind.
+        let abandoned = cache.stage_scans().unwrap();
+        cache.stage_chunk(&abandoned, &[mk_summary("9")]).unwrap();
+        drop((cache, abandoned));
+
+        let reopened = Cache::open_or_recover(dir.path()).unwrap();
+        assert_eq!(reopened.recovered, None);
+        assert_eq!(scan_ids(&reopened.state), ["2", "3"]);
+        assert!(reopened.state.scans.lookup("app:3").is_some());
+        let trees: Vec<String> = reopened
+            .cache
+            .db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .filter(|n| n.starts_with("scans"))
+            .collect();
+        assert_eq!(trees.len(), 1, "{trees:?}");
+
+        // A second snapshot replaces every scan.
+        let third = with_scans(mk_state(5, &["a"]), &["7"]);
+        let staged = reopened.cache.stage_scans().unwrap();
+        reopened
+            .cache
+            .stage_chunk(&staged, &[mk_summary("7")])
+            .unwrap();
+        reopened
+            .cache
+            .persist(&reopened.state, &third, ScanPersist::Replace(staged))
+            .await
+            .unwrap();
+        drop(reopened);
+        let again = Cache::open_or_recover(dir.path()).unwrap();
+        assert_eq!(scan_ids(&again.state), ["7"]);
+        assert_eq!(again.state.revision, 5);
+    }
+
+    #[test]
+    fn a_locked_cache_is_an_error_not_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Cache::open_or_recover(dir.path()).unwrap();
+        let error = Cache::open_or_recover(dir.path()).err().expect("locked");
+        assert!(error.to_string().contains("lock"), "{error}");
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("cache.corrupt-")
+            });
+        assert!(!aside, "a locked cache must not be moved aside");
+    }
+
     #[tokio::test]
     async fn corrupt_cache_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
@@ -287,7 +551,11 @@ mod tests {
             let opened = Cache::open_or_recover(dir.path()).unwrap();
             opened
                 .cache
-                .persist(&opened.state, &mk_state(1, &["a"]))
+                .persist(
+                    &opened.state,
+                    &mk_state(1, &["a"]),
+                    ScanPersist::Changes(&[]),
+                )
                 .await
                 .unwrap();
             opened

@@ -4,7 +4,12 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use portcullis_proto::v1::{Delta, Policy, ProtectionSettings, policy_change};
+use prost::Message;
+
+use portcullis_policy::{engine::ScanIndex, scan::ScanSummary};
+use portcullis_proto::v1::{
+    Delta, ImageSummary, Policy, ProtectionSettings, policy_change, scan_change,
+};
 
 use crate::state::{AgentState, LoadedPolicy};
 
@@ -17,11 +22,34 @@ pub enum ApplyError {
     Invalid(String),
 }
 
-/// The state a snapshot describes.
+/// A scan change as the cache writes it.
+#[derive(Debug, PartialEq)]
+pub enum ScanWrite {
+    /// The id and the encoded `ImageSummary`.
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// Adds the summaries of one snapshot chunk to `index`.
+pub fn add_scans(index: &mut ScanIndex, scans: &[ImageSummary]) -> Result<(), ApplyError> {
+    for message in scans {
+        put_scan(index, message)?;
+    }
+    Ok(())
+}
+
+fn put_scan(index: &mut ScanIndex, message: &ImageSummary) -> Result<(), ApplyError> {
+    let (image, summary) = ScanSummary::from_proto(message).map_err(ApplyError::Invalid)?;
+    index.put(&message.id, image, summary, message.revision);
+    Ok(())
+}
+
+/// The state a snapshot describes (its scans were gathered with `add_scans`).
 pub fn snapshot(
     epoch: &str,
     revision: u64,
     policies: Vec<Policy>,
+    scans: ScanIndex,
     protection: Option<ProtectionSettings>,
     now_ms: i64,
 ) -> Result<AgentState, ApplyError> {
@@ -35,12 +63,18 @@ pub fn snapshot(
         revision,
         protection,
         policies: loaded,
+        scans,
         applied_at_ms: now_ms,
     })
 }
 
-/// `current` with `delta` applied. Unchanged policies are shared with `current`.
-pub fn delta(current: &AgentState, delta: Delta, now_ms: i64) -> Result<AgentState, ApplyError> {
+/// `current` with `delta` applied, and the scan writes for the cache. Unchanged policies and
+/// scan shards are shared with `current`.
+pub fn delta(
+    current: &AgentState,
+    delta: Delta,
+    now_ms: i64,
+) -> Result<(AgentState, Vec<ScanWrite>), ApplyError> {
     if delta.prev_revision != current.revision {
         return Err(ApplyError::Gap {
             held: current.revision,
@@ -61,12 +95,26 @@ pub fn delta(current: &AgentState, delta: Delta, now_ms: i64) -> Result<AgentSta
             None => {}
         }
     }
+    let mut writes = Vec::with_capacity(delta.scan_changes.len());
+    for change in delta.scan_changes {
+        match change.change {
+            Some(scan_change::Change::Put(message)) => {
+                put_scan(&mut next.scans, &message)?;
+                writes.push(ScanWrite::Put(message.id.clone(), message.encode_to_vec()));
+            }
+            Some(scan_change::Change::Deleted(id)) => {
+                next.scans.remove(&id);
+                writes.push(ScanWrite::Delete(id));
+            }
+            None => {}
+        }
+    }
     if delta.protection.is_some() {
         next.protection = delta.protection;
     }
     next.revision = delta.revision;
     next.applied_at_ms = now_ms;
-    Ok(next)
+    Ok((next, writes))
 }
 
 #[cfg(test)]
@@ -102,27 +150,115 @@ mod tests {
 
     #[test]
     fn deltas_apply_in_order_and_share_unchanged_policies() {
-        let state = snapshot("e", 5, vec![mk_policy("a"), mk_policy("b")], None, 1).unwrap();
+        let state = snapshot(
+            "e",
+            5,
+            vec![mk_policy("a"), mk_policy("b")],
+            ScanIndex::default(),
+            None,
+            1,
+        )
+        .unwrap();
         let next = delta(
             &state,
             Delta {
                 prev_revision: 5,
                 revision: 7,
                 changes: vec![put("c"), deleted("a"), deleted("zz")],
-                protection: None,
+                ..Default::default()
             },
             2,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(next.revision, 7);
         assert_eq!(next.policies.keys().collect::<Vec<_>>(), ["b", "c"]);
         assert!(Arc::ptr_eq(&state.policies["b"], &next.policies["b"]));
         assert_eq!(state.revision, 5, "the old state is untouched");
     }
 
+    fn mk_summary(id: &str, cve: &str) -> ImageSummary {
+        ImageSummary {
+            id: id.into(),
+            image: Some(portcullis_proto::v1::ImageIdentity {
+                repository: "docker.io/library/nginx".into(),
+                tags: vec![id.into()],
+                ..Default::default()
+            }),
+            vulnerability_ids: vec![cve.into()],
+            vulnerability_flags: vec![4],
+            revision: 3,
+            ..Default::default()
+        }
+    }
+
+    fn scan_put(summary: ImageSummary) -> portcullis_proto::v1::ScanChange {
+        portcullis_proto::v1::ScanChange {
+            change: Some(scan_change::Change::Put(summary)),
+        }
+    }
+
+    #[test]
+    fn scan_changes_update_the_index_and_name_their_cache_writes() {
+        let mut scans = ScanIndex::default();
+        add_scans(
+            &mut scans,
+            &[mk_summary("1", "CVE-1"), mk_summary("2", "CVE-2")],
+        )
+        .unwrap();
+        let state = snapshot("e", 5, vec![], scans, None, 1).unwrap();
+        assert_eq!(state.scans.len(), 2);
+        let removal = portcullis_proto::v1::ScanChange {
+            change: Some(scan_change::Change::Deleted("1".into())),
+        };
+        let (next, writes) = delta(
+            &state,
+            Delta {
+                prev_revision: 5,
+                revision: 6,
+                scan_changes: vec![scan_put(mk_summary("2", "CVE-9")), removal],
+                ..Default::default()
+            },
+            2,
+        )
+        .unwrap();
+        assert!(next.scans.lookup("nginx:1").is_none());
+        let found = next.scans.lookup("nginx:2").unwrap();
+        assert!(found.vulnerability("CVE-9").is_some());
+        assert_eq!(writes.len(), 2);
+        assert!(matches!(&writes[0], ScanWrite::Put(id, bytes) if id == "2" && !bytes.is_empty()));
+        assert_eq!(writes[1], ScanWrite::Delete("1".into()));
+        assert!(
+            state.scans.lookup("nginx:1").is_some(),
+            "the old state is untouched"
+        );
+    }
+
+    #[test]
+    fn a_malformed_scan_summary_fails_the_revision() {
+        let state = snapshot("e", 1, vec![], ScanIndex::default(), None, 0).unwrap();
+        let mut bad = mk_summary("1", "CVE-1");
+        bad.vulnerability_flags.clear();
+        let err = delta(
+            &state,
+            Delta {
+                prev_revision: 1,
+                revision: 2,
+                scan_changes: vec![scan_put(bad.clone())],
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ApplyError::Invalid(m) if m.contains("1 vulnerability ids but 0 flags"))
+        );
+        assert!(add_scans(&mut ScanIndex::default(), &[bad]).is_err());
+    }
+
     #[test]
     fn a_gap_is_refused() {
-        let state = snapshot("e", 5, vec![], None, 1).unwrap();
+        let state = snapshot("e", 5, vec![], ScanIndex::default(), None, 1).unwrap();
         let err = delta(
             &state,
             Delta {
@@ -147,10 +283,17 @@ mod tests {
         let mut bad = mk_policy("bad");
         bad.action = "explode".into();
         assert!(matches!(
-            snapshot("e", 1, vec![mk_policy("a"), bad.clone()], None, 0),
+            snapshot(
+                "e",
+                1,
+                vec![mk_policy("a"), bad.clone()],
+                ScanIndex::default(),
+                None,
+                0
+            ),
             Err(ApplyError::Invalid(_))
         ));
-        let state = snapshot("e", 1, vec![], None, 0).unwrap();
+        let state = snapshot("e", 1, vec![], ScanIndex::default(), None, 0).unwrap();
         let change = PolicyChange {
             change: Some(policy_change::Change::Put(bad)),
         };
@@ -160,7 +303,7 @@ mod tests {
                 prev_revision: 1,
                 revision: 2,
                 changes: vec![put("ok"), change],
-                protection: None,
+                ..Default::default()
             },
             0,
         );

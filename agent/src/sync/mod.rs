@@ -21,11 +21,19 @@ use portcullis_proto::v1::{
     sync_response::Message,
 };
 
-use crate::{cache::Cache, state::StateHandle, stats::SyncStats};
+use portcullis_policy::engine::ScanIndex;
+
+use crate::{
+    cache::{Cache, ScanPersist, StagedScans},
+    state::{AgentState, StateHandle},
+    stats::SyncStats,
+};
 use apply::ApplyError;
 use reconnect::Reconnect;
 use status::{AgentClient, Bearer, Outcome, StatusReporter};
 
+/// Largest message accepted from the control plane.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// The first message must come within this time.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -164,7 +172,9 @@ impl SyncClient {
             .connect()
             .await
             .map_err(SessionError::Connect)?;
-        Ok(AgentServiceClient::with_interceptor(channel, bearer))
+        // One image summary can be large (a report with tens of thousands of findings).
+        Ok(AgentServiceClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     async fn session(
@@ -219,8 +229,12 @@ impl SyncClient {
                     self.stats.heard();
                     let revision = delta.revision;
                     let current = self.state.load_full();
-                    let result = apply::delta(&current, delta, crate::now_ms());
-                    self.commit(&current, result, revision).await?;
+                    let (result, writes) = match apply::delta(&current, delta, crate::now_ms()) {
+                        Ok((next, writes)) => (Ok(next), writes),
+                        Err(error) => (Err(error), Vec::new()),
+                    };
+                    self.commit(&current, result, revision, ScanPersist::Changes(&writes))
+                        .await?;
                     self.stats
                         .deltas
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -243,10 +257,60 @@ impl SyncClient {
         deadline: Duration,
     ) -> Result<(), SessionError> {
         info!(epoch = %start.epoch, revision = start.revision, reason = %start.reason, "Receiving snapshot");
+        let staged = self
+            .cache
+            .stage_scans()
+            .map_err(|e| SessionError::Local(format!("writing the cache: {e}")))?;
+        match self
+            .receive_snapshot_into(stream, start, deadline, &staged)
+            .await
+        {
+            Ok((end, result)) => {
+                let current = self.state.load_full();
+                self.commit(&current, result, end, ScanPersist::Replace(staged))
+                    .await?;
+            }
+            Err(error) => {
+                self.cache.discard(staged);
+                return Err(error);
+            }
+        }
+        self.stats
+            .snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.set_mode("snapshot");
+        Ok(())
+    }
+
+    /// Receives the rest of a snapshot: scans go to the index and the staged tree chunk by
+    /// chunk (so 100,000 images never sit in memory as messages); returns the revision and
+    /// the state to commit.
+    async fn receive_snapshot_into(
+        &self,
+        stream: &mut Streaming<SyncResponse>,
+        start: &SyncStart,
+        deadline: Duration,
+        staged: &StagedScans,
+    ) -> Result<(u64, Result<AgentState, ApplyError>), SessionError> {
         let mut policies = Vec::new();
+        let mut scans = ScanIndex::default();
+        let mut invalid = None;
         let end = loop {
             match next(stream, deadline).await? {
-                Message::SnapshotChunk(chunk) => policies.extend(chunk.policies),
+                Message::SnapshotChunk(chunk) => {
+                    self.stats.heard();
+                    policies.extend(chunk.policies);
+                    if invalid.is_none() && !chunk.scans.is_empty() {
+                        match apply::add_scans(&mut scans, &chunk.scans) {
+                            Ok(()) => {
+                                self.cache.stage_chunk(staged, &chunk.scans).map_err(|e| {
+                                    SessionError::Local(format!("writing the cache: {e}"))
+                                })?
+                            }
+                            Err(error) => invalid = Some(error),
+                        }
+                    }
+                }
                 Message::SnapshotEnd(end) => break end,
                 other => {
                     return Err(SessionError::Protocol(format!(
@@ -257,32 +321,34 @@ impl SyncClient {
             }
         };
         self.stats.heard();
-        let current = self.state.load_full();
-        let result = apply::snapshot(
-            &start.epoch,
-            end.revision,
-            policies,
-            end.protection,
-            crate::now_ms(),
-        );
-        self.commit(&current, result, end.revision).await?;
-        self.stats
-            .snapshots
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.stats.set_mode("snapshot");
-        Ok(())
+        let result = match invalid {
+            Some(error) => Err(error),
+            None => apply::snapshot(
+                &start.epoch,
+                end.revision,
+                policies,
+                scans,
+                end.protection,
+                crate::now_ms(),
+            ),
+        };
+        Ok((end.revision, result))
     }
 
     /// Persists and swaps in an applied state and ACKs it, or NACKs the failure.
     async fn commit(
         &self,
-        current: &crate::state::AgentState,
-        result: Result<crate::state::AgentState, ApplyError>,
+        current: &AgentState,
+        result: Result<AgentState, ApplyError>,
         revision: u64,
+        scans: ScanPersist<'_>,
     ) -> Result<(), SessionError> {
         let next = match result {
             Ok(next) => next,
             Err(error) => {
+                if let ScanPersist::Replace(staged) = scans {
+                    self.cache.discard(staged);
+                }
                 if !matches!(error, ApplyError::Gap { .. }) {
                     error!(%error, revision, "Cannot apply revision: keeping the last good state");
                     self.stats
@@ -296,7 +362,7 @@ impl SyncClient {
                 return Err(error.into());
             }
         };
-        if let Err(error) = self.cache.persist(current, &next).await {
+        if let Err(error) = self.cache.persist(current, &next, scans).await {
             let message = format!("writing the cache: {error}");
             error!(%error, revision, "Cannot persist revision: keeping the last good state");
             self.reporter.report(Outcome::Nack {
@@ -305,9 +371,9 @@ impl SyncClient {
             });
             return Err(SessionError::Local(message));
         }
-        let (epoch, policies) = (next.epoch.clone(), next.policies.len());
+        let (epoch, policies, scans) = (next.epoch.clone(), next.policies.len(), next.scans.len());
         self.state.store(Arc::new(next));
-        info!(%epoch, revision, policies, "Applied");
+        info!(%epoch, revision, policies, scans, "Applied");
         self.reporter.report(Outcome::Ack);
         Ok(())
     }

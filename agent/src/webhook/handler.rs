@@ -13,9 +13,9 @@ use axum::{
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome, ScanIndex};
+use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome};
 
-use super::{respond, review};
+use super::{gatekeeper, respond, review};
 use crate::state::StateHandle;
 
 /// What the webhook exempts and how much it takes on.
@@ -35,9 +35,6 @@ pub struct WebhookConfig {
 pub struct Webhook {
     config: Arc<WebhookConfig>,
     state: StateHandle,
-    /// The scan results image rules read. Empty until the agent syncs scans, so every image
-    /// is unscanned: policies with `unscanned: alert|block` alert or block on every image.
-    scans: Arc<ScanIndex>,
     pub(super) in_flight: Arc<Semaphore>,
 }
 
@@ -47,7 +44,6 @@ impl Webhook {
         Self {
             config: Arc::new(config),
             state,
-            scans: Arc::default(),
             in_flight,
         }
     }
@@ -81,7 +77,7 @@ impl Webhook {
             &input,
             &self.config.cluster,
             state.policies.values().map(|p| &p.policy),
-            &self.scans,
+            &state.scans,
         );
         let dry_run = request.dry_run.unwrap_or(false);
         match &decision.outcome {
@@ -106,24 +102,47 @@ impl Webhook {
     }
 }
 
-/// `POST /validate`, with the body limit and the in-flight bound.
+/// `POST /validate` (AdmissionReview) and `POST /gatekeeper/verdicts` (Gatekeeper external
+/// data), with the body limit and the in-flight bound.
 pub fn router(webhook: Webhook) -> Router {
     let limit = webhook.config.max_body_bytes;
     Router::new()
         .route("/validate", post(validate))
+        .route(GATEKEEPER_PATH, post(gatekeeper_verdicts))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(webhook)
 }
 
+/// Where Gatekeeper's `Provider` points (`url: https://<service>.<namespace>:443/gatekeeper/verdicts`).
+pub const GATEKEEPER_PATH: &str = "/gatekeeper/verdicts";
+
+fn overloaded() -> Response {
+    warn!("Webhook overloaded: request refused");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        "portcullis: too many requests in flight; retry\n",
+    )
+        .into_response()
+}
+
+async fn gatekeeper_verdicts(State(webhook): State<Webhook>, body: Bytes) -> Response {
+    let Ok(_permit) = webhook.in_flight.clone().try_acquire_owned() else {
+        return overloaded();
+    };
+    let state = webhook.state.load();
+    match gatekeeper::answer(&body, &webhook.config.cluster, &state) {
+        Ok(response) => axum::Json(response).into_response(),
+        Err(error) => {
+            warn!(%error, "Bad Gatekeeper ProviderRequest");
+            (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
+        }
+    }
+}
+
 async fn validate(State(webhook): State<Webhook>, body: Bytes) -> Response {
     let Ok(_permit) = webhook.in_flight.clone().try_acquire_owned() else {
-        warn!("Webhook overloaded: request refused");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "portcullis: too many admission requests in flight; retry\n",
-        )
-            .into_response();
+        return overloaded();
     };
     match webhook.review(&body) {
         Ok(response) => (

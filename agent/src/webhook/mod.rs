@@ -3,13 +3,14 @@
 //! no lock: it loads the current `Arc<AgentState>` and evaluates in memory. Requests are bounded
 //! in size and in number in flight, so a flood cannot exhaust memory.
 
+pub mod gatekeeper;
 mod handler;
 mod respond;
 pub mod review;
 pub mod server;
 pub mod tls;
 
-pub use handler::{Webhook, WebhookConfig, router};
+pub use handler::{GATEKEEPER_PATH, Webhook, WebhookConfig, router};
 
 #[cfg(test)]
 mod tests;

@@ -343,3 +343,185 @@ async fn over_real_tls() {
         .unwrap()
         .unwrap();
 }
+
+/// A state with `policies_yaml` and one scan: `nginx:1.25` with a fixable high CVE.
+fn state_with_scan(policies_yaml: &str) -> AgentState {
+    use portcullis_policy::{
+        Severity,
+        scan::{ImageIdentity, ScanSummary, SeverityCounts},
+    };
+    let mut policies = BTreeMap::new();
+    for proto in portcullis_policy::parse_policy_documents(policies_yaml).unwrap() {
+        let loaded = LoadedPolicy::load(proto).unwrap();
+        policies.insert(loaded.proto.name.clone(), Arc::new(loaded));
+    }
+    let mut scans = portcullis_policy::engine::ScanIndex::default();
+    let image = ImageIdentity {
+        repository: "docker.io/library/nginx".into(),
+        tags: vec!["1.25".into()],
+        ..Default::default()
+    };
+    let summary = ScanSummary::new(
+        SeverityCounts([0, 0, 0, 1, 0]),
+        [("CVE-2024-0001", Severity::High, true)],
+        ["Eicar-Test-Signature"],
+        [],
+    );
+    scans.put("docker.io/library/nginx:1.25", image, summary, 4);
+    AgentState {
+        epoch: "e".into(),
+        revision: 4,
+        policies,
+        scans,
+        ..Default::default()
+    }
+}
+
+const HIGH: &str = "name: no-high\nrules: {image: {vulnerabilities: {severity: high}}}\n";
+
+#[tokio::test]
+async fn synced_scans_block_images_at_admission() {
+    let webhook = Webhook::new(config(), handle(state_with_scan(HIGH)));
+    let response = review_of(&webhook, "deployment-create-basic.json").await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("[no-high] vulnerabilities at spec.template.spec.containers[0].image")
+            && message.contains("CVE-2024-0001"),
+        "{message}"
+    );
+}
+
+async fn ask_gatekeeper(webhook: &Webhook, body: Value) -> (u16, Value) {
+    let request = Request::post(GATEKEEPER_PATH)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = router(webhook.clone()).oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+fn provider_request(keys: &[&str]) -> Value {
+    serde_json::json!({
+        "apiVersion": "externaldata.gatekeeper.sh/v1beta1",
+        "kind": "ProviderRequest",
+        "request": {"keys": keys},
+    })
+}
+
+#[tokio::test]
+async fn gatekeeper_external_data_gets_a_verdict_per_image() {
+    let policies = format!(
+        "{HIGH}---\nname: malware\nrules: {{image: {{maliciousFiles: true, unscanned: alert}}}}\n"
+    );
+    let webhook = Webhook::new(config(), handle(state_with_scan(&policies)));
+    let (status, body) = ask_gatekeeper(
+        &webhook,
+        provider_request(&["nginx:1.25", "redis:7", "Not An Image"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["apiVersion"], "externaldata.gatekeeper.sh/v1beta1");
+    assert_eq!(body["kind"], "ProviderResponse");
+    let response = &body["response"];
+    assert_eq!(response["idempotent"], true);
+    assert!(response.get("systemError").is_none(), "{response}");
+    let items = response["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+
+    let nginx = &items[0];
+    assert_eq!(nginx["key"], "nginx:1.25");
+    assert!(nginx.get("error").is_none());
+    let value = &nginx["value"];
+    assert_eq!(value["verdict"], "block");
+    assert_eq!(value["scanned"], true);
+    assert_eq!(value["scanId"], "docker.io/library/nginx:1.25");
+    assert_eq!(value["counts"]["high"], 1);
+    assert_eq!(value["fixable"], 1);
+    assert_eq!(value["malware"][0], "Eicar-Test-Signature");
+    let rules: Vec<&str> = value["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["maliciousFiles", "vulnerabilities"]);
+
+    let redis = &items[1]["value"];
+    assert_eq!(
+        (redis["verdict"].as_str(), redis["scanned"].as_bool()),
+        (Some("alert"), Some(false))
+    );
+
+    let bad = &items[2];
+    assert!(bad.get("value").is_none());
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid image reference"),
+        "{bad}"
+    );
+}
+
+#[tokio::test]
+async fn gatekeeper_requests_that_cannot_be_answered() {
+    // No state yet: a system error, no items.
+    let empty = Webhook::new(config(), handle(AgentState::default()));
+    let (status, body) = ask_gatekeeper(&empty, provider_request(&["nginx"])).await;
+    assert_eq!(status, 200);
+    assert!(
+        body["response"]["systemError"]
+            .as_str()
+            .unwrap()
+            .contains("not synced"),
+        "{body}"
+    );
+    assert_eq!(body["response"]["items"], serde_json::json!([]));
+
+    // Too many keys: a system error naming the limit.
+    let webhook = Webhook::new(config(), handle(state_with_scan(HIGH)));
+    let keys: Vec<String> = (0..=gatekeeper::MAX_KEYS)
+        .map(|i| format!("img{i}"))
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (_, body) = ask_gatekeeper(&webhook, provider_request(&keys)).await;
+    assert!(
+        body["response"]["systemError"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000"),
+        "{body}"
+    );
+
+    // Not a ProviderRequest: 400 with the reason.
+    let mut wrong_version = provider_request(&["nginx"]);
+    wrong_version["apiVersion"] = "externaldata.gatekeeper.sh/v1alpha1".into();
+    let mut wrong_kind = provider_request(&["nginx"]);
+    wrong_kind["kind"] = "ProviderResponse".into();
+    for (body, expected) in [
+        (Value::String("{not json".into()), "not a ProviderRequest"),
+        (wrong_version, "is not externaldata.gatekeeper.sh/v1beta1"),
+        (wrong_kind, "is not ProviderRequest"),
+        (
+            serde_json::json!({"apiVersion": "externaldata.gatekeeper.sh/v1beta1", "kind": "ProviderRequest"}),
+            "request is missing",
+        ),
+    ] {
+        let request = Request::post(GATEKEEPER_PATH)
+            .body(Body::from(match &body {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }))
+            .unwrap();
+        let response = router(webhook.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains(expected), "{text}");
+    }
+}

@@ -75,6 +75,7 @@ enum TreeId {
     Changes,
     Scans,
     ScanKeys,
+    ScanSummaries,
 }
 
 const META_EPOCH: &[u8] = b"epoch";
@@ -93,6 +94,9 @@ pub struct Store {
     scans: sled::Tree,
     /// Every digest and normalised `repository:tag` of a scan -> its id.
     scan_keys: sled::Tree,
+    /// Scan id -> `ImageSummary` (prost): what agents receive, kept so a snapshot reads no
+    /// full report.
+    scan_summaries: sled::Tree,
     epoch: String,
     /// The last revision written to sled (maybe not yet flushed).
     written: AtomicU64,
@@ -123,13 +127,14 @@ impl Store {
         };
         let revision = read_u64(&meta, META_REVISION)?;
         let (durable, _) = watch::channel(revision);
-        Ok(Self {
+        let store = Self {
             policies: db.open_tree("policies")?,
             clusters: db.open_tree("clusters")?,
             tokens: db.open_tree("tokens")?,
             changes: db.open_tree("changes")?,
             scans: db.open_tree("scans")?,
             scan_keys: db.open_tree("scan_keys")?,
+            scan_summaries: db.open_tree("scan_summaries")?,
             meta,
             db,
             epoch,
@@ -137,7 +142,9 @@ impl Store {
             write_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
             durable,
-        })
+        };
+        store.backfill_summaries()?;
+        Ok(store)
     }
 
     /// The id of this store's history; a new store gets a new epoch.
@@ -221,9 +228,10 @@ impl Store {
             &self.changes,
             &self.scans,
             &self.scan_keys,
+            &self.scan_summaries,
         );
         let result: Result<(), TransactionError<()>> = trees.transaction(
-            |(meta, policies, clusters, tokens, changes, scans, scan_keys)| {
+            |(meta, policies, clusters, tokens, changes, scans, scan_keys, scan_summaries)| {
                 for op in ops {
                     let tree = match op.tree {
                         TreeId::Policies => policies,
@@ -232,6 +240,7 @@ impl Store {
                         TreeId::Changes => changes,
                         TreeId::Scans => scans,
                         TreeId::ScanKeys => scan_keys,
+                        TreeId::ScanSummaries => scan_summaries,
                     };
                     match &op.value {
                         Some(value) => tree.insert(op.key.as_slice(), value.as_slice())?,

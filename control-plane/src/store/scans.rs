@@ -5,7 +5,7 @@
 
 use prost::Message;
 
-use portcullis_policy::reference::ImageReference;
+use portcullis_policy::{reference::ImageReference, scan::summary_of_stored};
 use portcullis_proto::v1::{ImageIdentity, ImageScan};
 
 use super::{Change, Page, Store, StoreError, TreeId, Writer, decode};
@@ -35,6 +35,11 @@ impl Store {
                 );
             }
             w.put(TreeId::Scans, id.as_bytes().to_vec(), scan.encode_to_vec());
+            w.put(
+                TreeId::ScanSummaries,
+                id.as_bytes().to_vec(),
+                summary_of_stored(&scan).encode_to_vec(),
+            );
             Ok(scan)
         })
         .await
@@ -52,6 +57,7 @@ impl Store {
                 })?;
             w.unindex(&scan)?;
             w.delete(TreeId::Scans, scan.id.as_bytes().to_vec());
+            w.delete(TreeId::ScanSummaries, scan.id.as_bytes().to_vec());
             let revision = w.take_revision(Change::ScanDeleted(scan.id.clone()));
             Ok((scan.id, revision))
         })
@@ -109,6 +115,30 @@ impl Store {
             items.push(scan);
         }
         Ok(Page { items, more: false })
+    }
+
+    /// Every scan's summary message, encoded, in id order (for snapshots).
+    pub(super) fn all_scan_summaries(&self) -> Result<Vec<sled::IVec>, StoreError> {
+        self.scan_summaries
+            .iter()
+            .values()
+            .map(|v| v.map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Writes the summaries of a store whose scans predate them (opened once, then kept).
+    pub(super) fn backfill_summaries(&self) -> Result<(), StoreError> {
+        if !self.scan_summaries.is_empty() || self.scans.is_empty() {
+            return Ok(());
+        }
+        for entry in self.scans.iter() {
+            let (id, value) = entry?;
+            let scan: ImageScan = decode("image scan", &value)?;
+            self.scan_summaries
+                .insert(id, summary_of_stored(&scan).encode_to_vec())?;
+        }
+        self.db.flush()?;
+        Ok(())
     }
 
     fn scan_by_id(&self, id: &str) -> Result<Option<ImageScan>, StoreError> {

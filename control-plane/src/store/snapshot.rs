@@ -13,16 +13,23 @@ pub struct StoreSnapshot {
     pub revision: u64,
     pub policies: Vec<Policy>,
     pub cluster: Option<Cluster>,
+    /// Every scan's `ImageSummary`, encoded (decoded chunk by chunk as they are sent).
+    pub scans: Vec<sled::IVec>,
 }
 
 impl Store {
     /// Reads every policy and `cluster` at one revision (no write can interleave), then waits
     /// until that revision is durable so an agent never holds state the store could lose.
     pub async fn snapshot(&self, cluster: &str) -> Result<StoreSnapshot, StoreError> {
-        let (revision, policies, cluster) = {
+        let (revision, policies, cluster, scans) = {
             let _guard = self.write_lock.lock().await;
             let revision = self.written.load(std::sync::atomic::Ordering::Acquire);
-            (revision, self.all_policies()?, self.get_cluster(cluster)?)
+            (
+                revision,
+                self.all_policies()?,
+                self.get_cluster(cluster)?,
+                self.all_scan_summaries()?,
+            )
         };
         let mut durable = self.subscribe();
         let wait = durable.wait_for(|d| *d >= revision);
@@ -39,6 +46,7 @@ impl Store {
             revision,
             policies,
             cluster,
+            scans,
         })
     }
 }

@@ -9,9 +9,11 @@
 mod cache;
 mod object;
 mod scans;
+mod verdict;
 
 pub use object::Object;
-pub use scans::ScanIndex;
+pub use scans::{IndexedScan, ScanIndex};
+pub use verdict::{ImageVerdict, image_verdict};
 
 use crate::{
     Action, Finding, Kind, Policy,

@@ -18,17 +18,36 @@ const LISTED_IDS: usize = 5;
 /// cannot inflate a denial or a warning.
 const MAX_SHOWN_IMAGE: usize = 600;
 
+/// Shards of each map: a change copies one shard (see `ScanIndex`), not the whole map.
+const SHARDS: usize = 64;
+
 /// The scan results an agent or the CLI holds, found by the image as a pod spec writes it.
 ///
 /// A digest names content, so it is looked up first and matches whatever repository the scan
 /// came from; tags are mutable and only a fallback (`nginx` means `docker.io/library/nginx:latest`).
-/// Every key of a scan's identity shares one summary; a later insert under the same key wins.
+/// Every key of a scan's identity points to the scan; a later put under the same key wins.
+///
+/// Cloning is cheap and copy-on-write: the maps are split into shards behind `Arc`s, so an
+/// agent applying one imported scan to an index of 100,000 copies only the shards it touches
+/// while readers keep using the previous index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanIndex {
-    /// `sha256:<hex>` (any algorithm the reference grammar accepts).
-    by_digest: HashMap<Box<str>, Arc<ScanSummary>>,
-    /// Normalised `registry/path:tag`, as `ImageReference::normalized()` spells it.
-    by_tag: HashMap<Box<str>, Arc<ScanSummary>>,
+    /// Digest (`sha256:<hex>`) and normalised `registry/path:tag` keys. They cannot collide:
+    /// a normalised repository always has a `/`, a digest never does.
+    keys: Shards,
+    /// Scan id -> scan.
+    ids: Shards,
+}
+
+/// One scan in an index.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IndexedScan {
+    /// First digest, else `repository:tag`, as the control plane names scans.
+    pub id: Box<str>,
+    pub image: ImageIdentity,
+    pub summary: ScanSummary,
+    /// The control plane's revision of the import (0 for local reports).
+    pub revision: u64,
 }
 
 impl ScanIndex {
@@ -37,24 +56,63 @@ impl ScanIndex {
         self.insert_summary(&scan.image, scan.summary());
     }
 
-    /// Registers a summary under every digest and every `repository:tag` of `image`: for
-    /// summaries that arrive without their report (synced or stored copies). Keys are
-    /// normalised again, so an identity spelled `nginx` still matches; tags that do not form
-    /// a valid reference with the repository are skipped, as no pod could name them.
+    /// Registers a summary under every digest and every `repository:tag` of `image`, with the
+    /// id the control plane would give it (first digest, else `repository:first tag`).
     pub fn insert_summary(&mut self, image: &ImageIdentity, summary: ScanSummary) {
-        let summary = Arc::new(summary);
-        for digest in &image.digests {
-            self.by_digest
-                .insert(digest.as_str().into(), Arc::clone(&summary));
+        let id = match (image.digests.first(), image.tags.first()) {
+            (Some(digest), _) => digest.clone(),
+            (None, Some(tag)) => format!("{}:{tag}", image.repository),
+            (None, None) => image.repository.clone(),
+        };
+        self.put(&id, image.clone(), summary, 0);
+    }
+
+    /// Puts the scan `id`, replacing a scan with the same id (and the keys it held). Keys are
+    /// normalised again, so an identity spelled `nginx` still matches; tags that do not form a
+    /// valid reference with the repository are skipped, as no pod could name them.
+    pub fn put(&mut self, id: &str, image: ImageIdentity, summary: ScanSummary, revision: u64) {
+        self.remove(id);
+        let keys = index_keys(&image);
+        let scan = Arc::new(IndexedScan {
+            id: id.into(),
+            image,
+            summary,
+            revision,
+        });
+        for key in keys {
+            self.keys.insert(key.into(), Arc::clone(&scan));
         }
-        for tag in &image.tags {
-            if let Ok(reference) = ImageReference::parse(&format!("{}:{tag}", image.repository))
-                && reference.digest().is_none()
+        self.ids.insert(id.into(), scan);
+    }
+
+    /// Removes the scan `id` and the keys that still find it; returns it.
+    pub fn remove(&mut self, id: &str) -> Option<Arc<IndexedScan>> {
+        let scan = self.ids.remove(id)?;
+        for key in index_keys(&scan.image) {
+            if self
+                .keys
+                .get(&key)
+                .is_some_and(|held| Arc::ptr_eq(held, &scan))
             {
-                self.by_tag
-                    .insert(reference.normalized().into(), Arc::clone(&summary));
+                self.keys.remove(&key);
             }
         }
+        Some(scan)
+    }
+
+    /// The scan with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<IndexedScan>> {
+        self.ids.get(id)
+    }
+
+    /// Every scan, in no particular order.
+    pub fn scans(&self) -> impl Iterator<Item = &Arc<IndexedScan>> {
+        self.ids.values()
+    }
+
+    /// How many scans the index holds.
+    pub fn len(&self) -> usize {
+        self.ids.len()
     }
 
     /// The scan of `image` as written in a pod spec: by its digest when the index has it,
@@ -65,24 +123,91 @@ impl ScanIndex {
     /// normalise a Docker Hub short name (`nginx:1.25`) or an upper-case registry; the key is
     /// built on the stack.
     pub fn lookup(&self, image: &str) -> Option<&ScanSummary> {
+        self.lookup_scan(image).map(|scan| &scan.summary)
+    }
+
+    /// Like `lookup`, with the scan's id and identity.
+    pub fn lookup_scan(&self, image: &str) -> Option<&IndexedScan> {
         if self.is_empty() {
             return None;
         }
         let parts = Parts::parse(image).ok()?;
         if let Some(digest) = parts.digest
-            && let Some(summary) = self.by_digest.get(digest)
+            && let Some(scan) = self.keys.get(digest)
         {
-            return Some(summary);
+            return Some(scan);
         }
         let tag = parts.effective_tag()?;
         let repository = parts.repository_path();
         let mut key = KeyBuffer::default();
-        self.by_tag.get(key.join(&repository, tag)?).map(|s| &**s)
+        self.keys.get(key.join(&repository, tag)?).map(|s| &**s)
     }
 
     /// Whether no scan is registered (every image is unscanned).
     pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty() && self.by_tag.is_empty()
+        self.ids.len() == 0
+    }
+}
+
+/// The keys a pod can find `image` by: its digests and its normalised `repository:tag`s.
+fn index_keys(image: &ImageIdentity) -> Vec<String> {
+    let mut keys = image.digests.clone();
+    for tag in &image.tags {
+        if let Ok(reference) = ImageReference::parse(&format!("{}:{tag}", image.repository))
+            && reference.digest().is_none()
+        {
+            keys.push(reference.normalized().to_owned());
+        }
+    }
+    keys
+}
+
+/// A map split into `SHARDS` copy-on-write parts by a fixed hash of the key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Shards {
+    /// Empty until the first insert.
+    shards: Vec<Arc<HashMap<Box<str>, Arc<IndexedScan>>>>,
+    len: usize,
+}
+
+impl Shards {
+    fn slot(key: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        (hasher.finish() % SHARDS as u64) as usize
+    }
+
+    fn get(&self, key: &str) -> Option<&Arc<IndexedScan>> {
+        self.shards.get(Self::slot(key))?.get(key)
+    }
+
+    fn insert(&mut self, key: Box<str>, value: Arc<IndexedScan>) {
+        if self.shards.is_empty() {
+            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+        }
+        let shard = Arc::make_mut(&mut self.shards[Self::slot(&key)]);
+        if shard.insert(key, value).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<IndexedScan>> {
+        let shard = self.shards.get_mut(Self::slot(key))?;
+        if !shard.contains_key(key) {
+            return None;
+        }
+        let removed = Arc::make_mut(shard).remove(key);
+        self.len -= usize::from(removed.is_some());
+        removed
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<IndexedScan>> {
+        self.shards.iter().flat_map(|shard| shard.values())
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -392,6 +517,48 @@ mod tests {
             Some("NEW")
         );
         assert!(!index.is_empty());
+    }
+
+    #[test]
+    fn removing_a_scan_frees_only_the_keys_it_still_holds() {
+        let mut index = ScanIndex::default();
+        index.put(
+            "a",
+            mk_identity("nginx", &["1.25"], &[D1]),
+            mk_summary("A"),
+            1,
+        );
+        index.put(
+            "b",
+            mk_identity("nginx", &["1.25"], &[D2]),
+            mk_summary("B"),
+            2,
+        );
+        assert_eq!(found(&index, "nginx:1.25").as_deref(), Some("B"));
+        let before = index.clone();
+        assert_eq!(index.remove("a").map(|s| s.revision), Some(1));
+        assert!(index.remove("a").is_none());
+        assert_eq!(found(&index, &format!("nginx@{D1}")), None);
+        assert_eq!(found(&index, "nginx:1.25").as_deref(), Some("B"));
+        assert_eq!(
+            (index.len(), index.get("b").map(|s| s.revision)),
+            (1, Some(2))
+        );
+        // A clone taken before is untouched (copy on write).
+        assert_eq!(before.len(), 2);
+        assert_eq!(found(&before, &format!("nginx@{D1}")).as_deref(), Some("A"));
+        // A put under an existing id replaces the scan and drops its old keys.
+        index.put(
+            "b",
+            mk_identity("nginx", &["1.26"], &[D2]),
+            mk_summary("B2"),
+            3,
+        );
+        assert_eq!(found(&index, "nginx:1.25"), None);
+        assert_eq!(found(&index, "nginx:1.26").as_deref(), Some("B2"));
+        assert_eq!(index.scans().count(), 1);
+        index.remove("b");
+        assert!(index.is_empty() && index.lookup(&format!("x@{D2}")).is_none());
     }
 
     #[test]

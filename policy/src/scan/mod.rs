@@ -11,6 +11,7 @@ mod model;
 pub mod native;
 mod severity;
 mod summary;
+mod summary_proto;
 mod timestamp;
 pub mod trivy;
 
@@ -22,6 +23,7 @@ pub use model::{
     Scanner, SeverityCounts, Vulnerability,
 };
 pub use summary::{ScanSummary, SummaryVulnerability};
+pub use summary_proto::{identity_from_proto, identity_to_proto, summary_of_stored};
 
 /// A default for `--max-report-bytes`: Trivy reports of large images with every package
 /// listed stay well below it.

@@ -31,7 +31,7 @@ pub struct ImageScan {
 
 /// Which image a scan describes. Pods match by digest when they pin one (digests name
 /// content, so they are the preferred identity); tags are mutable and only a fallback.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageIdentity {
     /// Normalised `registry/path` (`docker.io/library/alpine`), as `ImageReference` spells it.
     pub repository: String,
