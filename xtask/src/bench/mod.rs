@@ -3,6 +3,7 @@
 
 mod harness;
 pub mod loadgen;
+mod scans;
 mod sync;
 mod webhook;
 
@@ -14,6 +15,8 @@ pub enum Bench {
     Sync(sync::SyncArgs),
     /// The webhook over HTTPS: throughput, then latency at half that rate.
     Webhook(webhook::WebhookArgs),
+    /// 100,000 Trivy reports imported (reports/s), then snapshotted to a fresh agent.
+    Scans(scans::ScansArgs),
 }
 
 pub fn run(bench: Bench) -> Result<()> {
@@ -24,6 +27,7 @@ pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Sync(args) => runtime.block_on(sync::run(args)),
         Bench::Webhook(args) => runtime.block_on(webhook::run(args)),
+        Bench::Scans(args) => runtime.block_on(scans::run(args)),
     }
 }
 

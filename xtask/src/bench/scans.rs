@@ -1,0 +1,204 @@
+//! `cargo xtask bench scans`: image scans at fleet scale against release binaries.
+//! 1. import: N Trivy reports (SchemaVersion 2, ~50 vulnerabilities each, ids drawn from a
+//!    shared pool as real images share CVEs) through `ScanService.ImportReport` with C
+//!    concurrent clients: reports per second;
+//! 2. snapshot: a fresh release agent syncing every scan: time from process start until all
+//!    are applied (persisted and ACKed), and the agent's resident memory.
+//!
+//! The verdict lookup itself is measured by criterion (`cargo bench -p portcullis-policy
+//! --bench scan_lookup`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use portcullis_proto::v1::{
+    ImportReportRequest, RegisterClusterRequest, cluster_service_client::ClusterServiceClient,
+    scan_service_client::ScanServiceClient,
+};
+
+use super::{
+    harness::{Bearer, ControlPlane, free_port, http_get, release_bin, rss_mib, wait_http_ok},
+    percentile,
+};
+
+#[derive(clap::Args)]
+pub struct ScansArgs {
+    /// Images (one report each).
+    #[arg(long, default_value_t = 100_000)]
+    images: usize,
+    /// Vulnerabilities per report.
+    #[arg(long, default_value_t = 50)]
+    vulnerabilities: usize,
+    /// Distinct vulnerability ids the reports draw from.
+    #[arg(long, default_value_t = 20_000)]
+    id_pool: usize,
+    /// Concurrent import clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
+
+/// A Trivy SchemaVersion 2 report of image `i`, shaped like real Trivy output.
+fn report(i: usize, args: &ScansArgs) -> Vec<u8> {
+    // A cheap deterministic mix so images differ but share ids.
+    let mix = |n: usize| (n.wrapping_mul(2_654_435_761) >> 7) % args.id_pool.max(1);
+    let vulnerabilities: Vec<_> = (0..args.vulnerabilities)
+        .map(|v| {
+            let id = mix(i * 131 + v * 7919);
+            json!({
+                "VulnerabilityID": format!("CVE-{}-{:05}", 2015 + id % 10, id),
+                "PkgName": format!("pkg-{}", v % 40),
+                "InstalledVersion": "1.2.3-r0",
+                "FixedVersion": if v % 3 == 0 { "" } else { "1.2.4-r0" },
+                "Status": if v % 3 == 0 { "affected" } else { "fixed" },
+                "Severity": SEVERITIES[id % SEVERITIES.len()],
+                "PublishedDate": "2024-01-15T12:00:00Z",
+            })
+        })
+        .collect();
+    let digest = format!("sha256:{:064x}", i as u128 * 0x9e37_79b9_7f4a_7c15);
+    let repository = format!("registry.example.com/team-{}/app-{i}", i % 100);
+    let report = json!({
+        "SchemaVersion": 2,
+        "CreatedAt": "2026-11-27T01:00:00Z",
+        "ArtifactName": format!("{repository}:1.0"),
+        "ArtifactType": "container_image",
+        "Metadata": {
+            "OS": {"Family": "alpine", "Name": "3.19.1"},
+            "ImageID": digest,
+            "RepoTags": [format!("{repository}:1.0")],
+            "RepoDigests": [format!("{repository}@{digest}")],
+        },
+        "Results": [{
+            "Target": format!("{repository}:1.0 (alpine 3.19.1)"),
+            "Class": "os-pkgs",
+            "Type": "alpine",
+            "Vulnerabilities": vulnerabilities,
+        }],
+    });
+    serde_json::to_vec(&report).unwrap_or_default()
+}
+
+pub async fn run(args: ScansArgs) -> Result<()> {
+    let cp = ControlPlane::start(&[])?;
+    let channel = cp.channel().await?;
+    let admin = Bearer::new(&cp.admin_token()?)?;
+
+    println!(
+        "== import: {} Trivy reports of {} vulnerabilities ({} distinct ids), {} clients",
+        args.images, args.vulnerabilities, args.id_pool, args.concurrency
+    );
+    let size = report(0, &args).len();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Duration>>(1024);
+    let per_client = args.images.div_ceil(args.concurrency);
+    let args = std::sync::Arc::new(args);
+    for client_index in 0..args.concurrency {
+        let mut client = ScanServiceClient::with_interceptor(channel.clone(), admin.clone());
+        let (tx, args) = (tx.clone(), args.clone());
+        tokio::spawn(async move {
+            let range =
+                client_index * per_client..((client_index + 1) * per_client).min(args.images);
+            for i in range {
+                let request = ImportReportRequest {
+                    format: "trivy".into(),
+                    report: report(i, &args),
+                    image: String::new(),
+                };
+                let sent = Instant::now();
+                let result = client
+                    .import_report(request)
+                    .await
+                    .map(|_| sent.elapsed())
+                    .with_context(|| format!("importing report {i}"));
+                if tx.send(result).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(args.images);
+    while let Some(result) = rx.recv().await {
+        latencies.push(result?);
+        if latencies.len() % 20_000 == 0 {
+            println!("  {} imported ({:?})", latencies.len(), started.elapsed());
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!(
+        "imported {} reports (~{} KiB each) in {elapsed:.1?}: {:.0} reports/s; ImportReport latency p50 {:?}, p99 {:?}",
+        latencies.len(),
+        size / 1024,
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+    );
+
+    println!(
+        "== snapshot: {} image summaries to one fresh agent",
+        args.images
+    );
+    let mut clusters = ClusterServiceClient::with_interceptor(channel, admin);
+    let token = clusters
+        .register_cluster(RegisterClusterRequest {
+            name: "bench-scans".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .agent_token;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token)?;
+    let admin_port = free_port();
+    let started = Instant::now();
+    let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
+        .args(["run", "--standalone", "--cluster", "bench-scans"])
+        .args(["--control-plane", &cp.url()])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--ca-file")
+        .arg(cp.ca_file())
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--webhook-listen", &format!("127.0.0.1:{}", free_port())])
+        .env("PORTCULLIS_LOG", "warn")
+        .spawn()?;
+    let result = async {
+        wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some((200, body)) = http_get(admin_port, "/state") {
+                let state: serde_json::Value = serde_json::from_str(&body)?;
+                if state["scans"].as_u64() == Some(args.images as u64) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not apply the snapshot within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let elapsed = started.elapsed();
+        let rss = rss_mib(agent.id()).unwrap_or(f64::NAN);
+        println!(
+            "agent process start to {} scans applied (persisted, ACKed): {elapsed:.2?}; agent RSS {rss:.1} MiB",
+            args.images
+        );
+        // Memory once the snapshot's transient buffers are gone.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let settled = rss_mib(agent.id()).unwrap_or(f64::NAN);
+        println!("agent RSS 5 s later: {settled:.1} MiB");
+        Ok(())
+    }
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    result
+}
