@@ -20,6 +20,8 @@ pub struct AdminState {
     pub state: StateHandle,
     pub stats: Arc<SyncStats>,
     pub registry: prometheus::Registry,
+    /// The event outbox, when events are recorded.
+    pub outbox: Option<Arc<crate::events::Outbox>>,
 }
 
 impl AdminState {
@@ -65,6 +67,7 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
         "epoch": state.epoch,
         "revision": state.revision,
         "policies": state.policies.keys().collect::<Vec<_>>(),
+        "scans": state.scans.len(),
         "protection": state.protection.as_ref().map(|p| json!({
             "enabled": p.enabled,
             "failurePolicy": p.failure_policy,
@@ -79,6 +82,11 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
         "cacheAgeSeconds": stats.cache_age_seconds(state.applied_at_ms),
         "lastError": stats.error(),
         "cacheRecovery": stats.error_for_report(),
+        "events": admin.outbox.as_ref().map(|o| json!({
+            "pending": o.len(),
+            "dropped": o.dropped(),
+            "delivered": o.delivered(),
+        })),
     }))
 }
 
@@ -96,6 +104,7 @@ mod tests {
             state: crate::state::handle(Default::default()),
             stats: Arc::default(),
             registry: prometheus::Registry::new(),
+            outbox: None,
         };
         let status = |admin: AdminState, path: &'static str| async move {
             let request = axum::http::Request::get(path).body(Body::empty()).unwrap();

@@ -106,6 +106,24 @@ pub struct RunArgs {
     /// Admission requests evaluated at once; more are refused with HTTP 503 at once.
     #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512)]
     pub webhook_max_in_flight: usize,
+    /// Record an event for every blocked or alerted admission (not dry runs) and send it to
+    /// the control plane.
+    #[arg(long, env = "PORTCULLIS_RECORD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub record_events: bool,
+    /// Events the outbox holds while the control plane is unreachable; past it the oldest
+    /// are dropped and counted.
+    #[arg(
+        long,
+        env = "PORTCULLIS_EVENT_OUTBOX_MAX_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub event_outbox_max_events: u64,
+    /// Bytes the outbox holds at most (encoded events).
+    #[arg(long, env = "PORTCULLIS_EVENT_OUTBOX_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub event_outbox_max_bytes: u64,
+    /// Events per ReportEvents call.
+    #[arg(long, env = "PORTCULLIS_EVENT_BATCH_SIZE", default_value_t = 500)]
+    pub event_batch_size: usize,
     /// Heartbeats missed in a row before the Sync stream counts as dead.
     #[arg(long, env = "PORTCULLIS_HEARTBEAT_MISSES", default_value_t = 3)]
     pub heartbeat_misses: u32,

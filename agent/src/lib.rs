@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod args;
 pub mod cache;
+pub mod events;
 pub mod state;
 pub mod stats;
 pub mod sync;
@@ -66,6 +67,24 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     }
     let state = state::handle(opened.state);
     let cache = Arc::new(opened.cache);
+    let events_config = events::EventsConfig {
+        limits: events::OutboxLimits {
+            max_events: args.event_outbox_max_events.max(1),
+            max_bytes: args.event_outbox_max_bytes.max(1),
+        },
+        batch_events: args.event_batch_size.max(1),
+        ..Default::default()
+    };
+    let outbox = if args.record_events {
+        let outbox = events::Outbox::open(cache.db(), events_config.limits)
+            .context("opening the event outbox")?;
+        if !outbox.is_empty() {
+            info!(pending = outbox.len(), "Events waiting in the outbox");
+        }
+        Some(Arc::new(outbox))
+    } else {
+        None
+    };
 
     let (registry, _meter_provider) = telemetry::metrics(state.clone(), stats.clone())?;
     let admin_state = admin::AdminState {
@@ -74,6 +93,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         state: state.clone(),
         stats: stats.clone(),
         registry,
+        outbox: outbox.clone(),
     };
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -130,6 +150,37 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         },
         state.clone(),
     );
+    let reporter = sync::status::StatusReporter::default();
+    // The writer stops after the webhook has drained, so no decision's event is lost.
+    let (events_stop, events_stop_rx) = tokio::sync::watch::channel(false);
+    let (webhook, event_tasks) = match &outbox {
+        Some(outbox) => {
+            let (recorder, rx) = events::Recorder::new(outbox.dropped.clone());
+            let written = Arc::new(tokio::sync::Notify::new());
+            let writer = tokio::spawn(
+                events::run_writer(
+                    outbox.clone(),
+                    rx,
+                    events_config.flush_interval,
+                    written.clone(),
+                    events_stop_rx,
+                )
+                .instrument(info_span!("event-writer")),
+            );
+            let sender = tokio::spawn(
+                events::sender::run_sender(
+                    args.cluster.clone(),
+                    outbox.clone(),
+                    reporter.client(),
+                    written,
+                    events_config.clone(),
+                )
+                .instrument(info_span!("event-sender")),
+            );
+            (webhook.with_recorder(recorder), Some((writer, sender)))
+        }
+        None => (webhook, None),
+    };
     let mut webhook_task = tokio::spawn(
         webhook::server::serve(
             webhook_listener,
@@ -141,7 +192,6 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         .instrument(info_span!("webhook")),
     );
 
-    let reporter = sync::status::StatusReporter::default();
     let reporter_task = tokio::spawn(
         reporter
             .clone()
@@ -149,6 +199,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
                 args.cluster.clone(),
                 state.clone(),
                 stats.clone(),
+                outbox.clone(),
                 Duration::from_secs(args.status_interval.max(1)),
             )
             .instrument(info_span!("status")),
@@ -195,8 +246,17 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let _ = shutdown_tx.send(true);
     sync_task.abort();
     reporter_task.abort();
+    let drained = async {
+        let _ = tokio::join!(admin_task, webhook_task);
+        // The webhook is closed: the writer gets the last events to disk.
+        if let Some((writer, sender)) = event_tasks {
+            let _ = events_stop.send(true);
+            let _ = writer.await;
+            sender.abort();
+        }
+    };
     tokio::select! {
-        _ = async { let _ = tokio::join!(admin_task, webhook_task); } => info!("Drained"),
+        () = drained => info!("Drained"),
         () = tokio::time::sleep(Duration::from_secs(10)) => warn!("Drain timed out"),
         () = shutdown_signal() => warn!("Second signal: exiting now"),
     }

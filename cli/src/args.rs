@@ -67,6 +67,9 @@ pub enum Command {
     /// Import and inspect image scan results.
     #[command(subcommand)]
     Scan(ScanCommand),
+    /// Find, watch and handle protection events (blocked and alerted admissions).
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Test manifests against policies offline, with the agent's engine. Exits 1 if anything
     /// is blocked (or not valid for its kind), so a pipeline can gate on it.
     Test(TestArgs),
@@ -225,6 +228,84 @@ pub enum ScanCommand {
     },
     /// Delete an image's scan.
     Delete { image: String },
+}
+
+/// Which events: every flag given must match.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EventFilterArgs {
+    #[arg(long)]
+    pub cluster: Option<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Object kind (Pod, Deployment, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Object name.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub policy: Option<String>,
+    #[arg(long, value_parser = ["blocked", "alerted"])]
+    pub action: Option<String>,
+    #[arg(long, value_parser = ["new", "handled", "ignored"])]
+    pub state: Option<String>,
+    /// Events at or after this time: RFC 3339, or an age such as 30m, 2h, 7d.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Events before this time: RFC 3339, or an age such as 30m, 2h, 7d.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Text in an image reference or a vulnerability id (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// List events, newest first.
+    List {
+        #[command(flatten)]
+        filter: EventFilterArgs,
+        /// At most this many events (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one event with its findings.
+    Get {
+        id: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print new events as they arrive (one JSON document per line with -o json).
+    Watch {
+        #[command(flatten)]
+        filter: EventFilterArgs,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Mark events handled (or ignored, or new again), with a note.
+    Handle {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// The state to set.
+        #[arg(long, default_value = "handled", value_parser = ["handled", "ignored", "new"])]
+        state: String,
+    },
+    /// Counts by cluster, policy and action.
+    Summary {
+        /// RFC 3339, or an age such as 30m, 2h, 7d.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// RFC 3339, or an age such as 30m, 2h, 7d.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

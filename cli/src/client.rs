@@ -12,8 +12,8 @@ use tonic::{
 };
 
 use portcullis_proto::v1::{
-    cluster_service_client::ClusterServiceClient, policy_service_client::PolicyServiceClient,
-    scan_service_client::ScanServiceClient,
+    cluster_service_client::ClusterServiceClient, event_service_client::EventServiceClient,
+    policy_service_client::PolicyServiceClient, scan_service_client::ScanServiceClient,
 };
 
 use crate::args::Connection;
@@ -38,6 +38,7 @@ pub struct Clients {
     pub policies: PolicyServiceClient<Authed>,
     pub clusters: ClusterServiceClient<Authed>,
     pub scans: ScanServiceClient<Authed>,
+    pub events: EventServiceClient<Authed>,
 }
 
 /// Largest scan result the CLI reads back (a full `ImageScan` of a large image).
@@ -79,7 +80,8 @@ pub async fn connect(connection: &Connection) -> Result<Clients> {
     Ok(Clients {
         policies: PolicyServiceClient::with_interceptor(channel.clone(), bearer.clone()),
         clusters: ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        scans: ScanServiceClient::with_interceptor(channel, bearer)
+        scans: ScanServiceClient::with_interceptor(channel.clone(), bearer.clone())
             .max_decoding_message_size(MAX_SCAN_RESPONSE_BYTES),
+        events: EventServiceClient::with_interceptor(channel, bearer),
     })
 }

@@ -17,6 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(command) => commands::policy::run(command, &cli.connection).await?,
         Command::Cluster(command) => commands::cluster::run(command, &cli.connection).await?,
         Command::Scan(command) => commands::scan::run(command, &cli.connection).await?,
+        Command::Events(command) => commands::events::run(command, &cli.connection).await?,
         Command::Test(args) => return commands::test::run(args, false),
         Command::Explain(args) => return commands::test::run(args, true),
     }

@@ -79,6 +79,15 @@ pub struct ServeArgs {
         default_value_t = portcullis_policy::scan::DEFAULT_MAX_REPORT_BYTES
     )]
     pub max_report_bytes: usize,
+    /// Events older than this many hours are deleted.
+    #[arg(long, env = "PORTCULLIS_EVENT_MAX_AGE_HOURS", default_value_t = 30 * 24)]
+    pub event_max_age_hours: u64,
+    /// At most this many events are kept; the oldest are deleted first.
+    #[arg(long, env = "PORTCULLIS_EVENT_MAX_COUNT", default_value_t = 1_000_000)]
+    pub event_max_count: u64,
+    /// Events one `ReportEvents` call may carry; larger batches are refused whole.
+    #[arg(long, env = "PORTCULLIS_EVENT_MAX_BATCH", default_value_t = 1000)]
+    pub event_max_batch: usize,
     /// Seconds to drain streams and in-flight requests on SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,

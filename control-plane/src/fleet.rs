@@ -19,6 +19,8 @@ struct AgentRecord {
     applied_revision: u64,
     last_error: String,
     protection_state: String,
+    events_dropped: u64,
+    events_pending: u64,
 }
 
 /// Per-cluster agent status, shared by the agent and cluster services.
@@ -71,6 +73,8 @@ impl Fleet {
             record.applied_epoch = report.applied_epoch.clone();
             record.applied_revision = report.applied_revision;
             record.protection_state = report.protection_state.clone();
+            record.events_dropped = report.events_dropped;
+            record.events_pending = report.events_pending;
             record.last_error = if report.error.is_empty() {
                 String::new()
             } else if report.failed_revision != 0 {
@@ -112,6 +116,8 @@ impl Fleet {
             lag: revision.saturating_sub(applied),
             last_error: record.last_error.clone(),
             protection_state: record.protection_state.clone(),
+            events_dropped: record.events_dropped,
+            events_pending: record.events_pending,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod args;
 pub mod auth;
+pub mod events;
 pub mod fleet;
 pub mod server;
 pub mod store;

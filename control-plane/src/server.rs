@@ -1,5 +1,5 @@
 //! Wiring: open the store, set up auth and TLS, serve gRPC and admin HTTP, compact the change
-//! log in the background, and drain on SIGTERM (a second signal exits at once).
+//! log and enforce event retention in the background, and drain on SIGTERM (a second signal exits at once).
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -15,14 +15,16 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
     agent_service_server::AgentServiceServer, cluster_service_server::ClusterServiceServer,
-    policy_service_server::PolicyServiceServer, scan_service_server::ScanServiceServer,
+    event_service_server::EventServiceServer, policy_service_server::PolicyServiceServer,
+    scan_service_server::ScanServiceServer,
 };
 
 use crate::{
     admin::{self, AdminState},
-    api::{AgentApi, ClusterApi, PolicyApi, REQUEST_OVERHEAD_BYTES, ScanApi},
+    api::{AgentApi, ClusterApi, EventApi, PolicyApi, REQUEST_OVERHEAD_BYTES, ScanApi},
     args::ServeArgs,
     auth::{self, Authenticator, Role},
+    events::{self, EventSettings, EventStore},
     fleet::Fleet,
     store::Store,
     sync::SyncSettings,
@@ -90,6 +92,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     health_reporter
         .set_serving::<ScanServiceServer<ScanApi>>()
         .await;
+    health_reporter
+        .set_serving::<EventServiceServer<EventApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -129,6 +134,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         compact_periodically(store.clone(), args.changelog_keep, args.compaction_interval)
             .instrument(info_span!("compaction")),
     );
+    let events = Arc::new(
+        EventStore::open(
+            store.clone(),
+            EventSettings {
+                max_age: Duration::from_secs(args.event_max_age_hours.saturating_mul(3600)),
+                max_count: args.event_max_count,
+                max_batch: args.event_max_batch.max(1),
+            },
+        )
+        .context("opening the event store")?,
+    );
+    info!(events = events.len(), "Event store open");
+    let retention_task = tokio::spawn(
+        events::retain_periodically(events.clone(), Duration::from_secs(60))
+            .instrument(info_span!("event_retention")),
+    );
 
     let max_report_bytes = args
         .max_report_bytes
@@ -164,8 +185,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             fleet.clone(),
         )))
         .add_service(scans)
+        .add_service(EventServiceServer::new(EventApi::new(
+            events.clone(),
+            authenticator.clone(),
+        )))
         .add_service(AgentServiceServer::new(AgentApi::new(
             store.clone(),
+            events,
             authenticator.clone(),
             fleet,
             SyncSettings {
@@ -187,6 +213,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::select! {
         result = &mut grpc_task => {
             compaction_task.abort();
+            retention_task.abort();
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("gRPC server stopped unexpectedly")),
                 Ok(Err(e)) => Err(e).context("gRPC server failed"),
@@ -200,6 +227,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     admin_state.ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     compaction_task.abort();
+    retention_task.abort();
     let drain = async {
         let _ = grpc_task.await;
         let _ = admin_task.await;

@@ -214,15 +214,23 @@ impl ControlPlane {
 
     /// Runs the `portcullis` CLI against this control plane with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("portcullis"))
+        self.cli_command(token, args)
+            .output()
+            .expect("running portcullis")
+    }
+
+    /// The `portcullis` CLI command against this control plane with `token`, not yet run
+    /// (for long-running commands such as `events watch`).
+    pub fn cli_command(&self, token: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(bin_dir().join("portcullis"));
+        command
             .args(args)
             .env("PORTCULLIS_SERVER", self.url())
             .env("PORTCULLIS_TOKEN", token)
             .env("PORTCULLIS_CA_FILE", self.ca_file())
             .env_remove("PORTCULLIS_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running portcullis")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Runs the CLI as the bootstrap admin.
@@ -437,6 +445,12 @@ pub fn post_review(agent: &Agent, body: Vec<u8>) -> (u16, serde_json::Value) {
 /// POSTs `body` to `path` on an agent's webhook port over TLS; returns the HTTP status and
 /// the body (JSON, or the text as a JSON string).
 pub fn post_webhook(agent: &Agent, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    post_many(agent, path, vec![body]).remove(0)
+}
+
+/// POSTs each body in turn over one keep-alive TLS connection, as the API server does;
+/// returns each status and body.
+pub fn post_many(agent: &Agent, path: &str, bodies: Vec<Vec<u8>>) -> Vec<(u16, serde_json::Value)> {
     use http_body_util::BodyExt;
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
@@ -469,18 +483,23 @@ pub fn post_webhook(agent: &Agent, path: &str, body: Vec<u8>) -> (u16, serde_jso
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        let request = hyper::Request::post(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
-            String::from_utf8_lossy(&bytes).into(),
-        ));
-        (status, json)
+        let mut out = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            sender.ready().await.unwrap();
+            let request = hyper::Request::post(path)
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+                String::from_utf8_lossy(&bytes).into(),
+            ));
+            out.push((status, json));
+        }
+        out
     })
 }
 

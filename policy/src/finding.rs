@@ -16,7 +16,12 @@ pub struct Finding {
     pub value: String,
     /// A sentence for people: what is wrong and what is allowed.
     pub message: String,
+    /// Vulnerability ids the finding is about (scan rules), at most `MAX_IDS`; empty otherwise.
+    pub ids: Vec<String>,
 }
+
+/// Most ids a finding carries (its message counts the rest).
+pub const MAX_IDS: usize = 100;
 
 impl Finding {
     pub fn new(
@@ -30,6 +35,13 @@ impl Finding {
             path: path.into(),
             value: value.into(),
             message: message.into(),
+            ids: Vec::new(),
         }
+    }
+
+    /// The finding with the vulnerability ids it names (the first `MAX_IDS`).
+    pub fn with_ids<'a>(mut self, ids: impl IntoIterator<Item = &'a str>) -> Self {
+        self.ids = ids.into_iter().take(MAX_IDS).map(str::to_owned).collect();
+        self
     }
 }

@@ -144,6 +144,11 @@ impl Cache {
         Ok((cache, state))
     }
 
+    /// The database, for the event outbox beside the cache.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     fn current_scans(&self) -> sled::Tree {
         self.scans.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -4,7 +4,7 @@
 //! goes quiet past the heartbeat deadline, or shows a revision gap.
 
 pub mod apply;
-mod reconnect;
+pub(crate) mod reconnect;
 pub mod status;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

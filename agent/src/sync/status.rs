@@ -76,12 +76,18 @@ impl StatusReporter {
         self.client.send_replace(Some(client));
     }
 
+    /// The latest connection to the control plane, for other senders (events).
+    pub fn client(&self) -> watch::Receiver<Option<AgentClient>> {
+        self.client.subscribe()
+    }
+
     /// Sends reports until the process ends.
     pub async fn run(
         self,
         cluster: String,
         state: StateHandle,
         stats: Arc<SyncStats>,
+        outbox: Option<Arc<crate::events::Outbox>>,
         every: Duration,
     ) {
         let mut outcome = self.outcome.subscribe();
@@ -112,6 +118,8 @@ impl StatusReporter {
                 cache_age_seconds: stats.cache_age_seconds(current.applied_at_ms),
                 protection_state: String::new(),
                 policies: current.policies.len() as u32,
+                events_dropped: outbox.as_ref().map_or(0, |o| o.dropped()),
+                events_pending: outbox.as_ref().map_or(0, |o| o.len()),
             };
             if let Err(status) = connection.report_status(request).await {
                 debug!(code = ?status.code(), message = status.message(), "Status report not delivered");

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome};
 
 use super::{gatekeeper, respond, review};
-use crate::state::StateHandle;
+use crate::{events::Recorder, state::StateHandle};
 
 /// What the webhook exempts and how much it takes on.
 #[derive(Clone, Debug)]
@@ -35,6 +35,8 @@ pub struct WebhookConfig {
 pub struct Webhook {
     config: Arc<WebhookConfig>,
     state: StateHandle,
+    /// Where block and alert decisions go as events; `None` records nothing.
+    recorder: Option<Recorder>,
     pub(super) in_flight: Arc<Semaphore>,
 }
 
@@ -44,8 +46,15 @@ impl Webhook {
         Self {
             config: Arc::new(config),
             state,
+            recorder: None,
             in_flight,
         }
+    }
+
+    /// Records an event for every block and alert decision (not dry runs).
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Decides one AdmissionReview body. Synchronous: nothing here waits.
@@ -79,6 +88,9 @@ impl Webhook {
             state.policies.values().map(|p| &p.policy),
             &state.scans,
         );
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&self.config.cluster, &request, &decision, &state);
+        }
         let dry_run = request.dry_run.unwrap_or(false);
         match &decision.outcome {
             Outcome::Block | Outcome::Alert => info!(

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod cluster;
+pub mod events;
 pub mod policy;
 pub mod scan;
 pub mod test;

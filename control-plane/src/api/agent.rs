@@ -9,12 +9,13 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
 use portcullis_proto::v1::{
-    ReportStatusRequest, ReportStatusResponse, SyncRequest, SyncResponse,
-    agent_service_server::AgentService,
+    ReportEventsRequest, ReportEventsResponse, ReportStatusRequest, ReportStatusResponse,
+    SyncRequest, SyncResponse, agent_service_server::AgentService,
 };
 
 use crate::{
     auth::Authenticator,
+    events::{BatchError, EventStore, validate_batch},
     fleet::Fleet,
     store::Store,
     sync::{self, SyncSettings},
@@ -22,6 +23,7 @@ use crate::{
 
 pub struct AgentApi {
     store: Arc<Store>,
+    events: Arc<EventStore>,
     auth: Arc<Authenticator>,
     fleet: Fleet,
     settings: SyncSettings,
@@ -30,12 +32,14 @@ pub struct AgentApi {
 impl AgentApi {
     pub fn new(
         store: Arc<Store>,
+        events: Arc<EventStore>,
         auth: Arc<Authenticator>,
         fleet: Fleet,
         settings: SyncSettings,
     ) -> Self {
         Self {
             store,
+            events,
             auth,
             fleet,
             settings,
@@ -94,5 +98,26 @@ impl AgentService for AgentApi {
         }
         self.fleet.report(&cluster, &report);
         Ok(Response::new(ReportStatusResponse {}))
+    }
+
+    async fn report_events(
+        &self,
+        request: Request<ReportEventsRequest>,
+    ) -> Result<Response<ReportEventsResponse>, Status> {
+        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let events = request.into_inner().events;
+        let batch =
+            validate_batch(&cluster, events, self.events.settings.max_batch).map_err(|error| {
+                warn!(%cluster, %error, "Event batch refused");
+                match error {
+                    BatchError::OtherCluster(m) => Status::permission_denied(m),
+                    BatchError::Invalid(m) => Status::invalid_argument(m),
+                }
+            })?;
+        let ingested = self.events.ingest(batch).await?;
+        Ok(Response::new(ReportEventsResponse {
+            stored: ingested.stored,
+            duplicates: ingested.duplicates,
+        }))
     }
 }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cluster;
+mod event;
 mod paging;
 mod policy;
 mod scan;
@@ -10,6 +11,7 @@ mod scan_proto;
 
 pub use agent::AgentApi;
 pub use cluster::ClusterApi;
+pub use event::EventApi;
 pub use policy::PolicyApi;
 pub use scan::{REQUEST_OVERHEAD_BYTES, ScanApi};
 

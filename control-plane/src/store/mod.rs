@@ -208,6 +208,16 @@ impl Store {
         Ok(())
     }
 
+    /// The database, for stores that live beside this one (events).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Makes everything written so far durable (for stores beside this one).
+    pub(crate) async fn flush_all(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+
     /// sled's blocking flush on a blocking thread (see `make_durable`).
     async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();

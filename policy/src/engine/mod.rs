@@ -88,6 +88,9 @@ pub struct Decision {
     pub findings: Vec<PolicyFinding>,
     /// Why no policy was evaluated at all (DELETE, unknown kind, unchanged UPDATE, ...).
     pub skipped: Option<&'static str>,
+    /// The images of the object's containers, once each in pod-spec order; filled only when
+    /// there are findings (for events), empty otherwise.
+    pub images: Vec<String>,
 }
 
 impl Decision {
@@ -96,6 +99,7 @@ impl Decision {
             outcome: Outcome::Allow,
             findings: Vec::new(),
             skipped: Some(reason),
+            images: Vec::new(),
         }
     }
 
@@ -174,6 +178,7 @@ pub fn evaluate<'p>(
             outcome: Outcome::Invalid(reason),
             findings: Vec::new(),
             skipped: None,
+            images: Vec::new(),
         },
         Prepared::Evaluate { kind, object } => {
             let target = Target {
@@ -230,10 +235,19 @@ pub fn evaluate_object<'p>(
     } else {
         Outcome::Alert
     };
+    let mut images = Vec::new();
+    if let (false, Object::Workload(workload)) = (findings.is_empty(), object) {
+        for (_, container) in workload.pod.containers() {
+            if !images.contains(&container.image) {
+                images.push(container.image.clone());
+            }
+        }
+    }
     Decision {
         outcome,
         findings,
         skipped: None,
+        images,
     }
 }
 

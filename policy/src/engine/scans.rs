@@ -162,20 +162,72 @@ fn index_keys(image: &ImageIdentity) -> Vec<String> {
     keys
 }
 
+/// A fast non-cryptographic hash of keys (FxHash's multiply-rotate, eight bytes at a time).
+/// Keys come from the control plane, not from admission requests, and requests only read, so
+/// there is no collision flood to defend against; SipHash cost more than the rest of a lookup.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyHasher;
+
+#[derive(Default)]
+struct FxState(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxState {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl std::hash::Hasher for FxState {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn finish(&self) -> u64 {
+        // Spread the last multiply's high bits into the low ones the map uses.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = FxState;
+
+    fn build_hasher(&self) -> FxState {
+        FxState::default()
+    }
+}
+
+type Shard = HashMap<Box<str>, Arc<IndexedScan>, KeyHasher>;
+
 /// A map split into `SHARDS` copy-on-write parts by a fixed hash of the key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Shards {
     /// Empty until the first insert.
-    shards: Vec<Arc<HashMap<Box<str>, Arc<IndexedScan>>>>,
+    shards: Vec<Arc<Shard>>,
     len: usize,
 }
 
 impl Shards {
     fn slot(key: &str) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::hash::DefaultHasher::new();
-        key.hash(&mut hasher);
-        (hasher.finish() % SHARDS as u64) as usize
+        use std::hash::BuildHasher;
+        // The top bits: the maps inside use the low ones.
+        (KeyHasher.hash_one(key) >> 58) as usize % SHARDS
     }
 
     fn get(&self, key: &str) -> Option<&Arc<IndexedScan>> {
@@ -294,14 +346,15 @@ pub(super) fn check(
         return vec![(Finding::new("unscanned", path, image, message), action)];
     };
     let mut findings = Vec::new();
+    if let Some(rule) = &rules.vulnerabilities
+        && let Some((message, ids)) = vulnerability_message(rule, &shown, scan)
+    {
+        let finding = Finding::new("vulnerabilities", path, image, message).with_ids(ids);
+        findings.push((finding, Action::Block));
+    }
     let mut push = |rule: &str, message: String| {
         findings.push((Finding::new(rule, path, image, message), Action::Block));
     };
-    if let Some(rule) = &rules.vulnerabilities
-        && let Some(message) = vulnerability_message(rule, &shown, scan)
-    {
-        push("vulnerabilities", message);
-    }
     if rules.malicious_files && !scan.malware().is_empty() {
         let signatures = scan.malware();
         push(
@@ -333,12 +386,12 @@ pub(super) fn check(
 
 /// What the rule finds in `scan`, if anything: the vulnerabilities at or above the threshold
 /// (fixable ones only if asked), less the ignored ids, highest severity first; then the ids of
-/// `block` the threshold did not already count.
-fn vulnerability_message(
+/// `block` the threshold did not already count. The message, and every id it counts.
+fn vulnerability_message<'s>(
     rule: &VulnerabilityRule,
     image: &str,
-    scan: &ScanSummary,
-) -> Option<String> {
+    scan: &'s ScanSummary,
+) -> Option<(String, Vec<&'s str>)> {
     let counts = |v: &SummaryVulnerability<'_>| {
         rule.severity
             .is_some_and(|threshold| v.severity >= threshold)
@@ -383,7 +436,8 @@ fn vulnerability_message(
             listed(named.iter().copied()),
         );
     }
-    Some(message)
+    let ids = over.iter().map(|v| v.id).chain(named).collect();
+    Some((message, ids))
 }
 
 /// The image as written, cut to `MAX_SHOWN_IMAGE` characters.

@@ -120,6 +120,7 @@ mod tests {
         assert_eq!(verdict.findings.len(), 1);
         assert_eq!(verdict.findings[0].finding.rule, "vulnerabilities");
         assert!(verdict.findings[0].finding.message.contains("CVE-2024-1"));
+        assert_eq!(verdict.findings[0].finding.ids, ["CVE-2024-1"]);
 
         let verdict = image_verdict("redis:7", "c1", &policies, &index);
         assert_eq!((verdict.outcome, verdict.scanned), (Outcome::Alert, false));

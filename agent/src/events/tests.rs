@@ -1,0 +1,213 @@
+use std::collections::BTreeMap;
+
+use portcullis_policy::engine::{self, AdmissionInput, Operation};
+
+use super::*;
+use crate::state::LoadedPolicy;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/admission/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn mk_state(yaml: &str) -> AgentState {
+    let mut policies = BTreeMap::new();
+    for mut proto in portcullis_policy::parse_policy_documents(yaml).unwrap() {
+        proto.revision = 7;
+        let loaded = LoadedPolicy::load(proto).unwrap();
+        policies.insert(loaded.proto.name.clone(), Arc::new(loaded));
+    }
+    AgentState {
+        epoch: "e".into(),
+        policies,
+        ..Default::default()
+    }
+}
+
+fn decide(request: &review::Request<'_>, state: &AgentState) -> Decision {
+    let input = AdmissionInput {
+        operation: Operation::parse(&request.operation),
+        kind: &request.kind.kind,
+        sub_resource: "",
+        namespace: &request.namespace,
+        name: &request.name,
+        object: request.object.map(|r| r.get()),
+        old_object: request.old_object.map(|r| r.get()),
+    };
+    engine::evaluate(
+        &input,
+        "c1",
+        state.policies.values().map(|p| &p.policy),
+        &state.scans,
+    )
+}
+
+const POLICIES: &str = "name: no-privileged\nrules: {resource: {privileged: {}}}\n---\n\
+    name: tags\naction: alert\nrules: {image: {disallowedTags: [\"1.25\"]}}\n---\n\
+    name: unrelated\nrules: {resource: {hostNamespaces: {}}}\n";
+
+#[test]
+fn one_event_per_policy_with_its_findings() {
+    let body = fixture("pod-create-privileged.json");
+    let request = review::parse(&body).unwrap();
+    let state = mk_state(POLICIES);
+    let decision = decide(&request, &state);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+    let events = build("c1", &request, &decision, &state, now);
+    let names: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.policy.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(names, [("no-privileged", "blocked")], "{decision:?}");
+    let event = &events[0];
+    let id = uuid::Uuid::parse_str(&event.id).unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+    assert_eq!((secs, nanos / 1_000_000), (1_795_000_000, 123));
+    assert_eq!(event.time.unwrap().seconds, 1_795_000_000);
+    assert_eq!(
+        (
+            event.cluster.as_str(),
+            event.kind.as_str(),
+            event.operation.as_str()
+        ),
+        ("c1", "Pod", "CREATE")
+    );
+    assert_eq!(event.namespace, request.namespace);
+    assert_eq!(event.name, request.name);
+    assert_eq!(event.user, request.user_info.username);
+    assert_eq!(event.groups, request.user_info.groups);
+    assert_eq!(event.admission_uid, request.uid);
+    assert_eq!((event.policy_revision, event.count), (7, 1));
+    assert!(!event.images.is_empty());
+    assert_eq!(event.findings[0].rule, "privileged");
+    assert_eq!(
+        event.findings[0].path,
+        "spec.containers[0].securityContext.privileged"
+    );
+}
+
+#[test]
+fn alerts_are_recorded_and_dry_runs_and_allows_are_not() {
+    let state = mk_state(POLICIES);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (recorder, mut rx) = Recorder::new(dropped.clone());
+    for (name, expected) in [
+        ("deployment-create-basic.json", Some(("tags", "alerted"))),
+        ("pod-create-dryrun-apply.json", None),
+        ("pod-create-restricted-compliant.json", None),
+    ] {
+        let body = fixture(name);
+        let request = review::parse(&body).unwrap();
+        let decision = decide(&request, &state);
+        recorder.record("c1", &request, &decision, &state);
+        let got = rx.try_recv().ok();
+        assert_eq!(
+            got.as_ref().map(|e| (e.policy.as_str(), e.action.as_str())),
+            expected,
+            "{name}: {decision:?}"
+        );
+        assert!(rx.try_recv().is_err(), "{name}: one event");
+    }
+    assert_eq!(dropped.load(Ordering::Relaxed), 0);
+}
+
+fn mk_event(n: u64) -> Event {
+    let stamp = uuid::Timestamp::from_unix(uuid::NoContext, 1_795_000_000 + n, 0);
+    Event {
+        id: uuid::Uuid::new_v7(stamp).to_string(),
+        name: format!("pod-{n}"),
+        policy: "p".into(),
+        action: "blocked".into(),
+        count: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_is_durable_bounded_and_counts_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = OutboxLimits {
+        max_events: 3,
+        max_bytes: 1 << 20,
+    };
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&db, limits).unwrap();
+        outbox
+            .append(&(0..5).map(mk_event).collect::<Vec<_>>())
+            .unwrap();
+        outbox.flush().await.unwrap();
+        assert_eq!((outbox.len(), outbox.dropped()), (3, 2));
+    }
+    let db = sled::open(dir.path()).unwrap();
+    let outbox = Outbox::open(&db, limits).unwrap();
+    assert_eq!((outbox.len(), outbox.dropped()), (3, 2), "after a restart");
+    let batch = outbox.peek(2, 1 << 20).unwrap();
+    let names: Vec<&str> = batch.iter().map(|(_, e)| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["pod-2", "pod-3"],
+        "oldest first, the two oldest dropped"
+    );
+    let keys: Vec<sled::IVec> = batch.into_iter().map(|(k, _)| k).collect();
+    outbox.remove(&keys).unwrap();
+    assert_eq!(outbox.len(), 1);
+    // A byte bound still yields one event.
+    assert_eq!(outbox.peek(10, 1).unwrap().len(), 1);
+
+    // The byte limit drops too.
+    let small = Outbox::open(
+        &sled::open(dir.path().join("b")).unwrap(),
+        OutboxLimits {
+            max_events: 100,
+            max_bytes: 200,
+        },
+    )
+    .unwrap();
+    small
+        .append(&(0..10).map(mk_event).collect::<Vec<_>>())
+        .unwrap();
+    assert!(small.len() < 10 && small.dropped() == 10 - small.len());
+}
+
+#[tokio::test]
+async fn the_writer_folds_bursts_and_writes_everything_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let outbox = Arc::new(Outbox::open(&db, OutboxLimits::default()).unwrap());
+    let (recorder, rx) = Recorder::new(outbox.dropped.clone());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let written = Arc::new(tokio::sync::Notify::new());
+    let writer = tokio::spawn(run_writer(
+        outbox.clone(),
+        rx,
+        Duration::from_secs(3600),
+        written,
+        stop_rx,
+    ));
+    let same = mk_event(1);
+    for _ in 0..3 {
+        let mut copy = same.clone();
+        copy.id = uuid::Uuid::now_v7().to_string();
+        recorder.tx.send(copy).await.unwrap();
+    }
+    recorder.tx.send(mk_event(2)).await.unwrap();
+    stop.send(true).unwrap();
+    writer.await.unwrap();
+    let events: Vec<Event> = outbox
+        .peek(10, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let counts: Vec<(&str, u32)> = events.iter().map(|e| (e.name.as_str(), e.count)).collect();
+    assert_eq!(counts.len(), 2);
+    assert!(
+        counts.contains(&("pod-1", 3)) && counts.contains(&("pod-2", 1)),
+        "{counts:?}"
+    );
+}
