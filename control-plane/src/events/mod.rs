@@ -1,10 +1,11 @@
 //! Protection events: stored idempotently by id, indexed for the operator queries, kept within
 //! the retention limits, and fanned out to watchers.
 //!
-//! Layout (sled trees in the store's database): `events` maps the 16 bytes of the event's
-//! UUIDv7 (time-ordered) to the `Event` message; `events_by_cluster`, `events_by_policy` and
-//! `events_by_cluster_policy` map `cluster \0 id`, `policy \0 id` and `cluster \0 policy \0 id`
-//! to nothing. Index entries are written before the event and removed after it, so an index
+//! Layout (sled trees in the store's database): `events` maps the event's key — the 16 bytes
+//! of its UUIDv7 id, each inverted, so newer events sort first and newest-first listings read
+//! forward (sled's reverse iteration is far slower) — to the `Event` message;
+//! `events_by_cluster`, `events_by_policy` and `events_by_cluster_policy` map
+//! `cluster \0 key`, `policy \0 key` and `cluster \0 policy \0 key` to nothing. Index entries are written before the event and removed after it, so an index
 //! entry may point to a missing event (a crash in between) but an event is never unindexed;
 //! readers skip missing events, and a re-sent batch writes both again.
 
@@ -128,7 +129,7 @@ impl EventStore {
             let mut records = sled::Batch::default();
             let mut seen = std::collections::HashSet::with_capacity(events.len());
             for (id, mut event) in events {
-                let key = *id.as_bytes();
+                let key = key_of(id.as_bytes());
                 if !seen.insert(key) || self.events.contains_key(key)? {
                     result.duplicates += 1;
                     continue;
@@ -162,7 +163,7 @@ impl EventStore {
 
     pub fn get(&self, id: &uuid::Uuid) -> Result<Option<Event>, StoreError> {
         self.events
-            .get(id.as_bytes())?
+            .get(key_of(id.as_bytes()))?
             .map(|bytes| decode(&bytes))
             .transpose()
     }
@@ -194,15 +195,19 @@ impl EventStore {
             ("", policy) => (&self.by_policy, prefixed(&[policy])),
             (cluster, policy) => (&self.by_cluster_policy, prefixed(&[cluster, policy])),
         };
-        let bound = |id: [u8; 16]| [prefix.as_slice(), &id].concat();
-        let range = tree.range(bound(low)..bound(high)).rev();
+        // Keys invert ids: ids in [low, high) are keys in (key(high), key(low)].
+        let bound = |id: [u8; 16]| [prefix.as_slice(), &key_of(&id)].concat();
+        let range = tree.range((
+            std::ops::Bound::Excluded(bound(high)),
+            std::ops::Bound::Included(bound(low)),
+        ));
         for entry in range {
             let (key, value) = entry?;
-            let id: [u8; 16] = key[key.len() - 16..].try_into().unwrap_or([0; 16]);
+            let event_key: [u8; 16] = key[key.len() - 16..].try_into().unwrap_or([0; 16]);
             let event = if prefix.is_empty() {
                 decode(&value)?
             } else {
-                match self.events.get(id)? {
+                match self.events.get(event_key)? {
                     Some(bytes) => decode(&bytes)?,
                     // Indexed before the event was written (a crash between): skip.
                     None => continue,
@@ -257,7 +262,7 @@ impl EventStore {
                     event.handled_by = by.to_owned();
                     event.handled_time = Some(now);
                 }
-                batch.insert(id.as_bytes(), event.encode_to_vec());
+                batch.insert(&key_of(id.as_bytes()), event.encode_to_vec());
                 updated.push(event);
             }
             self.events.apply_batch(batch)?;
@@ -282,7 +287,11 @@ impl EventStore {
         let mut counts: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
             Default::default();
         if low < high {
-            for entry in self.events.range(low..high) {
+            let range = (
+                std::ops::Bound::Excluded(key_of(&high)),
+                std::ops::Bound::Included(key_of(&low)),
+            );
+            for entry in self.events.range(range) {
                 let event = decode(&entry?.1)?;
                 if !matcher.matches(&event) {
                     continue;
@@ -311,7 +320,7 @@ impl EventStore {
     /// Deletes events past the retention limits; returns how many.
     pub async fn enforce_retention(&self) -> Result<u64, StoreError> {
         let cutoff = now_millis() - self.settings.max_age.as_millis() as i64;
-        let cutoff_key = filter::id_at_millis(cutoff, false);
+        let cutoff_id = filter::id_at_millis(cutoff, false);
         let mut deleted = 0;
         loop {
             let _writer = self.writer.lock().await;
@@ -323,16 +332,19 @@ impl EventStore {
                 sled::Batch::default(),
             ];
             let mut n = 0u64;
-            for entry in self.events.iter() {
+            // Oldest first: keys invert ids, so from the end.
+            for entry in self.events.iter().rev() {
                 let (key, value) = entry?;
-                let old = key.as_ref() < cutoff_key.as_slice();
+                let event_key: [u8; 16] = key.as_ref().try_into().unwrap_or([0; 16]);
+                let old = key_of(&event_key) < cutoff_id;
                 if (!old && n >= excess) || n >= 10_000 {
                     break;
                 }
                 let event = decode(&value)?;
-                let id: [u8; 16] = key.as_ref().try_into().unwrap_or([0; 16]);
                 batches[0].remove(key);
-                for (batch, index_key) in batches[1..].iter_mut().zip(index_keys(&event, &id)) {
+                for (batch, index_key) in
+                    batches[1..].iter_mut().zip(index_keys(&event, &event_key))
+                {
                     batch.remove(index_key);
                 }
                 n += 1;
@@ -368,6 +380,11 @@ pub async fn retain_periodically(events: Arc<EventStore>, every: Duration) {
     }
 }
 
+/// An event's key from its id (and back): every byte inverted, so newer ids sort first.
+fn key_of(id: &[u8; 16]) -> [u8; 16] {
+    id.map(|b| !b)
+}
+
 fn decode(bytes: &[u8]) -> Result<Event, StoreError> {
     Event::decode(bytes).map_err(|e| StoreError::Corrupt {
         what: format!("event: {e}"),
@@ -384,11 +401,11 @@ fn prefixed(parts: &[&str]) -> Vec<u8> {
     key
 }
 
-/// The keys of `event` in the cluster, policy and cluster+policy indexes.
-fn index_keys(event: &Event, id: &[u8; 16]) -> [Vec<u8>; 3] {
-    let with_id = |mut key: Vec<u8>| {
-        key.extend_from_slice(id);
-        key
+/// The keys of `event` (whose key is `key`) in the cluster, policy and cluster+policy indexes.
+fn index_keys(event: &Event, key: &[u8; 16]) -> [Vec<u8>; 3] {
+    let with_id = |mut prefix: Vec<u8>| {
+        prefix.extend_from_slice(key);
+        prefix
     };
     [
         with_id(prefixed(&[&event.cluster])),

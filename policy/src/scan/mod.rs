@@ -22,7 +22,7 @@ pub use model::{
     BaselineFailure, BaselineKind, ImageIdentity, ImageScan, MAX_ID_LEN, MaliciousFile, Os,
     Scanner, SeverityCounts, Vulnerability,
 };
-pub use summary::{ScanSummary, SummaryVulnerability};
+pub use summary::{ScanSummary, SummaryVulnerability, interner};
 pub use summary_proto::{identity_from_proto, identity_to_proto, summary_of_stored};
 
 /// A default for `--max-report-bytes`: Trivy reports of large images with every package

@@ -1,7 +1,8 @@
 //! What an agent keeps of each image's scan: enough to evaluate every image rule (severity
 //! thresholds, fixable-only, named ids, malware, baseline failures) and nothing else. Agents
-//! hold one per image for 100,000 images, so ids live in one string per image and each
-//! vulnerability costs 8 bytes plus its id text, with no allocation per id.
+//! hold one per image for 100,000 images, and images share most of their vulnerabilities, so
+//! ids are interned process-wide (`interner`) and each vulnerability of a summary costs four
+//! bytes: the id's number, its severity and whether a fix exists.
 
 use super::SeverityCounts;
 use crate::Severity;
@@ -13,19 +14,45 @@ use crate::Severity;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanSummary {
     counts: SeverityCounts,
-    /// Every vulnerability id, concatenated in `entries` order.
-    ids: Box<str>,
-    entries: Box<[Entry]>,
+    /// One packed `Entry` per vulnerability, in id order.
+    entries: Box<[u32]>,
     malware: Box<[Box<str>]>,
     baseline_failures: Box<[Box<str>]>,
 }
 
-/// One vulnerability: its id is `ids[previous end..end]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    end: u32,
-    severity: Severity,
-    fixable: bool,
+/// A vulnerability packed in 32 bits: the interned id's number in the low 27, the severity
+/// in the next 3, the fixable flag on top.
+struct Entry;
+
+impl Entry {
+    const ID_BITS: u32 = 27;
+    const ID_MASK: u32 = (1 << Self::ID_BITS) - 1;
+    const FIXABLE: u32 = 1 << 30;
+
+    fn pack(id: u32, severity: Severity, fixable: bool) -> u32 {
+        id | ((severity as u32) << Self::ID_BITS) | if fixable { Self::FIXABLE } else { 0 }
+    }
+
+    fn id(entry: u32) -> u32 {
+        entry & Self::ID_MASK
+    }
+
+    fn severity(entry: u32) -> Severity {
+        const ALL: [Severity; 5] = [
+            Severity::Unknown,
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ];
+        ALL.get(((entry >> Self::ID_BITS) & 0b111) as usize)
+            .copied()
+            .unwrap_or(Severity::Unknown)
+    }
+
+    fn fixable(entry: u32) -> bool {
+        entry & Self::FIXABLE != 0
+    }
 }
 
 /// One deduplicated vulnerability of a summary.
@@ -58,25 +85,18 @@ impl ScanSummary {
                 _ => merged.push((id, severity, fixable)),
             }
         }
-        let mut ids = String::with_capacity(merged.iter().map(|m| m.0.len()).sum());
-        let mut entries = Vec::with_capacity(merged.len());
-        for (id, severity, fixable) in merged {
-            // Offsets are u32: ids past 4 GiB (no report under the limit holds that many)
-            // are left out rather than wrapped.
-            let Ok(end) = u32::try_from(ids.len() + id.len()) else {
-                break;
-            };
-            ids.push_str(id);
-            entries.push(Entry {
-                end,
-                severity,
-                fixable,
-            });
-        }
+        let numbers = interner::intern_all(merged.iter().map(|m| m.0));
+        let entries = merged
+            .iter()
+            .zip(numbers)
+            // Past the interner's capacity an id cannot be kept; it is left out.
+            .filter_map(|((_, severity, fixable), number)| {
+                number.map(|n| Entry::pack(n, *severity, *fixable))
+            })
+            .collect();
         Self {
             counts,
-            ids: ids.into_boxed_str(),
-            entries: entries.into_boxed_slice(),
+            entries,
             malware: sorted_unique(malware),
             baseline_failures: sorted_unique(baseline_failures),
         }
@@ -88,22 +108,30 @@ impl ScanSummary {
     }
 
     /// Distinct vulnerabilities, sorted by id.
-    pub fn vulnerabilities(&self) -> impl ExactSizeIterator<Item = SummaryVulnerability<'_>> {
-        (0..self.entries.len()).map(|i| self.entry(i))
+    pub fn vulnerabilities(&self) -> impl ExactSizeIterator<Item = SummaryVulnerability<'static>> {
+        let names = interner::names();
+        self.entries.iter().map(move |&entry| SummaryVulnerability {
+            id: names.get(Entry::id(entry) as usize).copied().unwrap_or(""),
+            severity: Entry::severity(entry),
+            fixable: Entry::fixable(entry),
+        })
     }
 
-    /// The vulnerability with this id, for policies that block or ignore named ids.
-    pub fn vulnerability(&self, id: &str) -> Option<SummaryVulnerability<'_>> {
-        let (mut low, mut high) = (0, self.entries.len());
-        while low < high {
-            let mid = low + (high - low) / 2;
-            match self.id(mid).cmp(id) {
-                std::cmp::Ordering::Less => low = mid + 1,
-                std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Some(self.entry(mid)),
-            }
-        }
-        None
+    /// The vulnerability with this id, for policies that block or ignore named ids: a binary
+    /// search (entries are in id order), without a lock.
+    pub fn vulnerability(&self, id: &str) -> Option<SummaryVulnerability<'static>> {
+        let names = interner::names();
+        let name = |entry: u32| names.get(Entry::id(entry) as usize).copied().unwrap_or("");
+        let at = self
+            .entries
+            .binary_search_by(|&entry| name(entry).cmp(id))
+            .ok()?;
+        let entry = self.entries[at];
+        Some(SummaryVulnerability {
+            id: name(entry),
+            severity: Entry::severity(entry),
+            fixable: Entry::fixable(entry),
+        })
     }
 
     /// Signatures of the malicious files found, sorted, without duplicates.
@@ -116,34 +144,82 @@ impl ScanSummary {
         &self.baseline_failures
     }
 
-    /// Bytes held on the heap, for an agent's cache-size metrics.
+    /// Bytes held on the heap by this summary (interned ids are shared and not counted).
     pub fn heap_size(&self) -> usize {
         let names =
             |list: &[Box<str>]| list.iter().map(|s| s.len()).sum::<usize>() + size_of_val(list);
-        self.ids.len()
-            + size_of_val(&*self.entries)
-            + names(&self.malware)
-            + names(&self.baseline_failures)
+        size_of_val(&*self.entries) + names(&self.malware) + names(&self.baseline_failures)
+    }
+}
+
+/// The process-wide table of vulnerability ids. Ids are few (tens of thousands across a
+/// fleet's images) and repeat across images, so each is stored once, for the life of the
+/// process, and summaries refer to it by number. Readers take no lock: the number -> name
+/// table is an immutable vector swapped whole when ids are added (under a mutex that only
+/// writers take).
+pub mod interner {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex, OnceLock},
+    };
+
+    use arc_swap::ArcSwap;
+
+    /// Ids the table holds at most (the packed entry's 27 bits).
+    pub const CAPACITY: usize = 1 << 27;
+
+    struct Table {
+        names: ArcSwap<Vec<&'static str>>,
+        numbers: Mutex<HashMap<&'static str, u32>>,
     }
 
-    fn id(&self, i: usize) -> &str {
-        let start = i
-            .checked_sub(1)
-            .map_or(0, |previous| self.entries[previous].end as usize);
-        self.ids
-            .get(start..self.entries[i].end as usize)
-            .unwrap_or_default()
+    fn table() -> &'static Table {
+        static TABLE: OnceLock<Table> = OnceLock::new();
+        TABLE.get_or_init(|| Table {
+            names: ArcSwap::from_pointee(Vec::new()),
+            numbers: Mutex::new(HashMap::new()),
+        })
     }
 
-    fn entry(&self, i: usize) -> SummaryVulnerability<'_> {
-        let Entry {
-            severity, fixable, ..
-        } = self.entries[i];
-        SummaryVulnerability {
-            id: self.id(i),
-            severity,
-            fixable,
+    /// The number of each id, in order, adding new ids (`None` past `CAPACITY`).
+    pub fn intern_all<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Option<u32>> {
+        let table = table();
+        let mut numbers = table.numbers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut added: Vec<&'static str> = Vec::new();
+        let base = table.names.load().len();
+        let out = ids
+            .map(|id| {
+                if let Some(&n) = numbers.get(id) {
+                    return Some(n);
+                }
+                let n = base + added.len();
+                if n >= CAPACITY {
+                    return None;
+                }
+                // Kept for the life of the process: summaries refer to it by number.
+                let name: &'static str = Box::leak(id.into());
+                numbers.insert(name, n as u32);
+                added.push(name);
+                Some(n as u32)
+            })
+            .collect();
+        if !added.is_empty() {
+            let mut names = Vec::with_capacity(base + added.len());
+            names.extend_from_slice(&table.names.load());
+            names.extend(added);
+            table.names.store(Arc::new(names));
         }
+        out
+    }
+
+    /// The whole number -> name table as it is now (lock-free).
+    pub fn names() -> Arc<Vec<&'static str>> {
+        table().names.load_full()
+    }
+
+    /// Ids interned so far.
+    pub fn len() -> usize {
+        table().names.load().len()
     }
 }
 
@@ -214,14 +290,49 @@ mod tests {
     }
 
     #[test]
-    fn each_vulnerability_costs_eight_bytes_plus_its_id() {
-        assert_eq!(size_of::<Entry>(), 8);
-        let summary = ScanSummary::new(
+    fn each_vulnerability_costs_four_bytes_and_ids_are_shared() {
+        let one = ScanSummary::new(
             SeverityCounts::default(),
             [("CVE-2024-0001", High, true), ("CVE-2024-0002", Low, false)],
             [],
             [],
         );
-        assert_eq!(summary.heap_size(), 2 * 13 + 2 * 8);
+        assert_eq!(one.heap_size(), 2 * 4);
+        let before = interner::len();
+        let other = ScanSummary::new(
+            SeverityCounts::default(),
+            [("CVE-2024-0002", Critical, true)],
+            [],
+            [],
+        );
+        assert_eq!(interner::len(), before, "a known id is not added again");
+        assert_eq!(
+            other
+                .vulnerability("CVE-2024-0002")
+                .map(|v| (v.severity, v.fixable)),
+            Some((Critical, true))
+        );
+        assert_eq!(
+            one.vulnerability("CVE-2024-0002")
+                .map(|v| (v.severity, v.fixable)),
+            Some((Low, false))
+        );
+    }
+
+    #[test]
+    fn entries_pack_severity_and_fix() {
+        for severity in [Severity::Unknown, Low, Medium, High, Critical] {
+            for fixable in [false, true] {
+                let entry = Entry::pack(Entry::ID_MASK, severity, fixable);
+                assert_eq!(
+                    (
+                        Entry::id(entry),
+                        Entry::severity(entry),
+                        Entry::fixable(entry)
+                    ),
+                    (Entry::ID_MASK, severity, fixable)
+                );
+            }
+        }
     }
 }

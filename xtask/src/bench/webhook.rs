@@ -24,6 +24,12 @@ pub struct WebhookArgs {
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// The AdmissionReview sent (a file of agent/tests/fixtures/admission).
+    #[arg(long, default_value = "deployment-create-basic.json")]
+    fixture: String,
+    /// Run the agent with event recording on or off (`--record-events`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    record_events: bool,
 }
 
 /// Ten policies of each kind: Pod Security restricted, individual controls, image hygiene.
@@ -113,6 +119,7 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
         .arg("--webhook-cert-out")
         .arg(&cert)
+        .arg(format!("--record-events={}", args.record_events))
         .env("PORTCULLIS_LOG", "warn")
         .spawn()?;
     let result = async {
@@ -133,10 +140,14 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let body = root().join("agent/tests/fixtures/admission/deployment-create-basic.json");
+        let body = root()
+            .join("agent/tests/fixtures/admission")
+            .join(&args.fixture);
         println!(
-            "== webhook: {count} policies, Deployment AdmissionReview, {} keep-alive connections",
-            args.connections
+            "== webhook: {count} policies, {}, {} keep-alive connections, events {}",
+            args.fixture,
+            args.connections,
+            if args.record_events { "on" } else { "off" }
         );
         let max = loadgen(
             webhook_port,
@@ -157,6 +168,10 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
             rps / 2.0,
         )?;
         println!("at half that rate ({:.0}/s, open loop): {half}", rps / 2.0);
+        if let Some((200, body)) = http_get(admin_port, "/state") {
+            let state: serde_json::Value = serde_json::from_str(&body)?;
+            println!("agent events: {}", state["events"]);
+        }
         Ok(())
     }
     .await;
