@@ -17,6 +17,8 @@ use crate::{state::StateHandle, stats::SyncStats};
 pub struct AdminState {
     pub cluster: String,
     pub listening: Arc<AtomicBool>,
+    /// The webhook serves its real certificate (Kubernetes mode: the Secret's).
+    pub tls_ready: Arc<AtomicBool>,
     pub state: StateHandle,
     pub stats: Arc<SyncStats>,
     pub registry: prometheus::Registry,
@@ -26,7 +28,9 @@ pub struct AdminState {
 
 impl AdminState {
     fn ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.state.load().is_loaded()
+        self.listening.load(Ordering::Acquire)
+            && self.tls_ready.load(Ordering::Acquire)
+            && self.state.load().is_loaded()
     }
 }
 
@@ -82,6 +86,8 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
         "cacheAgeSeconds": stats.cache_age_seconds(state.applied_at_ms),
         "lastError": stats.error(),
         "cacheRecovery": stats.error_for_report(),
+        "protectionState": stats.protection().0,
+        "deployError": stats.protection().1,
         "events": admin.outbox.as_ref().map(|o| json!({
             "pending": o.len(),
             "dropped": o.dropped(),
@@ -101,6 +107,7 @@ mod tests {
         let admin = AdminState {
             cluster: "c1".into(),
             listening: Arc::default(),
+            tls_ready: Arc::new(AtomicBool::new(true)),
             state: crate::state::handle(Default::default()),
             stats: Arc::default(),
             registry: prometheus::Registry::new(),

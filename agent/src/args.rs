@@ -33,7 +33,33 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Sync from the control plane and enforce.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Remove the webhook configuration and stop every agent from programming it again (the
+    /// Helm chart's pre-delete hook runs this).
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UninstallArgs {
+    /// The agent's namespace (where its Lease is).
+    #[arg(
+        long,
+        env = "PORTCULLIS_NAMESPACE",
+        default_value = "portcullis-system"
+    )]
+    pub namespace: String,
+    #[arg(
+        long,
+        env = "PORTCULLIS_WEBHOOK_CONFIG_NAME",
+        default_value = "portcullis-agent"
+    )]
+    pub webhook_config_name: String,
+    #[arg(
+        long,
+        env = "PORTCULLIS_LEASE_NAME",
+        default_value = "portcullis-agent"
+    )]
+    pub lease_name: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -133,6 +159,66 @@ pub struct RunArgs {
     /// Seconds between periodic status reports.
     #[arg(long, env = "PORTCULLIS_STATUS_INTERVAL", default_value_t = 30)]
     pub status_interval: u64,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Kubernetes mode (everything but `--standalone`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// This replica's pod name (its identity in leader election; set from the downward API).
+    #[arg(long, env = "PORTCULLIS_POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// The Service in front of the agents' webhook port.
+    #[arg(
+        long,
+        env = "PORTCULLIS_SERVICE_NAME",
+        default_value = "portcullis-agent"
+    )]
+    pub service_name: String,
+    #[arg(long, env = "PORTCULLIS_SERVICE_PORT", default_value_t = 443)]
+    pub service_port: i32,
+    /// The ValidatingWebhookConfiguration the agent owns.
+    #[arg(
+        long,
+        env = "PORTCULLIS_WEBHOOK_CONFIG_NAME",
+        default_value = "portcullis-agent"
+    )]
+    pub webhook_config_name: String,
+    /// The Secret holding the webhook's CA and serving certificate.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CERT_SECRET",
+        default_value = "portcullis-agent-tls"
+    )]
+    pub cert_secret: String,
+    /// The Lease of the leader election.
+    #[arg(
+        long,
+        env = "PORTCULLIS_LEASE_NAME",
+        default_value = "portcullis-agent"
+    )]
+    pub lease_name: String,
+    /// Register this URL instead of the Service (for API servers that cannot reach cluster
+    /// Services); its host is added to the certificate's names.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Validity of the generated CA, in days.
+    #[arg(long, env = "PORTCULLIS_CERT_CA_DAYS", default_value_t = 3650)]
+    pub cert_ca_days: i64,
+    /// Validity of the serving certificate, in days.
+    #[arg(long, env = "PORTCULLIS_CERT_DAYS", default_value_t = 365)]
+    pub cert_days: i64,
+    /// Renew the serving certificate this many days before it expires.
+    #[arg(long, env = "PORTCULLIS_CERT_RENEW_DAYS", default_value_t = 30)]
+    pub cert_renew_days: i64,
+    /// Seconds the webhook may fail its self-check through the Service with
+    /// `failurePolicy: Fail` programmed before the leader downgrades it to Ignore.
+    #[arg(long, env = "PORTCULLIS_FAIL_OPEN_AFTER", default_value_t = 120)]
+    pub fail_open_after: u64,
+    /// Seconds between reconciles of the certificate and the webhook configuration.
+    #[arg(long, env = "PORTCULLIS_RECONCILE_INTERVAL", default_value_t = 10)]
+    pub reconcile_interval: u64,
 }
 
 impl RunArgs {
@@ -185,7 +271,9 @@ mod tests {
             "127.0.0.1:9091",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
         assert!(args.standalone);
         assert_eq!(args.admin_listen.port(), 9091);
         assert!(Cli::try_parse_from(["portcullis-agent", "run", "--standalone"]).is_err());
@@ -217,7 +305,9 @@ mod tests {
                 bad,
             ])
             .unwrap();
-            let Command::Run(args) = cli.command;
+            let Command::Run(args) = cli.command else {
+                panic!("run")
+            };
             assert!(
                 args.exempt_namespaces()
                     .unwrap_err()

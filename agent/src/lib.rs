@@ -5,6 +5,7 @@ pub mod admin;
 pub mod args;
 pub mod cache;
 pub mod events;
+pub mod k8s;
 pub mod state;
 pub mod stats;
 pub mod sync;
@@ -35,15 +36,29 @@ pub fn now_ms() -> i64 {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(args) => run_agent(args).await,
+        Command::Run(args) => run_agent(*args).await,
+        Command::Uninstall(args) => {
+            let client = ::kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server")?;
+            k8s::uninstall(
+                client,
+                &args.namespace,
+                &args.webhook_config_name,
+                &args.lease_name,
+            )
+            .await
+            .context("uninstall")?;
+            Ok(())
+        }
     }
 }
 
 async fn run_agent(args: RunArgs) -> Result<()> {
-    if !args.standalone {
+    if !args.standalone && args.kube.pod_name.is_empty() {
         bail!(
-            "Kubernetes mode (webhook configuration, certificates, leader election) is not \
-             available in this version: run with --standalone"
+            "Kubernetes mode needs the pod's name (--pod-name or PORTCULLIS_POD_NAME, from the \
+             downward API); run with --standalone outside a cluster"
         );
     }
     let exempt_namespaces = args.exempt_namespaces().map_err(anyhow::Error::msg)?;
@@ -87,9 +102,12 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     };
 
     let (registry, _meter_provider) = telemetry::metrics(state.clone(), stats.clone())?;
+    // Kubernetes mode serves the Secret's certificate: not ready until it is loaded.
+    let tls_ready = Arc::new(std::sync::atomic::AtomicBool::new(args.standalone));
     let admin_state = admin::AdminState {
         cluster: args.cluster.clone(),
         listening: Arc::default(),
+        tls_ready: tls_ready.clone(),
         state: state.clone(),
         stats: stats.clone(),
         registry,
@@ -115,6 +133,11 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     };
 
     let resolver = match (&args.webhook_cert, &args.webhook_key) {
+        _ if !args.standalone => {
+            // A placeholder until the controller loads the Secret's certificate.
+            let (key, _) = webhook::tls::self_signed(&["localhost".to_owned()])?;
+            webhook::tls::CertResolver::new(key)
+        }
         (Some(cert), Some(key)) => {
             let resolver = webhook::tls::CertResolver::new(webhook::tls::load_files(cert, key)?);
             tokio::spawn(
@@ -143,13 +166,66 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let webhook = webhook::Webhook::new(
         webhook::WebhookConfig {
             cluster: args.cluster.clone(),
-            exempt_namespaces,
+            exempt_namespaces: exempt_namespaces.clone(),
             exempt_users: vec![args.own_user()],
             max_body_bytes: args.webhook_max_body_bytes,
             max_in_flight: args.webhook_max_in_flight,
         },
         state.clone(),
     );
+    let kube_task = if args.standalone {
+        None
+    } else {
+        let client = ::kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API server (in-cluster configuration)")?;
+        let k = &args.kube;
+        let host = k
+            .webhook_url
+            .as_deref()
+            .and_then(|u| u.parse::<http::Uri>().ok())
+            .and_then(|u| u.host().map(str::to_owned));
+        let mut certs =
+            k8s::certs::CertPolicy::for_service(&k.service_name, &args.namespace, host.as_deref());
+        certs.ca_validity = time::Duration::days(k.cert_ca_days.max(2));
+        certs.leaf_validity = time::Duration::days(k.cert_days.max(2));
+        certs.renew_before =
+            time::Duration::days(k.cert_renew_days.clamp(1, k.cert_days.max(2) - 1));
+        let self_check_url = k.webhook_url.clone().unwrap_or_else(|| {
+            format!(
+                "https://{}.{}.svc:{}/validate",
+                k.service_name, args.namespace, k.service_port
+            )
+        });
+        let settings = k8s::KubeSettings {
+            namespace: args.namespace.clone(),
+            pod_name: k.pod_name.clone(),
+            service_name: k.service_name.clone(),
+            service_port: k.service_port,
+            webhook_config_name: k.webhook_config_name.clone(),
+            cert_secret: k.cert_secret.clone(),
+            lease_name: k.lease_name.clone(),
+            webhook_url: k.webhook_url.clone(),
+            exempt_namespaces: exempt_namespaces.clone(),
+            certs,
+            fail_open_after: Duration::from_secs(k.fail_open_after),
+            reconcile_every: Duration::from_secs(k.reconcile_interval.max(1)),
+            lease_seconds: 15,
+        };
+        let controller = k8s::Controller::new(
+            client,
+            settings,
+            state.clone(),
+            stats.clone(),
+            resolver.clone(),
+            k8s::selfcheck::through(self_check_url),
+            Arc::new(time::OffsetDateTime::now_utc),
+        )
+        .with_ready_flag(tls_ready.clone());
+        Some(tokio::spawn(
+            controller.run().instrument(info_span!("kubernetes")),
+        ))
+    };
     let reporter = sync::status::StatusReporter::default();
     // The writer stops after the webhook has drained, so no decision's event is lost.
     let (events_stop, events_stop_rx) = tokio::sync::watch::channel(false);
@@ -227,7 +303,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     );
 
     admin_state.listening.store(true, Ordering::Release);
-    info!(cluster = %args.cluster, admin = %args.admin_listen, webhook = %args.webhook_listen, "Agent running (standalone)");
+    info!(cluster = %args.cluster, admin = %args.admin_listen, webhook = %args.webhook_listen, standalone = args.standalone, "Agent running");
 
     tokio::select! {
         result = &mut sync_task => {
@@ -246,6 +322,9 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let _ = shutdown_tx.send(true);
     sync_task.abort();
     reporter_task.abort();
+    if let Some(task) = kube_task {
+        task.abort();
+    }
     let drained = async {
         let _ = tokio::join!(admin_task, webhook_task);
         // The webhook is closed: the writer gets the last events to disk.

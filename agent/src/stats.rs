@@ -18,6 +18,9 @@ pub struct SyncStats {
     last_error: Mutex<String>,
     /// Set once at start when the cache had to be rebuilt.
     pub cache_recovery: Mutex<Option<String>>,
+    /// Kubernetes mode: "protected", "protected-without-policy", "deploy-failed",
+    /// "unprotected", or "" (standalone, or not known yet), and the deploy error.
+    protection: Mutex<(String, String)>,
 }
 
 impl SyncStats {
@@ -58,13 +61,35 @@ impl SyncStats {
             .clone()
     }
 
-    /// The error a healthy (ACK) report carries: a cache recovery, if one happened.
+    /// The error a healthy (ACK) report carries: a cache recovery, if one happened, or why
+    /// the webhook could not be deployed.
     pub fn error_for_report(&self) -> String {
-        self.cache_recovery
+        let recovery = self
+            .cache_recovery
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let (_, deploy) = self.protection();
+        match (recovery.is_empty(), deploy.is_empty()) {
+            (_, true) => recovery,
+            (true, false) => deploy,
+            (false, false) => format!("{recovery}; {deploy}"),
+        }
+    }
+
+    /// Records the protection state (and, for "deploy-failed", the error).
+    pub fn set_protection(&self, state: &str, error: &str) {
+        *self.protection.lock().unwrap_or_else(|e| e.into_inner()) =
+            (state.to_owned(), error.to_owned());
+    }
+
+    /// The protection state and the deploy error.
+    pub fn protection(&self) -> (String, String) {
+        self.protection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Seconds since the control plane was last heard from, or since the state was applied

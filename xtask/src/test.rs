@@ -10,9 +10,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+/// The Python packages the chart checks use (pinned), and the module each provides.
+const CHART_TOOLS: [(&str, &str); 2] = [
+    ("helm-python-sdk==0.2.2", "helm_python"),
+    ("kubernetes-validate==1.37.0", "kubernetes_validate"),
+];
+
 pub fn run(extra: &[String]) -> Result<()> {
     let grpcurl = ensure_grpcurl()?;
     println!("xtask: grpcurl at {}", grpcurl.display());
+    ensure_chart_tools()?;
     let mut child = Command::new(env!("CARGO"))
         .args([
             "test",
@@ -78,6 +85,42 @@ impl Totals {
             }
         }
     }
+}
+
+/// The Helm library and kubernetes-validate for `helm/check.py` (run by the `helm_charts`
+/// integration test), installed with pip when missing.
+fn ensure_chart_tools() -> Result<()> {
+    let present = |module: &str| {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let missing: Vec<&str> = CHART_TOOLS
+        .iter()
+        .filter(|(_, module)| !present(module))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {} (pip)", missing.join(", "));
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&missing)
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .status()
+        .context("running python3 -m pip")?;
+    if !status.success() {
+        bail!("pip install {} failed ({status})", missing.join(" "));
+    }
+    Ok(())
 }
 
 /// The grpcurl binary, installing it with pip when it is missing.

@@ -116,7 +116,7 @@ impl StatusReporter {
                 failed_revision,
                 error,
                 cache_age_seconds: stats.cache_age_seconds(current.applied_at_ms),
-                protection_state: String::new(),
+                protection_state: stats.protection().0,
                 policies: current.policies.len() as u32,
                 events_dropped: outbox.as_ref().map_or(0, |o| o.dropped()),
                 events_pending: outbox.as_ref().map_or(0, |o| o.len()),
