@@ -60,13 +60,32 @@ pub fn free_port() -> u16 {
 /// A control plane process that is killed on drop.
 pub struct ControlPlane {
     pub child: Child,
-    pub dir: tempfile::TempDir,
+    /// Where the data dir lives: a temporary directory, or one the caller keeps.
+    pub dir: Dir,
     pub port: u16,
+}
+
+pub enum Dir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    pub fn path(&self) -> &Path {
+        match self {
+            Dir::Temp(dir) => dir.path(),
+            Dir::Kept(path) => path,
+        }
+    }
 }
 
 impl ControlPlane {
     pub fn start(extra: &[&str]) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(Dir::Temp(tempfile::tempdir()?), extra)
+    }
+
+    /// Starts on `dir` (its `cp` subdirectory holds the data).
+    pub fn start_in(dir: Dir, extra: &[&str]) -> Result<Self> {
         let (port, admin_port) = (free_port(), free_port());
         let child = Command::new(release_bin("portcullis-control-plane"))
             .arg("serve")

@@ -23,7 +23,7 @@ use super::{
     percentile,
 };
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct ScansArgs {
     /// Images (one report each).
     #[arg(long, default_value_t = 100_000)]
@@ -37,6 +37,10 @@ pub struct ScansArgs {
     /// Concurrent import clients.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Keep the control plane's data here; when it already holds the scans (a previous run),
+    /// skip the import and measure only the snapshot.
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
 }
 
 const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
@@ -83,22 +87,42 @@ fn report(i: usize, args: &ScansArgs) -> Vec<u8> {
 }
 
 pub async fn run(args: ScansArgs) -> Result<()> {
-    let cp = ControlPlane::start(&[])?;
+    let imported = args.keep.as_ref().is_some_and(|k| k.join("cp").exists());
+    let cp = match &args.keep {
+        Some(keep) => {
+            std::fs::create_dir_all(keep)?;
+            ControlPlane::start_in(super::harness::Dir::Kept(keep.clone()), &[])?
+        }
+        None => ControlPlane::start(&[])?,
+    };
     let channel = cp.channel().await?;
     let admin = Bearer::new(&cp.admin_token()?)?;
+    if !imported {
+        import(&args, &cp, channel.clone(), admin.clone()).await?;
+    }
+    snapshot(&args, &cp, channel, admin).await
+}
+
+async fn import(
+    args: &ScansArgs,
+    cp: &ControlPlane,
+    channel: tonic::transport::Channel,
+    admin: Bearer,
+) -> Result<()> {
+    let _ = cp;
 
     println!(
         "== import: {} Trivy reports of {} vulnerabilities ({} distinct ids), {} clients",
         args.images, args.vulnerabilities, args.id_pool, args.concurrency
     );
-    let size = report(0, &args).len();
+    let size = report(0, args).len();
     let started = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Duration>>(1024);
     let per_client = args.images.div_ceil(args.concurrency);
-    let args = std::sync::Arc::new(args);
+    let shared = std::sync::Arc::new(args.clone());
     for client_index in 0..args.concurrency {
         let mut client = ScanServiceClient::with_interceptor(channel.clone(), admin.clone());
-        let (tx, args) = (tx.clone(), args.clone());
+        let (tx, args) = (tx.clone(), shared.clone());
         tokio::spawn(async move {
             let range =
                 client_index * per_client..((client_index + 1) * per_client).min(args.images);
@@ -138,15 +162,24 @@ pub async fn run(args: ScansArgs) -> Result<()> {
         percentile(&latencies, 50.0),
         percentile(&latencies, 99.0),
     );
+    Ok(())
+}
 
+async fn snapshot(
+    args: &ScansArgs,
+    cp: &ControlPlane,
+    channel: tonic::transport::Channel,
+    admin: Bearer,
+) -> Result<()> {
     println!(
         "== snapshot: {} image summaries to one fresh agent",
         args.images
     );
     let mut clusters = ClusterServiceClient::with_interceptor(channel, admin);
+    let name = format!("bench-scans-{}", std::process::id());
     let token = clusters
         .register_cluster(RegisterClusterRequest {
-            name: "bench-scans".into(),
+            name: name.clone(),
             ..Default::default()
         })
         .await?
@@ -158,7 +191,7 @@ pub async fn run(args: ScansArgs) -> Result<()> {
     let admin_port = free_port();
     let started = Instant::now();
     let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
-        .args(["run", "--standalone", "--cluster", "bench-scans"])
+        .args(["run", "--standalone", "--cluster", &name])
         .args(["--control-plane", &cp.url()])
         .arg("--token-file")
         .arg(&token_file)
