@@ -157,7 +157,7 @@ async fn stream(
                 )
                 .await?;
             }
-            send_scans(tx, &snapshot.scans).await?;
+            send_scans(tx, store.scan_summaries()).await?;
             send(
                 tx,
                 Message::SnapshotEnd(SnapshotEnd {
@@ -204,37 +204,44 @@ async fn stream(
     }
 }
 
-/// Sends the snapshot's image summaries in chunks of about `SCAN_CHUNK_BYTES`, decoding each
-/// chunk only when it is sent.
-async fn send_scans(tx: &Sender, encoded: &[sled::IVec]) -> Result<(), End> {
-    let mut rest = encoded;
-    while !rest.is_empty() {
+/// Sends every image summary in chunks of about `SCAN_CHUNK_BYTES`, read and decoded on a
+/// blocking thread (sled reads may hit the disk) while earlier chunks are on the wire.
+async fn send_scans(
+    tx: &Sender,
+    encoded: impl Iterator<Item = Result<sled::IVec, StoreError>> + Send + 'static,
+) -> Result<(), End> {
+    let tx = tx.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), End> {
+        let mut scans = Vec::new();
         let mut bytes = 0;
-        let take = rest
-            .iter()
-            .take_while(|value| {
-                bytes += value.len();
-                bytes <= SCAN_CHUNK_BYTES
-            })
-            .count()
-            .max(1);
-        let (chunk, after) = rest.split_at(take);
-        rest = after;
-        let scans = chunk
-            .iter()
-            .map(|value| ImageSummary::decode(value.as_ref()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| End::Error(Status::internal(format!("stored image summary: {e}"))))?;
-        send(
-            tx,
-            Message::SnapshotChunk(SnapshotChunk {
-                policies: Vec::new(),
-                scans,
-            }),
-        )
-        .await?;
-    }
-    Ok(())
+        let send = |scans: Vec<ImageSummary>| {
+            tx.blocking_send(Ok(SyncResponse {
+                message: Some(Message::SnapshotChunk(SnapshotChunk {
+                    policies: Vec::new(),
+                    scans,
+                })),
+            }))
+            .map_err(|_| End::Gone)
+        };
+        for value in encoded {
+            let value = value?;
+            if !scans.is_empty() && bytes + value.len() > SCAN_CHUNK_BYTES {
+                send(std::mem::take(&mut scans))?;
+                bytes = 0;
+            }
+            bytes += value.len();
+            let summary = ImageSummary::decode(value.as_ref())
+                .map_err(|e| End::Error(Status::internal(format!("stored image summary: {e}"))))?;
+            scans.push(summary);
+        }
+        if !scans.is_empty() {
+            send(scans)?;
+        }
+        Ok(())
+    });
+    reader
+        .await
+        .map_err(|e| End::Error(Status::internal(format!("reading scans: {e}"))))?
 }
 
 /// Sends the changes after `cursor` (up to a batch) as one delta; returns the new cursor.
@@ -501,18 +508,18 @@ mod tests {
 
     #[tokio::test]
     async fn large_snapshots_split_scans_into_bounded_chunks() {
-        let values: Vec<sled::IVec> = (0..5)
+        let values: Vec<Result<sled::IVec, StoreError>> = (0..5)
             .map(|i| {
                 let summary = ImageSummary {
                     id: format!("id{i}"),
                     malware: vec!["x".repeat(SCAN_CHUNK_BYTES / 2)],
                     ..Default::default()
                 };
-                summary.encode_to_vec().into()
+                Ok(summary.encode_to_vec().into())
             })
             .collect();
         let (tx, mut rx) = mpsc::channel(16);
-        send_scans(&tx, &values).await.ok().unwrap();
+        send_scans(&tx, values.into_iter()).await.ok().unwrap();
         drop(tx);
         let mut sizes = Vec::new();
         while let Some(Ok(SyncResponse {

@@ -4,11 +4,14 @@
 //! read is moved aside (kept for inspection) and the agent starts empty, to be rebuilt by a
 //! resync.
 //!
-//! Scans can be many (100,000 images), so a snapshot's scans are written chunk by chunk into a
-//! fresh tree while they arrive, and the meta record names the tree that is current: switching
-//! to the new tree is part of the snapshot's transaction, so a crash mid-snapshot leaves the
-//! previous state whole. Delta scan changes go into the current tree in the revision's
-//! transaction.
+//! Scans can be many (100,000 images, ~100 MB), so a snapshot's scans are not sled values:
+//! sled keeps what it was given in memory long after it is on disk, which more than doubled
+//! the agent's memory. They are appended as they arrive to a chunk file beside the database
+//! (`cache-scans/scans-<n>.chunks`: length-prefixed `SnapshotChunk`s), fsynced, and paired
+//! with a fresh sled tree `scans-<n>` for the overlay of later deltas (`o` + scan id: the
+//! summary, or empty for a delete). The meta record names the current pair, and switching to a
+//! new one is part of the snapshot's transaction, so a crash mid-snapshot leaves the previous
+//! state whole; files and trees of snapshots that never committed are removed at open.
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +58,8 @@ const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The agent's cache.
 pub struct Cache {
+    /// The database directory (`DIR/cache`).
+    path: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     policies: sled::Tree,
@@ -67,6 +72,25 @@ pub struct Cache {
 pub struct StagedScans {
     name: String,
     tree: sled::Tree,
+    path: PathBuf,
+    /// Taken when the snapshot commits.
+    file: std::sync::Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+/// The directory of chunk files, beside the database directory.
+fn chunks_dir(db_path: &Path) -> PathBuf {
+    db_path.with_file_name("cache-scans")
+}
+
+fn chunk_file(db_path: &Path, name: &str) -> PathBuf {
+    chunks_dir(db_path).join(format!("{name}.chunks"))
+}
+
+/// A delta's overlay key for scan `id`.
+fn overlay_key(id: &str) -> Vec<u8> {
+    let mut key = vec![b'o'];
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 /// How a revision's scans reach the cache.
@@ -104,6 +128,11 @@ impl Cache {
             Err(error) => {
                 let aside = corrupt_path(dir);
                 std::fs::rename(&path, &aside).map_err(CacheError::MoveAside)?;
+                let chunks = chunks_dir(&path);
+                if chunks.exists() {
+                    std::fs::rename(&chunks, aside.join("cache-scans"))
+                        .map_err(CacheError::MoveAside)?;
+                }
                 let note = format!("{error}; moved aside to {}", aside.display());
                 let (cache, state) = Self::open(&path)?;
                 Ok(Opened {
@@ -126,7 +155,7 @@ impl Cache {
                 .map_err(|_| CacheError::Corrupt("scans tree name is not UTF-8".into()))?,
             None => DEFAULT_SCANS_TREE.to_owned(),
         };
-        // Trees of snapshots that never committed.
+        // Trees and chunk files of snapshots that never committed.
         for name in db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
             let stale = name.starts_with(STAGED_PREFIX) || name == DEFAULT_SCANS_TREE;
@@ -134,7 +163,16 @@ impl Cache {
                 db.drop_tree(name.as_bytes())?;
             }
         }
+        let current_file = chunk_file(path, &scans_name);
+        if let Ok(entries) = std::fs::read_dir(chunks_dir(path)) {
+            for entry in entries.flatten() {
+                if entry.path() != current_file {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let cache = Self {
+            path: path.to_owned(),
             policies: db.open_tree("policies")?,
             scans: std::sync::Mutex::new(db.open_tree(scans_name.as_bytes())?),
             meta,
@@ -165,7 +203,16 @@ impl Cache {
         };
         let tree = self.db.open_tree(name.as_bytes())?;
         tree.clear()?;
-        Ok(StagedScans { name, tree })
+        let io = |e: std::io::Error| CacheError::Corrupt(format!("writing the scan chunks: {e}"));
+        std::fs::create_dir_all(chunks_dir(&self.path)).map_err(io)?;
+        let path = chunk_file(&self.path, &name);
+        let file = std::fs::File::create(&path).map_err(io)?;
+        Ok(StagedScans {
+            name,
+            tree,
+            path,
+            file: std::sync::Mutex::new(Some(std::io::BufWriter::with_capacity(1 << 20, file))),
+        })
     }
 
     /// Writes one chunk of a snapshot's scans to its staged tree (not yet durable or current).
@@ -174,17 +221,27 @@ impl Cache {
         staged: &StagedScans,
         scans: &[ImageSummary],
     ) -> Result<(), CacheError> {
-        let mut batch = sled::Batch::default();
+        use std::io::Write;
+        // A `SnapshotChunk` with only `scans` (field 2), encoded without copying the scans,
+        // after its length.
+        let mut bytes = Vec::with_capacity(scans.iter().map(|s| s.encoded_len() + 8).sum());
         for summary in scans {
-            batch.insert(summary.id.as_bytes(), summary.encode_to_vec());
+            prost::encoding::message::encode(2, summary, &mut bytes);
         }
-        staged.tree.apply_batch(batch)?;
+        let mut guard = staged.file.lock().unwrap_or_else(|e| e.into_inner());
+        let file = guard
+            .as_mut()
+            .ok_or_else(|| CacheError::Corrupt("the snapshot was already committed".into()))?;
+        file.write_all(&(bytes.len() as u64).to_le_bytes())
+            .and_then(|()| file.write_all(&bytes))
+            .map_err(|e| CacheError::Corrupt(format!("writing the scan chunks: {e}")))?;
         Ok(())
     }
 
-    /// Drops a staged tree whose snapshot was abandoned.
+    /// Drops the tree and the chunk file of a snapshot that was abandoned.
     pub fn discard(&self, staged: StagedScans) {
         let _ = self.db.drop_tree(staged.name.as_bytes());
+        let _ = std::fs::remove_file(&staged.path);
     }
 
     fn load(&self) -> Result<AgentState, CacheError> {
@@ -221,15 +278,29 @@ impl Cache {
             return Err(corrupt("policies without an epoch".into()));
         }
         let mut scans = ScanIndex::default();
-        for entry in self.current_scans().iter() {
+        let tree = self.current_scans();
+        // The snapshot's chunks, in order; then the deltas' overlay by id.
+        let name = String::from_utf8_lossy(&tree.name()).into_owned();
+        let path = chunk_file(&self.path, &name);
+        match std::fs::File::open(&path) {
+            Ok(file) => read_chunks(file, &mut scans)
+                .map_err(|e| corrupt(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == DEFAULT_SCANS_TREE => {}
+            Err(e) => return Err(corrupt(format!("{}: {e}", path.display()))),
+        }
+        for entry in tree.scan_prefix(b"o") {
             let (key, value) = entry?;
-            let name = || String::from_utf8_lossy(&key).into_owned();
+            let id = String::from_utf8(key[1..].to_vec())
+                .map_err(|_| corrupt("scan id is not UTF-8".into()))?;
+            if value.is_empty() {
+                scans.remove(&id);
+                continue;
+            }
             let message = ImageSummary::decode(value.as_ref())
-                .map_err(|e| corrupt(format!("image summary {}: {e}", name())))?;
-            if message.id.as_bytes() != key.as_ref() {
+                .map_err(|e| corrupt(format!("image summary {id}: {e}")))?;
+            if message.id != id {
                 return Err(corrupt(format!(
-                    "image summary stored under {:?} has id {:?}",
-                    name(),
+                    "image summary stored under {id:?} has id {:?}",
                     message.id
                 )));
             }
@@ -274,6 +345,27 @@ impl Cache {
         let (scans_tree, changes, replaced_by) = match scans {
             ScanPersist::Changes(changes) => (self.current_scans(), changes, None),
             ScanPersist::Replace(staged) => {
+                // The chunk file is complete and durable before the meta names it.
+                let file = staged
+                    .file
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .ok_or_else(|| {
+                        CacheError::Corrupt("the snapshot was already committed".into())
+                    })?;
+                let path = staged.path.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    let file = file.into_inner().map_err(|e| e.into_error())?;
+                    file.sync_all()?;
+                    if let Some(dir) = path.parent() {
+                        std::fs::File::open(dir)?.sync_all()?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| CacheError::Corrupt(format!("sync task: {e}")))?
+                .map_err(|e| CacheError::Corrupt(format!("syncing the scan chunks: {e}")))?;
                 let tree = staged.tree.clone();
                 (self.current_scans(), &[][..], Some((staged, tree)))
             }
@@ -283,10 +375,10 @@ impl Cache {
                 for change in changes {
                     match change {
                         ScanWrite::Put(id, bytes) => {
-                            scans.insert(id.as_bytes(), bytes.as_slice())?;
+                            scans.insert(overlay_key(id), bytes.as_slice())?;
                         }
                         ScanWrite::Delete(id) => {
-                            scans.remove(id.as_bytes())?;
+                            scans.insert(overlay_key(id), &[] as &[u8])?;
                         }
                     }
                 }
@@ -322,9 +414,11 @@ impl Cache {
                 tree,
             );
             drop(staged);
-            // The meta record no longer names the old tree; a crash before this drop only
-            // leaves it for the next open to remove.
+            // The meta record no longer names the old tree and file; a crash before these
+            // removals only leaves them for the next open to remove.
+            let old_name = String::from_utf8_lossy(&old.name()).into_owned();
             self.db.drop_tree(old.name())?;
+            let _ = std::fs::remove_file(chunk_file(&self.path, &old_name));
         }
         Ok(())
     }
@@ -336,6 +430,35 @@ impl Cache {
             .await
             .map_err(|e| CacheError::Corrupt(format!("flush task: {e}")))??;
         Ok(())
+    }
+}
+
+/// Reads length-prefixed `SnapshotChunk`s into `scans`.
+fn read_chunks(file: std::fs::File, scans: &mut ScanIndex) -> Result<(), String> {
+    use std::io::Read;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut buffer = Vec::new();
+    loop {
+        let mut length = [0; 8];
+        match reader.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let length = u64::from_le_bytes(length);
+        if length > 1 << 31 {
+            return Err(format!("a chunk of {length} bytes"));
+        }
+        buffer.resize(length as usize, 0);
+        reader
+            .read_exact(&mut buffer)
+            .map_err(|e| format!("truncated chunk: {e}"))?;
+        let chunk = portcullis_proto::v1::SnapshotChunk::decode(buffer.as_slice())
+            .map_err(|e| e.to_string())?;
+        for message in &chunk.scans {
+            let (image, summary) = ScanSummary::from_proto(message)?;
+            scans.put(&message.id, image, summary, message.revision);
+        }
     }
 }
 
@@ -513,6 +636,15 @@ mod tests {
             .filter(|n| n.starts_with("scans"))
             .collect();
         assert_eq!(trees.len(), 1, "{trees:?}");
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("cache-scans"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            files,
+            [format!("{}.chunks", trees[0])],
+            "the abandoned file is gone"
+        );
 
         // A second snapshot replaces every scan.
         let third = with_scans(mk_state(5, &["a"]), &["7"]);

@@ -167,6 +167,10 @@ impl SyncClient {
             .tls_config(tls)
             .map_err(|e| SessionError::Local(format!("TLS: {e}")))?
             .connect_timeout(Duration::from_secs(10))
+            // Room for the control plane to send snapshot chunks ahead while the agent
+            // applies earlier ones (the HTTP/2 default is 64 KiB).
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .connect()
@@ -261,14 +265,21 @@ impl SyncClient {
             .cache
             .stage_scans()
             .map_err(|e| SessionError::Local(format!("writing the cache: {e}")))?;
+        let started = std::time::Instant::now();
         match self
             .receive_snapshot_into(stream, start, deadline, &staged)
             .await
         {
             Ok((end, result)) => {
+                let received_ms = started.elapsed().as_millis() as u64;
                 let current = self.state.load_full();
                 self.commit(&current, result, end, ScanPersist::Replace(staged))
                     .await?;
+                info!(
+                    received_ms,
+                    committed_ms = started.elapsed().as_millis() as u64,
+                    "Snapshot applied"
+                );
             }
             Err(error) => {
                 self.cache.discard(staged);

@@ -117,13 +117,15 @@ impl Store {
         Ok(Page { items, more: false })
     }
 
-    /// Every scan's summary message, encoded, in id order (for snapshots).
-    pub(super) fn all_scan_summaries(&self) -> Result<Vec<sled::IVec>, StoreError> {
+    /// Every scan's summary message, encoded, in id order (for snapshots; not a consistent
+    /// view: see `snapshot`).
+    pub fn scan_summaries(
+        &self,
+    ) -> impl Iterator<Item = Result<sled::IVec, StoreError>> + Send + use<> {
         self.scan_summaries
             .iter()
             .values()
             .map(|v| v.map_err(StoreError::from))
-            .collect()
     }
 
     /// Writes the summaries of a store whose scans predate them (opened once, then kept).

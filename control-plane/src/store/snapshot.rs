@@ -13,23 +13,19 @@ pub struct StoreSnapshot {
     pub revision: u64,
     pub policies: Vec<Policy>,
     pub cluster: Option<Cluster>,
-    /// Every scan's `ImageSummary`, encoded (decoded chunk by chunk as they are sent).
-    pub scans: Vec<sled::IVec>,
 }
 
 impl Store {
     /// Reads every policy and `cluster` at one revision (no write can interleave), then waits
     /// until that revision is durable so an agent never holds state the store could lose.
+    /// Scans are read afterwards, without the lock (`scan_summaries`): a scan changed after
+    /// the revision may show its newer state, which the deltas that follow repeat, as scan
+    /// changes are idempotent puts and deletes by id.
     pub async fn snapshot(&self, cluster: &str) -> Result<StoreSnapshot, StoreError> {
-        let (revision, policies, cluster, scans) = {
+        let (revision, policies, cluster) = {
             let _guard = self.write_lock.lock().await;
             let revision = self.written.load(std::sync::atomic::Ordering::Acquire);
-            (
-                revision,
-                self.all_policies()?,
-                self.get_cluster(cluster)?,
-                self.all_scan_summaries()?,
-            )
+            (revision, self.all_policies()?, self.get_cluster(cluster)?)
         };
         let mut durable = self.subscribe();
         let wait = durable.wait_for(|d| *d >= revision);
@@ -46,7 +42,6 @@ impl Store {
             revision,
             policies,
             cluster,
-            scans,
         })
     }
 }

@@ -109,9 +109,8 @@ impl ScanSummary {
 
     /// Distinct vulnerabilities, sorted by id.
     pub fn vulnerabilities(&self) -> impl ExactSizeIterator<Item = SummaryVulnerability<'static>> {
-        let names = interner::names();
         self.entries.iter().map(move |&entry| SummaryVulnerability {
-            id: names.get(Entry::id(entry) as usize).copied().unwrap_or(""),
+            id: interner::name(Entry::id(entry)).unwrap_or(""),
             severity: Entry::severity(entry),
             fixable: Entry::fixable(entry),
         })
@@ -120,8 +119,7 @@ impl ScanSummary {
     /// The vulnerability with this id, for policies that block or ignore named ids: a binary
     /// search (entries are in id order), without a lock.
     pub fn vulnerability(&self, id: &str) -> Option<SummaryVulnerability<'static>> {
-        let names = interner::names();
-        let name = |entry: u32| names.get(Entry::id(entry) as usize).copied().unwrap_or("");
+        let name = |entry: u32| interner::name(Entry::id(entry)).unwrap_or("");
         let at = self
             .entries
             .binary_search_by(|&entry| name(entry).cmp(id))
@@ -154,30 +152,38 @@ impl ScanSummary {
 
 /// The process-wide table of vulnerability ids. Ids are few (tens of thousands across a
 /// fleet's images) and repeat across images, so each is stored once, for the life of the
-/// process, and summaries refer to it by number. Readers take no lock: the number -> name
-/// table is an immutable vector swapped whole when ids are added (under a mutex that only
-/// writers take).
+/// process, and summaries refer to it by number. Readers take no lock: names live in
+/// fixed segments of write-once slots, filled in order by writers (which serialise on a mutex
+/// that only they take); adding an id costs O(1).
 pub mod interner {
     use std::{
         collections::HashMap,
-        sync::{Arc, Mutex, OnceLock},
+        hash::BuildHasherDefault,
+        sync::{
+            Mutex, OnceLock,
+            atomic::{AtomicUsize, Ordering},
+        },
     };
-
-    use arc_swap::ArcSwap;
 
     /// Ids the table holds at most (the packed entry's 27 bits).
     pub const CAPACITY: usize = 1 << 27;
+    const SEGMENT: usize = 1 << 14;
+    const SEGMENTS: usize = CAPACITY / SEGMENT;
+
+    type Segment = Box<[OnceLock<&'static str>]>;
 
     struct Table {
-        names: ArcSwap<Vec<&'static str>>,
-        numbers: Mutex<HashMap<&'static str, u32>>,
+        segments: Box<[OnceLock<Segment>]>,
+        len: AtomicUsize,
+        numbers: Mutex<HashMap<&'static str, u32, BuildHasherDefault<FxHasher>>>,
     }
 
     fn table() -> &'static Table {
         static TABLE: OnceLock<Table> = OnceLock::new();
         TABLE.get_or_init(|| Table {
-            names: ArcSwap::from_pointee(Vec::new()),
-            numbers: Mutex::new(HashMap::new()),
+            segments: (0..SEGMENTS).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            numbers: Mutex::new(HashMap::default()),
         })
     }
 
@@ -185,41 +191,61 @@ pub mod interner {
     pub fn intern_all<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Option<u32>> {
         let table = table();
         let mut numbers = table.numbers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut added: Vec<&'static str> = Vec::new();
-        let base = table.names.load().len();
-        let out = ids
-            .map(|id| {
-                if let Some(&n) = numbers.get(id) {
-                    return Some(n);
-                }
-                let n = base + added.len();
-                if n >= CAPACITY {
-                    return None;
-                }
-                // Kept for the life of the process: summaries refer to it by number.
-                let name: &'static str = Box::leak(id.into());
-                numbers.insert(name, n as u32);
-                added.push(name);
-                Some(n as u32)
-            })
-            .collect();
-        if !added.is_empty() {
-            let mut names = Vec::with_capacity(base + added.len());
-            names.extend_from_slice(&table.names.load());
-            names.extend(added);
-            table.names.store(Arc::new(names));
-        }
-        out
+        ids.map(|id| {
+            if let Some(&n) = numbers.get(id) {
+                return Some(n);
+            }
+            let n = table.len.load(Ordering::Relaxed);
+            if n >= CAPACITY {
+                return None;
+            }
+            // Kept for the life of the process: summaries refer to it by number.
+            let name: &'static str = Box::leak(id.into());
+            let segment = table.segments[n / SEGMENT]
+                .get_or_init(|| (0..SEGMENT).map(|_| OnceLock::new()).collect());
+            let _ = segment[n % SEGMENT].set(name);
+            // Published after the slot is set: a reader that sees the number finds the name.
+            table.len.store(n + 1, Ordering::Release);
+            numbers.insert(name, n as u32);
+            Some(n as u32)
+        })
+        .collect()
     }
 
-    /// The whole number -> name table as it is now (lock-free).
-    pub fn names() -> Arc<Vec<&'static str>> {
-        table().names.load_full()
+    /// The name of number `n`, without a lock.
+    pub fn name(n: u32) -> Option<&'static str> {
+        let n = n as usize;
+        table().segments.get(n / SEGMENT)?.get()?[n % SEGMENT]
+            .get()
+            .copied()
     }
 
     /// Ids interned so far.
     pub fn len() -> usize {
-        table().names.load().len()
+        table().len.load(Ordering::Acquire)
+    }
+
+    /// FxHash's multiply-rotate: ids are short and come from scanners, not from requests.
+    #[derive(Default)]
+    pub struct FxHasher(u64);
+
+    impl std::hash::Hasher for FxHasher {
+        fn write(&mut self, bytes: &[u8]) {
+            for chunk in bytes.chunks(8) {
+                let mut word = [0; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                    .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            }
+        }
+
+        fn write_u8(&mut self, byte: u8) {
+            self.write(&[byte]);
+        }
+
+        fn finish(&self) -> u64 {
+            self.0 ^ (self.0 >> 29)
+        }
     }
 }
 
