@@ -235,6 +235,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             let written = Arc::new(tokio::sync::Notify::new());
             let writer = tokio::spawn(
                 events::run_writer(
+                    args.cluster.clone(),
                     outbox.clone(),
                     rx,
                     events_config.flush_interval,

@@ -1,7 +1,8 @@
 //! Protection events: every blocked or alerted admission (not dry runs) becomes an event per
-//! policy with findings. The webhook hands events to a bounded channel and never waits; the
-//! writer task aggregates identical events of a burst, appends them to the durable outbox and
-//! flushes at least every 500 ms; the sender drains the outbox to the control plane in
+//! policy with findings. The webhook hands the decision (and a copy of the request's few
+//! fields) to a bounded channel and never waits; the writer task builds the events from it,
+//! aggregates identical events of a burst, appends them to the durable outbox and flushes at
+//! least every 500 ms; the sender drains the outbox to the control plane in
 //! batches and deletes only what the control plane acknowledged.
 
 pub mod outbox;
@@ -57,38 +58,94 @@ impl Default for EventsConfig {
 /// Events waiting for the writer, at most.
 const CHANNEL: usize = 16 * 1024;
 
-/// The webhook's handle: records events without waiting.
+/// The request fields an event names (copied: the request borrows the webhook's body).
+#[derive(Clone, Debug, Default)]
+pub struct RequestInfo {
+    pub uid: String,
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    pub operation: String,
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl RequestInfo {
+    pub fn of(request: &review::Request<'_>) -> Self {
+        Self {
+            uid: request.uid.clone(),
+            namespace: request.namespace.clone(),
+            kind: request.kind.kind.clone(),
+            name: request.name.clone(),
+            operation: request.operation.clone(),
+            user: request.user_info.username.clone(),
+            groups: request.user_info.groups.clone(),
+        }
+    }
+}
+
+/// One decision to turn into events, as the webhook hands it over.
+pub struct Record {
+    pub time: SystemTime,
+    pub request: RequestInfo,
+    pub decision: Decision,
+    /// The state that decided (for the policies' revisions).
+    pub state: Arc<AgentState>,
+}
+
+impl Record {
+    /// Its events (see `build`).
+    pub fn events(&self, cluster: &str) -> Vec<Event> {
+        build(
+            cluster,
+            &self.request,
+            &self.decision,
+            &self.state,
+            self.time,
+        )
+    }
+}
+
+/// The webhook's handle: records decisions without waiting.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Record>,
     /// Events lost because the writer could not keep up (also counted as outbox drops).
     dropped: Arc<AtomicU64>,
 }
 
 impl Recorder {
     /// A recorder and the receiving end for the writer.
-    pub fn new(dropped: Arc<AtomicU64>) -> (Self, mpsc::Receiver<Event>) {
+    pub fn new(dropped: Arc<AtomicU64>) -> (Self, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(CHANNEL);
         (Self { tx, dropped }, rx)
     }
 
-    /// The events of one decision (none for an allow or a dry run).
+    /// Hands over one decision: blocks and alerts only, never dry runs.
     pub fn record(
         &self,
-        cluster: &str,
         request: &review::Request<'_>,
-        decision: &Decision,
-        state: &AgentState,
+        decision: Decision,
+        state: Arc<AgentState>,
     ) {
         if request.dry_run.unwrap_or(false)
             || !matches!(decision.outcome, Outcome::Block | Outcome::Alert)
         {
             return;
         }
-        for event in build(cluster, request, decision, state, SystemTime::now()) {
-            if self.tx.try_send(event).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let record = Record {
+            time: SystemTime::now(),
+            request: RequestInfo::of(request),
+            decision,
+            state,
+        };
+        if let Err(error) = self.tx.try_send(record) {
+            let lost = match error {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => {
+                    r.decision.policy_names().len()
+                }
+            };
+            self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
         }
     }
 }
@@ -96,7 +153,7 @@ impl Recorder {
 /// One event per policy with findings in `decision`, at `now`.
 pub fn build(
     cluster: &str,
-    request: &review::Request<'_>,
+    request: &RequestInfo,
     decision: &Decision,
     state: &AgentState,
     now: SystemTime,
@@ -119,11 +176,11 @@ pub fn build(
                 time: Some(time),
                 cluster: cluster.to_owned(),
                 namespace: request.namespace.clone(),
-                kind: request.kind.kind.clone(),
+                kind: request.kind.clone(),
                 name: request.name.clone(),
                 operation: request.operation.clone(),
-                user: request.user_info.username.clone(),
-                groups: request.user_info.groups.clone(),
+                user: request.user.clone(),
+                groups: request.groups.clone(),
                 images: decision.images.clone(),
                 policy: finding.policy.clone(),
                 policy_revision: state

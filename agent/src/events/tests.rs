@@ -56,7 +56,7 @@ fn one_event_per_policy_with_its_findings() {
     let state = mk_state(POLICIES);
     let decision = decide(&request, &state);
     let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
-    let events = build("c1", &request, &decision, &state, now);
+    let events = build("c1", &RequestInfo::of(&request), &decision, &state, now);
     let names: Vec<(&str, &str)> = events
         .iter()
         .map(|e| (e.policy.as_str(), e.action.as_str()))
@@ -92,7 +92,7 @@ fn one_event_per_policy_with_its_findings() {
 
 #[test]
 fn alerts_are_recorded_and_dry_runs_and_allows_are_not() {
-    let state = mk_state(POLICIES);
+    let state = Arc::new(mk_state(POLICIES));
     let dropped = Arc::new(AtomicU64::new(0));
     let (recorder, mut rx) = Recorder::new(dropped.clone());
     for (name, expected) in [
@@ -103,10 +103,11 @@ fn alerts_are_recorded_and_dry_runs_and_allows_are_not() {
         let body = fixture(name);
         let request = review::parse(&body).unwrap();
         let decision = decide(&request, &state);
-        recorder.record("c1", &request, &decision, &state);
-        let got = rx.try_recv().ok();
+        recorder.record(&request, decision.clone(), state.clone());
+        let got = rx.try_recv().ok().map(|r| r.events("c1"));
         assert_eq!(
-            got.as_ref().map(|e| (e.policy.as_str(), e.action.as_str())),
+            got.as_ref()
+                .map(|e| (e[0].policy.as_str(), e[0].action.as_str())),
             expected,
             "{name}: {decision:?}"
         );
@@ -183,19 +184,26 @@ async fn the_writer_folds_bursts_and_writes_everything_on_shutdown() {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let written = Arc::new(tokio::sync::Notify::new());
     let writer = tokio::spawn(run_writer(
+        "c1".into(),
         outbox.clone(),
         rx,
         Duration::from_secs(3600),
         written,
         stop_rx,
     ));
-    let same = mk_event(1);
-    for _ in 0..3 {
-        let mut copy = same.clone();
-        copy.id = uuid::Uuid::now_v7().to_string();
-        recorder.tx.send(copy).await.unwrap();
+    // The same privileged pod three times (one burst), and an alerted Deployment.
+    let state = Arc::new(mk_state(POLICIES));
+    for (name, times) in [
+        ("pod-create-privileged.json", 3),
+        ("deployment-create-basic.json", 1),
+    ] {
+        let body = fixture(name);
+        let request = review::parse(&body).unwrap();
+        let decision = decide(&request, &state);
+        for _ in 0..times {
+            recorder.record(&request, decision.clone(), state.clone());
+        }
     }
-    recorder.tx.send(mk_event(2)).await.unwrap();
     stop.send(true).unwrap();
     writer.await.unwrap();
     let events: Vec<Event> = outbox
@@ -204,10 +212,13 @@ async fn the_writer_folds_bursts_and_writes_everything_on_shutdown() {
         .into_iter()
         .map(|(_, e)| e)
         .collect();
-    let counts: Vec<(&str, u32)> = events.iter().map(|e| (e.name.as_str(), e.count)).collect();
-    assert_eq!(counts.len(), 2);
-    assert!(
-        counts.contains(&("pod-1", 3)) && counts.contains(&("pod-2", 1)),
-        "{counts:?}"
+    let mut counts: Vec<(&str, &str, u32)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.policy.as_str(), e.count))
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        [("Deployment", "tags", 1), ("Pod", "no-privileged", 3)]
     );
 }

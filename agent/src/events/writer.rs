@@ -1,5 +1,5 @@
-//! The writer task: takes events from the webhook's channel, folds identical events of a
-//! burst into one with a count, appends them to the outbox and flushes, at least every
+//! The writer task: takes decisions from the webhook's channel, builds their events, folds
+//! identical events of a burst into one with a count, appends them to the outbox and flushes, at least every
 //! `flush_interval`; on shutdown it writes what is left.
 
 use std::{
@@ -14,15 +14,16 @@ use tracing::error;
 
 use portcullis_proto::v1::Event;
 
-use super::Outbox;
+use super::{Outbox, Record};
 
 /// Events per write at most (a flood is written in slices).
 const MAX_PENDING: usize = 4096;
 
 /// Runs until `shutdown` turns true (then drains the channel) or every sender is gone.
 pub async fn run_writer(
+    cluster: String,
     outbox: Arc<Outbox>,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Record>,
     flush_interval: Duration,
     written: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -33,24 +34,29 @@ pub async fn run_writer(
         tokio::pin!(deadline);
         // Gather until the interval ends, the buffer is full, or shutdown.
         let mut closed = false;
+        let mut received = Vec::with_capacity(256);
         loop {
             tokio::select! {
-                received = rx.recv() => match received {
-                    Some(event) => {
-                        pending.add(event);
-                        if pending.len() >= MAX_PENDING {
-                            break;
-                        }
-                    }
-                    None => {
+                n = rx.recv_many(&mut received, 256) => {
+                    if n == 0 {
                         closed = true;
                         break;
                     }
-                },
+                    for record in received.drain(..) {
+                        for event in record.events(&cluster) {
+                            pending.add(event);
+                        }
+                    }
+                    if pending.len() >= MAX_PENDING {
+                        break;
+                    }
+                }
                 () = &mut deadline => break,
                 _ = shutdown.wait_for(|stop| *stop) => {
-                    while let Ok(event) = rx.try_recv() {
-                        pending.add(event);
+                    while let Ok(record) = rx.try_recv() {
+                        for event in record.events(&cluster) {
+                            pending.add(event);
+                        }
                     }
                     closed = true;
                     break;

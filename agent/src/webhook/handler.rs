@@ -88,9 +88,6 @@ impl Webhook {
             state.policies.values().map(|p| &p.policy),
             &state.scans,
         );
-        if let Some(recorder) = &self.recorder {
-            recorder.record(&self.config.cluster, &request, &decision, &state);
-        }
         let dry_run = request.dry_run.unwrap_or(false);
         match &decision.outcome {
             Outcome::Block | Outcome::Alert => info!(
@@ -110,7 +107,11 @@ impl Webhook {
             }
             Outcome::Allow => {}
         }
-        Ok(respond::response(uid, input.kind, &decision))
+        let response = respond::response(uid, input.kind, &decision);
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&request, decision, arc_swap::Guard::into_inner(state));
+        }
+        Ok(response)
     }
 }
 

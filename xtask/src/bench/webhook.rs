@@ -27,6 +27,9 @@ pub struct WebhookArgs {
     /// The AdmissionReview sent (a file of agent/tests/fixtures/admission).
     #[arg(long, default_value = "deployment-create-basic.json")]
     fixture: String,
+    /// The open-loop rate of the second phase [default: half the measured throughput].
+    #[arg(long)]
+    rate: Option<f64>,
     /// Run the agent with event recording on or off (`--record-events`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     record_events: bool,
@@ -159,15 +162,16 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         )?;
         println!("throughput (closed loop): {max}");
         let rps = max["rps"].as_f64().context("rps")?;
+        let rate = args.rate.unwrap_or(rps / 2.0);
         let half = loadgen(
             webhook_port,
             &cert,
             &body,
             args.connections,
             args.duration,
-            rps / 2.0,
+            rate,
         )?;
-        println!("at half that rate ({:.0}/s, open loop): {half}", rps / 2.0);
+        println!("open loop at {rate:.0}/s: {half}");
         if let Some((200, body)) = http_get(admin_port, "/state") {
             let state: serde_json::Value = serde_json::from_str(&body)?;
             println!("agent events: {}", state["events"]);
