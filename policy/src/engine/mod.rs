@@ -228,13 +228,7 @@ pub fn evaluate_object<'p>(
             &b.finding.rule,
         ))
     });
-    let outcome = if findings.iter().any(|f| f.action == Action::Block) {
-        Outcome::Block
-    } else if findings.is_empty() {
-        Outcome::Allow
-    } else {
-        Outcome::Alert
-    };
+    let outcome = outcome_of(&findings);
     let mut images = Vec::new();
     if let (false, Object::Workload(workload)) = (findings.is_empty(), object) {
         for (_, container) in workload.pod.containers() {
@@ -248,6 +242,17 @@ pub fn evaluate_object<'p>(
         findings,
         skipped: None,
         images,
+    }
+}
+
+/// Block if any finding blocks, alert if there are findings, else allow.
+fn outcome_of(findings: &[PolicyFinding]) -> Outcome {
+    if findings.iter().any(|f| f.action == Action::Block) {
+        Outcome::Block
+    } else if findings.is_empty() {
+        Outcome::Allow
+    } else {
+        Outcome::Alert
     }
 }
 

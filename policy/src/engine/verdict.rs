@@ -5,9 +5,9 @@
 //! and namespace or workload whitelists are left to the caller's own rules; image whitelists
 //! apply.
 
-use crate::{Action, Policy, applicability, hygiene};
+use crate::{Policy, applicability, hygiene};
 
-use super::{Outcome, PolicyFinding, ScanIndex, scans, weaker};
+use super::{Outcome, PolicyFinding, ScanIndex, outcome_of, scans, weaker};
 
 /// What the image rules say about one image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,15 +57,8 @@ pub fn image_verdict<'p>(
             }
         }
     }
-    let outcome = if findings.iter().any(|f| f.action == Action::Block) {
-        Outcome::Block
-    } else if findings.is_empty() {
-        Outcome::Allow
-    } else {
-        Outcome::Alert
-    };
     ImageVerdict {
-        outcome,
+        outcome: outcome_of(&findings),
         scanned: scan.is_some(),
         findings,
     }

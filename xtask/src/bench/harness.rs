@@ -187,3 +187,82 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// A release `portcullis-agent run --standalone` for one cluster, killed on drop.
+pub struct BenchAgent {
+    pub child: Child,
+    pub admin_port: u16,
+    pub webhook_port: u16,
+    /// When the process was started.
+    pub started: Instant,
+    /// Holds the token and the cache; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl BenchAgent {
+    /// Starts an agent for `cluster` (with its `token`) against `cp`, with `extra` flags.
+    pub fn start(cp: &ControlPlane, cluster: &str, token: &str, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token)?;
+        let (admin_port, webhook_port) = (free_port(), free_port());
+        let started = Instant::now();
+        let child = Command::new(release_bin("portcullis-agent"))
+            .args(["run", "--standalone", "--cluster", cluster])
+            .args(["--control-plane", &cp.url()])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--ca-file")
+            .arg(cp.ca_file())
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+            .args(extra)
+            .env("PORTCULLIS_LOG", "warn")
+            .spawn()
+            .context("starting the agent")?;
+        let agent = Self {
+            child,
+            admin_port,
+            webhook_port,
+            started,
+            _dir: dir,
+        };
+        wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// Polls `/state` until `done` holds, at most `limit`.
+    pub fn wait_state(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((200, body)) = http_get(self.admin_port, "/state")
+                && done(&serde_json::from_str(&body)?)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not reach {what} within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Resident memory, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        rss_mib(self.child.id()).unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for BenchAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

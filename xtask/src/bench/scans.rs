@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use portcullis_proto::v1::{
@@ -19,7 +19,7 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    harness::{Bearer, ControlPlane, free_port, http_get, release_bin, rss_mib, wait_http_ok},
+    harness::{Bearer, BenchAgent, ControlPlane},
     percentile,
 };
 
@@ -185,53 +185,19 @@ async fn snapshot(
         .await?
         .into_inner()
         .agent_token;
-    let dir = tempfile::tempdir()?;
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, token)?;
-    let admin_port = free_port();
-    let started = Instant::now();
-    let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
-        .args(["run", "--standalone", "--cluster", &name])
-        .args(["--control-plane", &cp.url()])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--ca-file")
-        .arg(cp.ca_file())
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--webhook-listen", &format!("127.0.0.1:{}", free_port())])
-        .env("PORTCULLIS_LOG", "warn")
-        .spawn()?;
-    let result = async {
-        wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some((200, body)) = http_get(admin_port, "/state") {
-                let state: serde_json::Value = serde_json::from_str(&body)?;
-                if state["scans"].as_u64() == Some(args.images as u64) {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not apply the snapshot within 300 s");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let elapsed = started.elapsed();
-        let rss = rss_mib(agent.id()).unwrap_or(f64::NAN);
-        println!(
-            "agent process start to {} scans applied (persisted, ACKed): {elapsed:.2?}; agent RSS {rss:.1} MiB",
-            args.images
-        );
-        // Memory once the snapshot's transient buffers are gone.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let settled = rss_mib(agent.id()).unwrap_or(f64::NAN);
-        println!("agent RSS 5 s later: {settled:.1} MiB");
-        Ok(())
-    }
-    .await;
-    let _ = agent.kill();
-    let _ = agent.wait();
-    result
+    let agent = BenchAgent::start(cp, &name, &token, &[])?;
+    let images = args.images as u64;
+    agent.wait_state(Duration::from_secs(300), "the snapshot", |s| {
+        s["scans"].as_u64() == Some(images)
+    })?;
+    println!(
+        "agent process start to {} scans applied (persisted, ACKed): {:.2?}; agent RSS {:.1} MiB",
+        args.images,
+        agent.started.elapsed(),
+        agent.rss_mib()
+    );
+    // Memory once the snapshot's transient buffers are gone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!("agent RSS 5 s later: {:.1} MiB", agent.rss_mib());
+    Ok(())
 }

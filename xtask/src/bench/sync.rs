@@ -18,7 +18,7 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    harness::{Bearer, ControlPlane, free_port, http_get, release_bin, rss_mib, wait_http_ok},
+    harness::{Bearer, BenchAgent, ControlPlane},
     percentile,
 };
 
@@ -258,51 +258,14 @@ async fn snapshot(count: usize) -> Result<()> {
             })
             .await?;
     }
-    let dir = tempfile::tempdir()?;
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, &tokens[0].1)?;
-    let admin_port = free_port();
-    let started = Instant::now();
-    let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
-        .args([
-            "run",
-            "--standalone",
-            "--cluster",
-            "bench-snapshot",
-            "--control-plane",
-            &cp.url(),
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--ca-file")
-        .arg(cp.ca_file())
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .env("PORTCULLIS_LOG", "warn")
-        .spawn()?;
-    let result = async {
-        wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some((200, body)) = http_get(admin_port, "/state") {
-                let state: serde_json::Value = serde_json::from_str(&body)?;
-                if state["policies"].as_array().is_some_and(|p| p.len() == count) {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not apply the snapshot within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let elapsed = started.elapsed();
-        let rss = rss_mib(agent.id()).unwrap_or(f64::NAN);
-        println!("agent process start to {count} policies applied (persisted, ACKed): {elapsed:?}; agent RSS {rss:.1} MiB");
-        Ok(())
-    }
-    .await;
-    let _ = agent.kill();
-    let _ = agent.wait();
-    result
+    let agent = BenchAgent::start(&cp, "bench-snapshot", &tokens[0].1, &[])?;
+    agent.wait_state(Duration::from_secs(120), "the snapshot", |s| {
+        s["policies"].as_array().is_some_and(|p| p.len() == count)
+    })?;
+    println!(
+        "agent process start to {count} policies applied (persisted, ACKed): {:?}; agent RSS {:.1} MiB",
+        agent.started.elapsed(),
+        agent.rss_mib()
+    );
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! from kube-apiserver as the request. First the throughput (closed loop), then the latency at
 //! half that rate (open loop, measured from the scheduled send time).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -14,7 +14,7 @@ use portcullis_proto::v1::{
     cluster_service_client::ClusterServiceClient, policy_service_client::PolicyServiceClient,
 };
 
-use super::harness::{Bearer, ControlPlane, free_port, http_get, release_bin, root, wait_http_ok};
+use super::harness::{Bearer, BenchAgent, ControlPlane, http_get, root};
 
 #[derive(clap::Args)]
 pub struct WebhookArgs {
@@ -99,50 +99,16 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         })
         .await?;
 
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("token"), token)?;
-    let (admin_port, webhook_port) = (free_port(), free_port());
-    let cert = dir.path().join("webhook.crt");
-    let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
-        .args([
-            "run",
-            "--standalone",
-            "--cluster",
-            "bench",
-            "--control-plane",
-            &cp.url(),
-        ])
-        .arg("--token-file")
-        .arg(dir.path().join("token"))
-        .arg("--ca-file")
-        .arg(cp.ca_file())
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
-        .arg("--webhook-cert-out")
-        .arg(&cert)
-        .arg(format!("--record-events={}", args.record_events))
-        .env("PORTCULLIS_LOG", "warn")
-        .spawn()?;
+    let cert_dir = tempfile::tempdir()?;
+    let cert = cert_dir.path().join("webhook.crt");
+    let record = format!("--record-events={}", args.record_events);
+    let cert_flag = format!("--webhook-cert-out={}", cert.display());
+    let agent = BenchAgent::start(&cp, "bench", &token, &[cert_flag.as_str(), record.as_str()])?;
+    let webhook_port = agent.webhook_port;
     let result = async {
-        wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, body)) = http_get(admin_port, "/state") {
-                let state: serde_json::Value = serde_json::from_str(&body)?;
-                if state["policies"]
-                    .as_array()
-                    .is_some_and(|p| p.len() == count)
-                {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not sync the policies");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        agent.wait_state(Duration::from_secs(30), "the policies", |s| {
+            s["policies"].as_array().is_some_and(|p| p.len() == count)
+        })?;
         let body = root()
             .join("agent/tests/fixtures/admission")
             .join(&args.fixture);
@@ -172,15 +138,14 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
             rate,
         )?;
         println!("open loop at {rate:.0}/s: {half}");
-        if let Some((200, body)) = http_get(admin_port, "/state") {
+        if let Some((200, body)) = http_get(agent.admin_port, "/state") {
             let state: serde_json::Value = serde_json::from_str(&body)?;
             println!("agent events: {}", state["events"]);
         }
         Ok(())
     }
     .await;
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     result
 }
 
