@@ -240,10 +240,9 @@ impl Controller {
                 .map_err(api_error(format!("writing Secret {name}")))?;
             material = Some(fresh);
         }
-        let servable = material.as_ref().filter(|m| {
-            certs::check(Some(m), &self.settings.certs, now) == Verdict::Good || !leader
-        });
-        if let Some(m) = servable
+        // The leader has just replaced anything unsound; a follower serves what the Secret
+        // holds until the leader renews it.
+        if let Some(m) = material.as_ref()
             && self.served.as_ref() != Some(m)
         {
             match crate::webhook::tls::certified_key(

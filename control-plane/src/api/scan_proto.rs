@@ -7,8 +7,7 @@ use portcullis_policy::{
     scan::{self, BaselineKind},
 };
 use portcullis_proto::v1::{
-    BaselineFailure, ImageIdentity, ImageScan, MaliciousFile, ScanOs, ScanTool, ScanVulnerability,
-    SeverityCounts,
+    BaselineFailure, ImageScan, MaliciousFile, ScanOs, ScanTool, ScanVulnerability,
 };
 use tonic::Status;
 
@@ -17,12 +16,7 @@ pub fn to_proto(scan: &scan::ImageScan) -> ImageScan {
     let counts = scan.counts_by_severity();
     ImageScan {
         id: String::new(),
-        image: Some(ImageIdentity {
-            repository: scan.image.repository.clone(),
-            tags: scan.image.tags.clone(),
-            digests: scan.image.digests.clone(),
-            image_id: scan.image.image_id.clone().unwrap_or_default(),
-        }),
+        image: Some(scan::identity_to_proto(&scan.image)),
         scanner: Some(ScanTool {
             name: scan.scanner.name.clone(),
             version: scan.scanner.version.clone(),
@@ -68,13 +62,7 @@ pub fn to_proto(scan: &scan::ImageScan) -> ImageScan {
                 .into(),
             })
             .collect(),
-        counts: Some(SeverityCounts {
-            critical: counts[Severity::Critical],
-            high: counts[Severity::High],
-            medium: counts[Severity::Medium],
-            low: counts[Severity::Low],
-            unknown: counts[Severity::Unknown],
-        }),
+        counts: Some(scan::counts_to_proto(counts)),
         unknown_severities: scan.unknown_severities,
         revision: 0,
         import_time: None,
@@ -166,6 +154,7 @@ impl ScanFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_proto::v1::{ImageIdentity, SeverityCounts};
 
     fn mk_scan(repository: &str, high: u32, malware: bool) -> ImageScan {
         ImageScan {

@@ -23,7 +23,9 @@ pub use model::{
     Scanner, SeverityCounts, Vulnerability,
 };
 pub use summary::{ScanSummary, SummaryVulnerability, interner};
-pub use summary_proto::{identity_from_proto, identity_to_proto, summary_of_stored};
+pub use summary_proto::{
+    counts_to_proto, identity_from_proto, identity_to_proto, summary_of_stored,
+};
 
 /// A default for `--max-report-bytes`: Trivy reports of large images with every package
 /// listed stay well below it.

@@ -149,7 +149,8 @@ pub fn identity_from_proto(image: &proto::ImageIdentity) -> ImageIdentity {
     }
 }
 
-fn counts_to_proto(counts: SeverityCounts) -> proto::SeverityCounts {
+/// Counts per severity as the wire names them.
+pub fn counts_to_proto(counts: SeverityCounts) -> proto::SeverityCounts {
     proto::SeverityCounts {
         critical: counts[Severity::Critical],
         high: counts[Severity::High],
