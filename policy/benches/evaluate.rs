@@ -12,7 +12,14 @@ use portcullis_policy::{
     parse_policy_documents,
 };
 
-const ITERATIONS: usize = 50_000;
+/// Timed calls of each kind; `PORTCULLIS_BENCH_ITERATIONS` lowers it for profilers
+/// (callgrind runs about fifty times slower).
+fn iterations() -> usize {
+    std::env::var("PORTCULLIS_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000)
+}
 
 fn policies() -> Vec<Policy> {
     let mut yaml = String::new();
@@ -117,10 +124,11 @@ fn main() {
             &scans,
         ));
     }
-    let mut whole = Vec::with_capacity(ITERATIONS);
-    let mut decide = Vec::with_capacity(ITERATIONS);
-    let mut parse = Vec::with_capacity(ITERATIONS);
-    for _ in 0..ITERATIONS {
+    let iterations = iterations();
+    let mut whole = Vec::with_capacity(iterations);
+    let mut decide = Vec::with_capacity(iterations);
+    let mut parse = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
         let start = Instant::now();
         black_box(engine::evaluate(
             black_box(&input),

@@ -10,6 +10,8 @@ use std::fmt;
 pub struct Glob {
     source: String,
     literal: bool,
+    /// How many `/` the pattern holds (registry rules compare that many path components).
+    slashes: usize,
 }
 
 /// Why a string is not a glob pattern.
@@ -44,6 +46,7 @@ impl Glob {
         }
         Ok(Self {
             literal: !pattern.contains(['*', '?']),
+            slashes: pattern.bytes().filter(|&b| b == b'/').count(),
             source: pattern.to_owned(),
         })
     }
@@ -56,6 +59,11 @@ impl Glob {
     /// True when the pattern has no `*` or `?`, i.e. it names exactly one value.
     pub fn is_literal(&self) -> bool {
         self.literal
+    }
+
+    /// How many `/` the pattern holds.
+    pub fn slashes(&self) -> usize {
+        self.slashes
     }
 
     /// Whether `text` matches the whole pattern.

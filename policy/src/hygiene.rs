@@ -9,7 +9,8 @@
 use crate::Finding;
 use crate::glob::Glob;
 use crate::model::{ImageRules, RegistryRule};
-use crate::reference::{DEFAULT_TAG, Parts};
+use crate::reference::{DEFAULT_TAG, Parts, ReferenceError};
+use std::borrow::Cow;
 
 /// Findings for one container image (`image` as written, at field `path`). A policy with no
 /// hygiene rule returns nothing without parsing; otherwise an unparsable reference is one
@@ -18,7 +19,7 @@ pub fn check(rules: &ImageRules, image: &str, path: &str) -> Vec<Finding> {
     if !has_rules(rules) {
         return Vec::new();
     }
-    check_parsed(rules, image, &Parts::parse(image), path)
+    check_subject(rules, &Subject::new(image), path)
 }
 
 /// Whether `rules` hold any hygiene rule (when not, no image needs parsing).
@@ -26,15 +27,38 @@ pub(crate) fn has_rules(rules: &ImageRules) -> bool {
     !rules.registries.is_empty() || !rules.disallowed_tags.is_empty() || rules.require_digest
 }
 
-/// `check` on a reference parsed once for every policy (the engine's per-object cache).
-pub(crate) fn check_parsed(
-    rules: &ImageRules,
-    image: &str,
-    parsed: &Result<Parts<'_>, crate::reference::ReferenceError>,
-    path: &str,
-) -> Vec<Finding> {
-    let registries = &rules.registries;
-    let parts = match parsed {
+/// One image as every policy's hygiene rules read it, prepared once per admitted object:
+/// parsed, with its normalised repository path and where that path's components end.
+pub(crate) struct Subject<'a> {
+    pub image: &'a str,
+    pub parsed: Result<Parts<'a>, ReferenceError>,
+    /// The normalised `registry/path`; empty when the reference does not parse.
+    repository: Cow<'a, str>,
+    /// Byte offsets of the `/`s in `repository`.
+    cuts: Vec<usize>,
+}
+
+impl<'a> Subject<'a> {
+    pub(crate) fn new(image: &'a str) -> Self {
+        let parsed = Parts::parse(image);
+        let repository = match &parsed {
+            Ok(parts) => parts.repository_path(),
+            Err(_) => Cow::Borrowed(""),
+        };
+        let cuts = repository.match_indices('/').map(|(i, _)| i).collect();
+        Self {
+            image,
+            parsed,
+            repository,
+            cuts,
+        }
+    }
+}
+
+/// `check` on an image prepared once for every policy (the engine's per-object cache).
+pub(crate) fn check_subject(rules: &ImageRules, subject: &Subject<'_>, path: &str) -> Vec<Finding> {
+    let (registries, image) = (&rules.registries, subject.image);
+    let parts = match &subject.parsed {
         Ok(parts) => parts,
         Err(error) => {
             let message = format!("invalid image reference: {error}");
@@ -43,7 +67,7 @@ pub(crate) fn check_parsed(
     };
     let mut findings = Vec::new();
     if !registries.is_empty()
-        && let Some(message) = registry_violation(registries, &parts.repository_path())
+        && let Some(message) = registry_violation(registries, subject)
     {
         findings.push(Finding::new("registries", path, image, message));
     }
@@ -60,20 +84,21 @@ pub(crate) fn check_parsed(
     findings
 }
 
-/// Why the normalised `repository` breaks the rule, if it does: a `deny` match wins over any
-/// `allow`; a non-empty `allow` list must match.
-fn registry_violation(rule: &RegistryRule, repository: &str) -> Option<String> {
+/// Why the image's normalised repository breaks the rule, if it does: a `deny` match wins
+/// over any `allow`; a non-empty `allow` list must match.
+fn registry_violation(rule: &RegistryRule, subject: &Subject<'_>) -> Option<String> {
+    let repository = subject.repository.as_ref();
     let allowed = || match rule.allow.as_slice() {
         [] => String::new(),
         allow => format!("; allowed are {}", quoted(allow)),
     };
-    if let Some(denied) = rule.deny.iter().find(|p| covers(p, repository)) {
+    if let Some(denied) = rule.deny.iter().find(|p| covers(p, subject)) {
         let (denied, allowed) = (denied.as_str(), allowed());
         return Some(format!(
             "image repository {repository:?} is denied by registries.deny entry {denied:?}{allowed}"
         ));
     }
-    if rule.allow.is_empty() || rule.allow.iter().any(|p| covers(p, repository)) {
+    if rule.allow.is_empty() || rule.allow.iter().any(|p| covers(p, subject)) {
         return None;
     }
     let allowed = allowed();
@@ -82,21 +107,20 @@ fn registry_violation(rule: &RegistryRule, repository: &str) -> Option<String> {
     ))
 }
 
-/// Whether `pattern` matches the leading components of `repository`, as many as the pattern
+/// Whether `pattern` matches the leading components of the repository, as many as the pattern
 /// has (`a/b` is compared with `x/y` of `x/y/z`); a trailing `/` (`docker.io/library/`) means
 /// "strictly under". Because the compared text has exactly the pattern's number of `/`, every
 /// `/` of the text meets a literal `/` of the pattern: `*` cannot reach across components,
 /// so `*.example.com` never matches `evil.com/x.example.com`.
-fn covers(pattern: &Glob, repository: &str) -> bool {
-    let p = pattern.as_str();
-    let slashes = p.bytes().filter(|&b| b == b'/').count();
-    let mut cuts = repository.match_indices('/').map(|(i, _)| i);
+fn covers(pattern: &Glob, subject: &Subject<'_>) -> bool {
+    let (p, repository, cuts) = (pattern.as_str(), subject.repository.as_ref(), &subject.cuts);
+    let slashes = pattern.slashes();
     let candidate = if p.ends_with('/') {
-        cuts.nth(slashes - 1).map(|i| &repository[..=i])
+        cuts.get(slashes - 1).map(|&i| &repository[..=i])
     } else {
-        match cuts.nth(slashes) {
-            Some(i) => Some(&repository[..i]),
-            None => (repository.matches('/').count() == slashes).then_some(repository),
+        match cuts.get(slashes) {
+            Some(&i) => Some(&repository[..i]),
+            None => (cuts.len() == slashes).then_some(repository),
         }
     };
     candidate.is_some_and(|c| pattern.matches(c))

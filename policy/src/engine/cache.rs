@@ -1,22 +1,22 @@
 //! Work done once per admitted pod and shared by every policy that needs it: Pod Security
-//! results per (level, version), and each container's image reference parsed once with its
-//! field path. Fifty policies on a four-container pod otherwise parse the same images and run
-//! the same standards dozens of times.
+//! results per (level, version), and each container's image reference parsed and normalised
+//! once with its field path. Fifty policies on a four-container pod otherwise parse the same
+//! images and run the same standards dozens of times.
 
+use crate::hygiene::Subject;
 use crate::{
     PodSecurityLevel, PodSecurityVersion,
     k8s::{ContainerPath, PodFinding, PodTemplate},
     pss,
-    reference::{Parts, ReferenceError},
 };
 
-/// One container's image: where it is, as written, and parsed.
+/// One container's image: where it is, and parsed.
 pub(crate) struct ContainerImage<'o> {
     pub path: ContainerPath,
-    pub image: &'o str,
     /// `…containers[i].image`.
     pub field: String,
-    pub parsed: Result<Parts<'o>, ReferenceError>,
+    /// Parsed and normalised once for every policy's image rules.
+    pub subject: Subject<'o>,
 }
 
 /// Per-pod results, filled on first use.
@@ -52,9 +52,8 @@ impl<'o> PodCache<'o> {
             pod.containers()
                 .map(|(path, container)| ContainerImage {
                     path,
-                    image: container.image.as_str(),
                     field: path.field("image"),
-                    parsed: Parts::parse(container.image.as_str()),
+                    subject: Subject::new(container.image.as_str()),
                 })
                 .collect()
         })

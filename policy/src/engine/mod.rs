@@ -286,15 +286,13 @@ fn check_policy<'o>(
                 let hygiene_rules = hygiene::has_rules(image);
                 for (ordinal, entry) in pod_cache.images(pod).iter().enumerate() {
                     let (path, written, image_path) =
-                        (entry.path, entry.image, entry.field.as_str());
+                        (entry.path, entry.subject.image, entry.field.as_str());
                     let at = |finding| PodFinding {
                         container: Some(path),
                         finding,
                     };
                     if hygiene_rules {
-                        for finding in
-                            hygiene::check_parsed(image, written, &entry.parsed, image_path)
-                        {
+                        for finding in hygiene::check_subject(image, &entry.subject, image_path) {
                             found.push((at(finding), action));
                         }
                     }

@@ -273,3 +273,62 @@ fn findings_are_ordered_by_policy_path_rule() {
         ]
     );
 }
+
+#[test]
+fn policies_evaluated_together_get_the_findings_each_gets_alone() {
+    // Pod Security results and parsed images are shared between policies within one
+    // admission; whitelists, actions and distinct parameters must still apply per policy.
+    let mut yaml = String::new();
+    for i in 0..12 {
+        let rules = if i % 2 == 0 {
+            "{resource: {podSecurity: {level: baseline}, hostPath: {allow: [{pathPrefix: /var/log}]}}, \
+             image: {disallowedTags: [latest]}}"
+                .to_owned()
+        } else {
+            let min = 1000 + i;
+            format!(
+                "{{resource: {{runAsUser: {{rule: MustRunAs, ranges: [{{min: {min}, max: 2000}}]}}}}, \
+                 image: {{registries: {{allow: [docker.io/library]}}}}}}"
+            )
+        };
+        let extra = match i {
+            2 => "whitelist: {images: [\"nginx*\"]}\n",
+            4 => "action: alert\n",
+            _ => "",
+        };
+        yaml.push_str(&format!("---\nname: p{i:02}\n{extra}rules: {rules}\n"));
+    }
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p","namespace":"demo"}},
+            "spec":{{"containers":[{PRIVILEGED},{{"name":"b","image":"quay.io/b/busybox","securityContext":{{"runAsUser":5}}}}],
+            "volumes":[{{"name":"h","hostPath":{{"path":"/etc"}}}}]}}}}"#
+    );
+    let all = policies(&yaml);
+    let together = evaluate(&create("Pod", &pod), "c1", &all);
+    let alone: Vec<PolicyFinding> = all
+        .iter()
+        .flat_map(|p| evaluate(&create("Pod", &pod), "c1", std::slice::from_ref(p)).findings)
+        .collect();
+    assert_eq!(together.findings, alone);
+    let rules = |name: &str| -> Vec<&str> {
+        let of = alone.iter().filter(|f| f.policy == name);
+        of.map(|f| f.finding.rule.as_str()).collect()
+    };
+    // Pod Security (privileged, hostPath), the untagged busybox, the hostPath control.
+    let p00 = [
+        "podSecurity/privileged",
+        "disallowedTags",
+        "podSecurity/hostPathVolumes",
+        "hostPath",
+    ];
+    assert_eq!(rules("p00"), p00);
+    // The whitelisted nginx container's finding is gone; pod-level ones stay.
+    assert_eq!(rules("p02"), p00[1..]);
+    assert!(
+        alone
+            .iter()
+            .filter(|f| f.policy == "p04")
+            .all(|f| f.action == Action::Alert)
+    );
+    assert_eq!(rules("p11"), ["runAsUser", "registries", "runAsUser"]);
+}
