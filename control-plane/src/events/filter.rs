@@ -37,10 +37,7 @@ impl<'f> Matcher<'f> {
         {
             return false;
         }
-        let time = event.time.as_ref().map(millis).unwrap_or(0);
-        if self.since_ms.is_some_and(|since| time < since)
-            || self.until_ms.is_some_and(|until| time >= until)
-        {
+        if !self.time_matches(event.time.as_ref().map(millis).unwrap_or(0)) {
             return false;
         }
         if !self.text.is_empty() {
@@ -55,6 +52,14 @@ impl<'f> Matcher<'f> {
             }
         }
         true
+    }
+}
+
+impl Matcher<'_> {
+    /// Whether an event at `time` (milliseconds) is within the filter's time range.
+    pub fn time_matches(&self, time: i64) -> bool {
+        !(self.since_ms.is_some_and(|since| time < since)
+            || self.until_ms.is_some_and(|until| time >= until))
     }
 }
 

@@ -1,22 +1,27 @@
 //! Protection events: stored idempotently by id, indexed for the operator queries, kept within
 //! the retention limits, and fanned out to watchers.
 //!
-//! Layout (sled trees in the store's database): `events` maps the event's key — the 16 bytes
-//! of its UUIDv7 id, each inverted, so newer events sort first and newest-first listings read
-//! forward (sled's reverse iteration is far slower) — to the `Event` message;
-//! `events_by_cluster`, `events_by_policy` and `events_by_cluster_policy` map
-//! `cluster \0 key`, `policy \0 key` and `cluster \0 policy \0 key` to nothing. Index entries are written before the event and removed after it, so an index
-//! entry may point to a missing event (a crash in between) but an event is never unindexed;
-//! readers skip missing events, and a re-sent batch writes both again.
+//! Layout: events are written in segments, each one sled value holding up to
+//! `SEGMENT_EVENTS` events of one ingested batch (about `SEGMENT_BYTES`): tree `event_segments` maps the segment number (u64, big endian) to
+//! its records (`index::push_record`). A batch of a thousand events is then a few dozen sled
+//! inserts instead of one per event and index entry, which is what bounded ingest. Tree
+//! `event_updates` maps an event's key to the event as an operator last changed it
+//! (`HandleEvents`), which supersedes the segment's copy.
+//!
+//! The index is in memory (`index::Index`): every event's key — the 16 bytes of its UUIDv7 id,
+//! each inverted, so newer events sort first — with its location, cluster, policy, action,
+//! count and time. Listing walks it newest first and reads only the events that pass the
+//! cluster, policy and time filters; summaries never read the segments. It is rebuilt from the
+//! segments when the store opens (about 70 bytes of memory per event). An event is in the index
+//! only once its segment is written, and acknowledged only once the segment is durable.
 
 mod filter;
+mod index;
 mod validate;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    collections::HashSet,
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
 
@@ -27,9 +32,26 @@ use tracing::{info, warn};
 use portcullis_proto::v1::{Event, EventCount, EventFilter};
 
 use crate::store::{Store, StoreError, now_millis, timestamp_from_millis};
+use index::{Entry, Index, RECORD_HEADER, push_record, record_at, records};
 
 pub use filter::{Matcher, id_bound};
 pub use validate::{BatchError, validate_batch};
+
+/// Events per segment at most.
+const SEGMENT_EVENTS: usize = 256;
+/// A segment is closed once it holds this many bytes (an event larger than this gets a segment
+/// of its own). sled keeps up to 16 values in a leaf and writes a leaf of more than a quarter
+/// of its 512 KiB log segment as a separate blob file; leaves of 6 KiB values stay under that
+/// (with 16 KiB values the control plane spent a third of its time creating blob files).
+const SEGMENT_BYTES: usize = 6 * 1024;
+/// Trees of the layout before segments (one value per event plus three index trees); their
+/// events are moved into segments when the store opens.
+const LEGACY_TREES: [&str; 4] = [
+    "events",
+    "events_by_cluster",
+    "events_by_policy",
+    "events_by_cluster_policy",
+];
 
 /// Retention and limits.
 #[derive(Clone, Debug)]
@@ -69,12 +91,9 @@ pub struct EventPage {
 
 pub struct EventStore {
     store: Arc<Store>,
-    events: sled::Tree,
-    by_cluster: sled::Tree,
-    by_policy: sled::Tree,
-    by_cluster_policy: sled::Tree,
-    /// Events held (kept exact under `writer`).
-    count: AtomicU64,
+    segments: sled::Tree,
+    updates: sled::Tree,
+    index: RwLock<Index>,
     /// Serialises writers, so the existence check and the write of an id are one step.
     writer: Mutex<()>,
     new_events: broadcast::Sender<Arc<Event>>,
@@ -84,24 +103,93 @@ pub struct EventStore {
 impl EventStore {
     pub fn open(store: Arc<Store>, settings: EventSettings) -> Result<Self, StoreError> {
         let db = store.db();
-        let events = db.open_tree("events")?;
-        let count = events.len() as u64;
-        Ok(Self {
-            by_cluster: db.open_tree("events_by_cluster")?,
-            by_policy: db.open_tree("events_by_policy")?,
-            by_cluster_policy: db.open_tree("events_by_cluster_policy")?,
-            events,
+        let segments = db.open_tree("event_segments")?;
+        let updates = db.open_tree("event_updates")?;
+        let mut index = Index::default();
+        for item in segments.iter() {
+            let (number, value) = item?;
+            let segment = segment_number(&number)?;
+            for record in records(&value) {
+                let (offset, key, bytes) = record.map_err(|what| corrupt(segment, what))?;
+                let entry = index.entry(&decode(bytes)?, segment, offset);
+                index.insert(key, entry);
+            }
+        }
+        for item in updates.iter() {
+            let (key, _) = item?;
+            match index.events.get_mut(key.as_ref()) {
+                Some(entry) => entry.updated = true,
+                // Its event was deleted by retention just before a crash.
+                None => {
+                    updates.remove(key)?;
+                }
+            }
+        }
+        let events = Self {
             store,
-            count: AtomicU64::new(count),
+            segments,
+            updates,
+            index: RwLock::new(index),
             writer: Mutex::new(()),
             new_events: broadcast::channel(4096).0,
             settings,
-        })
+        };
+        events.migrate_legacy_layout()?;
+        Ok(events)
+    }
+
+    /// Moves the events of the layout before segments (one value per event) into segments,
+    /// then drops the old trees. Runs once; a crash in between repeats it without duplicates.
+    fn migrate_legacy_layout(&self) -> Result<(), StoreError> {
+        let db = self.store.db();
+        let names = db.tree_names();
+        if !names
+            .iter()
+            .any(|n| n.as_ref() == LEGACY_TREES[0].as_bytes())
+        {
+            return Ok(());
+        }
+        let legacy = db.open_tree(LEGACY_TREES[0])?;
+        let mut moved = 0usize;
+        let mut batch = Vec::with_capacity(SEGMENT_EVENTS);
+        for item in legacy.iter() {
+            let (key, value) = item?;
+            let key: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: "legacy event key is not 16 bytes".into(),
+            })?;
+            if self.read_index().events.contains_key(&key) {
+                continue;
+            }
+            batch.push((key, decode(&value)?));
+            if batch.len() == SEGMENT_EVENTS {
+                moved += batch.len();
+                self.write_segments(&batch)?;
+                batch.clear();
+            }
+        }
+        moved += batch.len();
+        self.write_segments(&batch)?;
+        self.store.db().flush()?;
+        for name in LEGACY_TREES {
+            db.drop_tree(name)?;
+        }
+        info!(events = moved, "Events moved to the segment layout");
+        Ok(())
+    }
+
+    fn read_index(&self) -> RwLockReadGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-changed (every change
+        // is one insert or remove), so a poisoned lock is still usable.
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Events held.
     pub fn len(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.read_index().events.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,6 +201,34 @@ impl EventStore {
         self.new_events.subscribe()
     }
 
+    /// Writes `events` (keys not yet stored) as new segments and adds them to the index. The
+    /// caller holds `writer` and makes them durable.
+    fn write_segments(&self, events: &[([u8; 16], Event)]) -> Result<(), StoreError> {
+        let mut next = self.read_index().next_segment();
+        let mut placed = Vec::with_capacity(events.len());
+        // Room for a full segment and one more event: no growth while filling it.
+        let capacity = SEGMENT_BYTES + 4096;
+        let mut segment = Vec::with_capacity(capacity);
+        let mut held = 0;
+        for (i, (key, event)) in events.iter().enumerate() {
+            placed.push((next, push_record(&mut segment, key, event)));
+            held += 1;
+            let last = i + 1 == events.len();
+            if last || held == SEGMENT_EVENTS || segment.len() >= SEGMENT_BYTES {
+                let full = std::mem::replace(&mut segment, Vec::with_capacity(capacity));
+                self.segments.insert(next.to_be_bytes(), full)?;
+                next += 1;
+                held = 0;
+            }
+        }
+        let mut index = self.write_index();
+        for ((key, event), (segment, offset)) in events.iter().zip(placed) {
+            let entry = index.entry(event, segment, offset);
+            index.insert(*key, entry);
+        }
+        Ok(())
+    }
+
     /// Stores a validated batch: events whose id is already stored are counted as duplicates
     /// and left as they are. Returns once the batch is durable.
     pub async fn ingest(&self, events: Vec<(uuid::Uuid, Event)>) -> Result<Ingested, StoreError> {
@@ -121,51 +237,42 @@ impl EventStore {
         {
             let _writer = self.writer.lock().await;
             let now = timestamp_from_millis(now_millis());
-            let mut indexes = [
-                sled::Batch::default(),
-                sled::Batch::default(),
-                sled::Batch::default(),
-            ];
-            let mut records = sled::Batch::default();
-            let mut seen = std::collections::HashSet::with_capacity(events.len());
-            for (id, mut event) in events {
-                let key = key_of(id.as_bytes());
-                if !seen.insert(key) || self.events.contains_key(key)? {
-                    result.duplicates += 1;
-                    continue;
+            {
+                let index = self.read_index();
+                let mut seen = HashSet::with_capacity(events.len());
+                for (id, mut event) in events {
+                    let key = key_of(id.as_bytes());
+                    if !seen.insert(key) || index.events.contains_key(&key) {
+                        result.duplicates += 1;
+                        continue;
+                    }
+                    event.state = "new".into();
+                    event.handled_by.clear();
+                    event.note.clear();
+                    event.handled_time = None;
+                    event.received_time = Some(now);
+                    fresh.push((key, event));
                 }
-                event.state = "new".into();
-                event.handled_by.clear();
-                event.note.clear();
-                event.handled_time = None;
-                event.received_time = Some(now);
-                for (batch, index_key) in indexes.iter_mut().zip(index_keys(&event, &key)) {
-                    batch.insert(index_key, &[] as &[u8]);
-                }
-                records.insert(&key, event.encode_to_vec());
-                fresh.push(Arc::new(event));
             }
-            let [clusters, policies, both] = indexes;
-            self.by_cluster.apply_batch(clusters)?;
-            self.by_policy.apply_batch(policies)?;
-            self.by_cluster_policy.apply_batch(both)?;
-            self.events.apply_batch(records)?;
-            self.count.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+            self.write_segments(&fresh)?;
         }
         self.store.flush_all().await?;
         result.stored = fresh.len() as u32;
-        for event in fresh {
-            // No watcher is fine.
-            let _ = self.new_events.send(event);
+        if self.new_events.receiver_count() > 0 {
+            for (_, event) in fresh {
+                // A watcher that went away meanwhile is fine.
+                let _ = self.new_events.send(Arc::new(event));
+            }
         }
         Ok(result)
     }
 
     pub fn get(&self, id: &uuid::Uuid) -> Result<Option<Event>, StoreError> {
-        self.events
-            .get(key_of(id.as_bytes()))?
-            .map(|bytes| decode(&bytes))
-            .transpose()
+        let key = key_of(id.as_bytes());
+        let Some(entry) = self.read_index().events.get(&key).copied() else {
+            return Ok(None);
+        };
+        Reader::new(self).read(&key, &entry)
     }
 
     /// Events matching `filter`, newest first, older than `before` (a page token's id).
@@ -182,36 +289,44 @@ impl EventStore {
             high = high.min(before);
         }
         let mut events = Vec::with_capacity(limit.min(1024));
+        let index = self.read_index();
+        // A name no event carries matches nothing.
+        let name = |want: &str| match want {
+            "" => Some(None),
+            want => index.names.id(want).map(Some),
+        };
+        let (Some(cluster), Some(policy), Some(action)) = (
+            name(&filter.cluster),
+            name(&filter.policy),
+            name(&filter.action),
+        ) else {
+            return Ok(EventPage {
+                events,
+                more_after: None,
+            });
+        };
         if low >= high {
             return Ok(EventPage {
                 events,
                 more_after: None,
             });
         }
-        // The most selective index the filter allows; ids come from the key's last 16 bytes.
-        let (tree, prefix) = match (filter.cluster.as_str(), filter.policy.as_str()) {
-            ("", "") => (&self.events, Vec::new()),
-            (cluster, "") => (&self.by_cluster, prefixed(&[cluster])),
-            ("", policy) => (&self.by_policy, prefixed(&[policy])),
-            (cluster, policy) => (&self.by_cluster_policy, prefixed(&[cluster, policy])),
-        };
+        let mut reader = Reader::new(self);
         // Keys invert ids: ids in [low, high) are keys in (key(high), key(low)].
-        let bound = |id: [u8; 16]| [prefix.as_slice(), &key_of(&id)].concat();
-        let range = tree.range((
-            std::ops::Bound::Excluded(bound(high)),
-            std::ops::Bound::Included(bound(low)),
+        let range = index.events.range((
+            std::ops::Bound::Excluded(key_of(&high)),
+            std::ops::Bound::Included(key_of(&low)),
         ));
-        for entry in range {
-            let (key, value) = entry?;
-            let event_key: [u8; 16] = key[key.len() - 16..].try_into().unwrap_or([0; 16]);
-            let event = if prefix.is_empty() {
-                decode(&value)?
-            } else {
-                match self.events.get(event_key)? {
-                    Some(bytes) => decode(&bytes)?,
-                    // Indexed before the event was written (a crash between): skip.
-                    None => continue,
-                }
+        for (key, entry) in range {
+            if cluster.is_some_and(|c| c != entry.cluster)
+                || policy.is_some_and(|p| p != entry.policy)
+                || action.is_some_and(|a| a != entry.action)
+                || !matcher.time_matches(entry.time_ms)
+            {
+                continue;
+            }
+            let Some(event) = reader.read(key, entry)? else {
+                continue;
             };
             if !matcher.matches(&event) {
                 continue;
@@ -265,7 +380,13 @@ impl EventStore {
                 batch.insert(&key_of(id.as_bytes()), event.encode_to_vec());
                 updated.push(event);
             }
-            self.events.apply_batch(batch)?;
+            self.updates.apply_batch(batch)?;
+            let mut index = self.write_index();
+            for id in ids {
+                if let Some(entry) = index.events.get_mut(&key_of(id.as_bytes())) {
+                    entry.updated = true;
+                }
+            }
         }
         self.store.flush_all().await?;
         Ok(updated)
@@ -284,32 +405,36 @@ impl EventStore {
         };
         let matcher = Matcher::new(&filter);
         let (low, high) = (id_bound(since, false), id_bound(until, true));
-        let mut counts: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
+        let index = self.read_index();
+        let mut counts: std::collections::BTreeMap<(&str, &str, &str), (u64, u64)> =
             Default::default();
         if low < high {
             let range = (
                 std::ops::Bound::Excluded(key_of(&high)),
                 std::ops::Bound::Included(key_of(&low)),
             );
-            for entry in self.events.range(range) {
-                let event = decode(&entry?.1)?;
-                if !matcher.matches(&event) {
+            for entry in index.events.range(range).map(|(_, e)| e) {
+                if !matcher.time_matches(entry.time_ms) {
                     continue;
                 }
-                let row = counts
-                    .entry((event.cluster, event.policy, event.action))
-                    .or_default();
+                let names = &index.names;
+                let key = (
+                    names.name(entry.cluster),
+                    names.name(entry.policy),
+                    names.name(entry.action),
+                );
+                let row = counts.entry(key).or_default();
                 row.0 += 1;
-                row.1 += u64::from(event.count.max(1));
+                row.1 += u64::from(entry.admissions);
             }
         }
         Ok(counts
             .into_iter()
             .map(
                 |((cluster, policy, action), (events, admissions))| EventCount {
-                    cluster,
-                    policy,
-                    action,
+                    cluster: cluster.to_owned(),
+                    policy: policy.to_owned(),
+                    action: action.to_owned(),
                     events,
                     admissions,
                 },
@@ -324,46 +449,124 @@ impl EventStore {
         let mut deleted = 0;
         loop {
             let _writer = self.writer.lock().await;
-            let excess = self.len().saturating_sub(self.settings.max_count);
-            let mut batches = [
-                sled::Batch::default(),
-                sled::Batch::default(),
-                sled::Batch::default(),
-                sled::Batch::default(),
-            ];
-            let mut n = 0u64;
             // Oldest first: keys invert ids, so from the end.
-            for entry in self.events.iter().rev() {
-                let (key, value) = entry?;
-                let event_key: [u8; 16] = key.as_ref().try_into().unwrap_or([0; 16]);
-                let old = key_of(&event_key) < cutoff_id;
-                if (!old && n >= excess) || n >= 10_000 {
-                    break;
+            let doomed: Vec<([u8; 16], Entry)> = {
+                let index = self.read_index();
+                let excess = (index.events.len() as u64).saturating_sub(self.settings.max_count);
+                let mut doomed = Vec::new();
+                for (key, entry) in index.events.iter().rev() {
+                    let old = key_of(key) < cutoff_id;
+                    let n = doomed.len() as u64;
+                    if (!old && n >= excess) || n >= 10_000 {
+                        break;
+                    }
+                    doomed.push((*key, *entry));
                 }
-                let event = decode(&value)?;
-                batches[0].remove(key);
-                for (batch, index_key) in
-                    batches[1..].iter_mut().zip(index_keys(&event, &event_key))
-                {
-                    batch.remove(index_key);
-                }
-                n += 1;
-            }
-            if n == 0 {
+                doomed
+            };
+            if doomed.is_empty() {
                 break;
             }
-            let [records, clusters, policies, both] = batches;
-            self.events.apply_batch(records)?;
-            self.by_cluster.apply_batch(clusters)?;
-            self.by_policy.apply_batch(policies)?;
-            self.by_cluster_policy.apply_batch(both)?;
-            self.count.fetch_sub(n, Ordering::Relaxed);
-            deleted += n;
+            self.delete(&doomed)?;
+            deleted += doomed.len() as u64;
         }
         if deleted > 0 {
             self.store.flush_all().await?;
         }
         Ok(deleted)
+    }
+
+    /// Removes `doomed` events: segments left without a live event are deleted, the others are
+    /// rewritten without them (one sled write each, so a segment is never half-rewritten).
+    fn delete(&self, doomed: &[([u8; 16], Entry)]) -> Result<(), StoreError> {
+        let gone: HashSet<[u8; 16]> = doomed.iter().map(|(key, _)| *key).collect();
+        let touched: std::collections::BTreeSet<u64> =
+            doomed.iter().map(|(_, e)| e.segment).collect();
+        let mut moved = Vec::new();
+        {
+            let index = self.read_index();
+            for &segment in &touched {
+                let live = index.segments.get(&segment).copied().unwrap_or(0);
+                let dying = doomed.iter().filter(|(_, e)| e.segment == segment).count();
+                if live as usize <= dying {
+                    self.segments.remove(segment.to_be_bytes())?;
+                    continue;
+                }
+                let Some(value) = self.segments.get(segment.to_be_bytes())? else {
+                    continue;
+                };
+                let mut kept = Vec::with_capacity(value.len());
+                for record in records(&value) {
+                    let (offset, key, bytes) = record.map_err(|what| corrupt(segment, what))?;
+                    let current = index.events.get(&key);
+                    let live = current.is_some_and(|e| e.segment == segment && e.offset == offset);
+                    if !live || gone.contains(&key) {
+                        continue;
+                    }
+                    let at = kept.len() as u32;
+                    kept.extend_from_slice(
+                        &value[offset as usize..][..RECORD_HEADER + bytes.len()],
+                    );
+                    moved.push((key, segment, at));
+                }
+                self.segments.insert(segment.to_be_bytes(), kept)?;
+            }
+        }
+        let mut removals = sled::Batch::default();
+        let mut index = self.write_index();
+        for (key, entry) in doomed {
+            if entry.updated {
+                removals.remove(key);
+            }
+            index.remove(key);
+        }
+        for (key, segment, offset) in moved {
+            if let Some(entry) = index.events.get_mut(&key) {
+                entry.offset = offset;
+                debug_assert_eq!(entry.segment, segment);
+            }
+        }
+        drop(index);
+        self.updates.apply_batch(removals)?;
+        Ok(())
+    }
+}
+
+/// Reads events from their segments, keeping the last segment read (a page's events usually
+/// share a few).
+struct Reader<'s> {
+    store: &'s EventStore,
+    last: Option<(u64, sled::IVec)>,
+}
+
+impl<'s> Reader<'s> {
+    fn new(store: &'s EventStore) -> Self {
+        Self { store, last: None }
+    }
+
+    /// The event at `entry`; `None` when its segment is gone (deleted by retention meanwhile).
+    fn read(&mut self, key: &[u8; 16], entry: &Entry) -> Result<Option<Event>, StoreError> {
+        if entry.updated
+            && let Some(bytes) = self.store.updates.get(key)?
+        {
+            return decode(&bytes).map(Some);
+        }
+        if self.last.as_ref().is_none_or(|(s, _)| *s != entry.segment) {
+            let Some(value) = self.store.segments.get(entry.segment.to_be_bytes())? else {
+                return Ok(None);
+            };
+            self.last = Some((entry.segment, value));
+        }
+        let (segment, value) = self.last.as_ref().expect("just set");
+        let (found, bytes) =
+            record_at(value, entry.offset as usize).map_err(|what| corrupt(*segment, what))?;
+        if found != *key {
+            return Err(corrupt(
+                *segment,
+                format!("record at {} is another event", entry.offset),
+            ));
+        }
+        decode(bytes).map(Some)
     }
 }
 
@@ -391,27 +594,17 @@ fn decode(bytes: &[u8]) -> Result<Event, StoreError> {
     })
 }
 
-/// `a \0 b \0` ...: names never hold a NUL (they are validated).
-fn prefixed(parts: &[&str]) -> Vec<u8> {
-    let mut key = Vec::new();
-    for part in parts {
-        key.extend_from_slice(part.as_bytes());
-        key.push(0);
-    }
-    key
+fn segment_number(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+        what: "event segment key is not 8 bytes".into(),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
-/// The keys of `event` (whose key is `key`) in the cluster, policy and cluster+policy indexes.
-fn index_keys(event: &Event, key: &[u8; 16]) -> [Vec<u8>; 3] {
-    let with_id = |mut prefix: Vec<u8>| {
-        prefix.extend_from_slice(key);
-        prefix
-    };
-    [
-        with_id(prefixed(&[&event.cluster])),
-        with_id(prefixed(&[&event.policy])),
-        with_id(prefixed(&[&event.cluster, &event.policy])),
-    ]
+fn corrupt(segment: u64, what: String) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("event segment {segment}: {what}"),
+    }
 }
 
 #[cfg(test)]

@@ -282,8 +282,148 @@ async fn retention_by_count_and_age() {
         ..Default::default()
     };
     assert_eq!(events.list(&by_cluster, 100, None).unwrap().events.len(), 5);
-    assert_eq!(events.by_cluster_policy.len(), 5);
+    assert_eq!(events.read_index().segments.values().sum::<u32>(), 5);
     assert_eq!(events.enforce_retention().await.unwrap(), 0);
+}
+
+/// The same events, handling state included, after the store is opened again.
+async fn reopened(events: EventStore, dir: &tempfile::TempDir) -> EventStore {
+    let settings = events.settings.clone();
+    drop(events);
+    let store = crate::store::Store::open(dir.path()).unwrap();
+    EventStore::open(Arc::new(store), settings).unwrap()
+}
+
+fn all_ids(events: &EventStore) -> Vec<String> {
+    ids(&events.list(&EventFilter::default(), 100_000, None).unwrap())
+}
+
+#[tokio::test]
+async fn events_and_their_handling_survive_a_restart() {
+    let (events, dir) = mk_store(EventSettings::default()).await;
+    let now = now_millis();
+    // Big enough for several segments.
+    let batch: Vec<Event> = (0..700)
+        .map(|i| mk_event("c1", "p", now - 700 + i))
+        .collect();
+    events.ingest(parsed(batch.clone())).await.unwrap();
+    assert!(events.read_index().segments.len() >= 3);
+    let handled = uuid::Uuid::parse_str(&batch[10].id).unwrap();
+    events
+        .handle(&[handled], "ignored", "known", "alice")
+        .await
+        .unwrap();
+    let before = all_ids(&events);
+    let summary = events.summarize(None, None).unwrap();
+
+    let events = reopened(events, &dir).await;
+    assert_eq!(events.len(), 700);
+    assert_eq!(all_ids(&events), before);
+    let event = events.get(&handled).unwrap().unwrap();
+    assert_eq!(
+        (event.state.as_str(), event.handled_by.as_str()),
+        ("ignored", "alice")
+    );
+    assert_eq!(events.summarize(None, None).unwrap(), summary);
+    // Ids already stored are still duplicates after the restart.
+    let again = events.ingest(parsed(batch[..5].to_vec())).await.unwrap();
+    assert_eq!(again.duplicates, 5);
+}
+
+#[tokio::test]
+async fn retention_rewrites_partly_expired_segments() {
+    let (mut events, dir) = mk_store(EventSettings::default()).await;
+    let now = now_millis();
+    // One batch: its events go to segments in time order, the oldest in segment 0.
+    let batch: Vec<Event> = (0..700)
+        .map(|i| mk_event("c1", "p", now - 700 + i))
+        .collect();
+    events.ingest(parsed(batch.clone())).await.unwrap();
+    let first = events.read_index().segments[&0] as usize;
+    // All of segment 0 and half of segment 1 go.
+    let doomed = first + first / 2;
+    events.settings.max_count = (700 - doomed) as u64;
+    let id = |i: usize| uuid::Uuid::parse_str(&batch[i].id).unwrap();
+    let (gone, oldest_kept) = (id(doomed - 1), id(doomed));
+    for handled in [gone, oldest_kept] {
+        events
+            .handle(&[handled], "handled", "", "bob")
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(events.enforce_retention().await.unwrap(), doomed as u64);
+    let mut expected: Vec<String> = batch[doomed..].iter().map(|e| e.id.clone()).collect();
+    expected.reverse();
+    assert_eq!(all_ids(&events), expected);
+    assert!(!events.read_index().segments.contains_key(&0));
+    assert_eq!(
+        events.read_index().segments[&1] as usize,
+        2 * first - doomed
+    );
+    assert_eq!(events.get(&gone).unwrap(), None);
+    assert_eq!(events.get(&oldest_kept).unwrap().unwrap().state, "handled");
+    assert_eq!(
+        events.updates.len(),
+        1,
+        "the deleted event's update went with it"
+    );
+
+    let events = reopened(events, &dir).await;
+    assert_eq!(all_ids(&events), expected);
+    assert_eq!(events.get(&oldest_kept).unwrap().unwrap().state, "handled");
+    assert_eq!(events.len(), 700 - doomed as u64);
+}
+
+#[tokio::test]
+async fn events_of_the_previous_layout_are_moved_into_segments() {
+    let (store, dir) = temp_store();
+    let now = now_millis();
+    let old: Vec<Event> = (0..300)
+        .map(|i| mk_event("c1", "p", now - 300 + i))
+        .collect();
+    {
+        let tree = store.db().open_tree("events").unwrap();
+        for event in &old {
+            let id = uuid::Uuid::parse_str(&event.id).unwrap();
+            tree.insert(key_of(id.as_bytes()), event.encode_to_vec())
+                .unwrap();
+        }
+        store
+            .db()
+            .open_tree("events_by_cluster")
+            .unwrap()
+            .insert(b"x", b"")
+            .unwrap();
+    }
+    let events = EventStore::open(Arc::new(store), EventSettings::default()).unwrap();
+    let mut expected: Vec<String> = old.iter().map(|e| e.id.clone()).collect();
+    expected.reverse();
+    assert_eq!(all_ids(&events), expected);
+    let names = events.store.db().tree_names();
+    assert!(names.iter().all(|n| !n.starts_with(b"events")), "{names:?}");
+    let events = reopened(events, &dir).await;
+    assert_eq!(all_ids(&events), expected);
+}
+
+#[tokio::test]
+async fn a_damaged_segment_is_an_error_naming_it() {
+    let (events, dir) = mk_store(EventSettings::default()).await;
+    let now = now_millis();
+    events
+        .ingest(parsed(vec![mk_event("c1", "p", now)]))
+        .await
+        .unwrap();
+    let (key, value) = events.segments.first().unwrap().unwrap();
+    events
+        .segments
+        .insert(key, &value[..value.len() - 3])
+        .unwrap();
+    let settings = events.settings.clone();
+    drop(events);
+    let store = crate::store::Store::open(dir.path()).unwrap();
+    let error = EventStore::open(Arc::new(store), settings).err().unwrap();
+    assert!(error.to_string().contains("event segment 0"), "{error}");
 }
 
 #[test]
