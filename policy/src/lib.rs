@@ -8,6 +8,7 @@ pub mod engine;
 mod file;
 mod finding;
 mod glob;
+mod hash;
 pub mod hygiene;
 pub mod k8s;
 mod model;

@@ -312,13 +312,29 @@ impl SyncClient {
                     self.stats.heard();
                     policies.extend(chunk.policies);
                     if invalid.is_none() && !chunk.scans.is_empty() {
-                        match apply::add_scans(&mut scans, &chunk.scans) {
-                            Ok(()) => {
-                                self.cache.stage_chunk(staged, &chunk.scans).map_err(|e| {
-                                    SessionError::Local(format!("writing the cache: {e}"))
-                                })?
+                        // Encoding and writing the chunk to the cache runs beside indexing
+                        // it: both only read the chunk, and the index is the longer of the
+                        // two. A chunk of an invalid snapshot is written too, and discarded
+                        // with the rest of it.
+                        let (indexed, written) = std::thread::scope(|scope| {
+                            let writer =
+                                scope.spawn(|| self.cache.stage_chunk(staged, &chunk.scans));
+                            let indexed = apply::add_scans(&mut scans, &chunk.scans);
+                            (indexed, writer.join())
+                        });
+                        match written {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                return Err(SessionError::Local(format!("writing the cache: {e}")));
                             }
-                            Err(error) => invalid = Some(error),
+                            Err(_) => {
+                                return Err(SessionError::Local(
+                                    "writing the cache: the writer panicked".into(),
+                                ));
+                            }
+                        }
+                        if let Err(error) = indexed {
+                            invalid = Some(error);
                         }
                     }
                 }

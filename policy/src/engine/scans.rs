@@ -5,6 +5,7 @@
 
 use std::{borrow::Cow, collections::HashMap, fmt::Write, sync::Arc};
 
+use crate::hash::FastHash;
 use crate::{
     Action, Finding, ImageRules, UnscannedAction, VulnerabilityRule,
     k8s::PodTemplate,
@@ -162,58 +163,7 @@ fn index_keys(image: &ImageIdentity) -> Vec<String> {
     keys
 }
 
-/// A fast non-cryptographic hash of keys (FxHash's multiply-rotate, eight bytes at a time).
-/// Keys come from the control plane, not from admission requests, and requests only read, so
-/// there is no collision flood to defend against; SipHash cost more than the rest of a lookup.
-#[derive(Clone, Copy, Debug, Default)]
-struct KeyHasher;
-
-#[derive(Default)]
-struct FxState(u64);
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxState {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl std::hash::Hasher for FxState {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-
-    fn finish(&self) -> u64 {
-        // Spread the last multiply's high bits into the low ones the map uses.
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-impl std::hash::BuildHasher for KeyHasher {
-    type Hasher = FxState;
-
-    fn build_hasher(&self) -> FxState {
-        FxState::default()
-    }
-}
-
-type Shard = HashMap<Box<str>, Arc<IndexedScan>, KeyHasher>;
+type Shard = HashMap<Box<str>, Arc<IndexedScan>, FastHash>;
 
 /// A map split into `SHARDS` copy-on-write parts by a fixed hash of the key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -226,8 +176,9 @@ struct Shards {
 impl Shards {
     fn slot(key: &str) -> usize {
         use std::hash::BuildHasher;
-        // The top bits: the maps inside use the low ones.
-        (KeyHasher.hash_one(key) >> 58) as usize % SHARDS
+        // Middle bits: the maps inside use the low ones for buckets and the top seven as
+        // tags, and a shard whose keys all share their tag bits probes far more.
+        (FastHash.hash_one(key) >> 32) as usize % SHARDS
     }
 
     fn get(&self, key: &str) -> Option<&Arc<IndexedScan>> {

@@ -156,9 +156,9 @@ impl ScanSummary {
 /// fixed segments of write-once slots, filled in order by writers (which serialise on a mutex
 /// that only they take); adding an id costs O(1).
 pub mod interner {
+    use crate::hash::FastHash;
     use std::{
         collections::HashMap,
-        hash::BuildHasherDefault,
         sync::{
             Mutex, OnceLock,
             atomic::{AtomicUsize, Ordering},
@@ -175,7 +175,7 @@ pub mod interner {
     struct Table {
         segments: Box<[OnceLock<Segment>]>,
         len: AtomicUsize,
-        numbers: Mutex<HashMap<&'static str, u32, BuildHasherDefault<FxHasher>>>,
+        numbers: Mutex<HashMap<&'static str, u32, FastHash>>,
     }
 
     fn table() -> &'static Table {
@@ -223,29 +223,6 @@ pub mod interner {
     /// Ids interned so far.
     pub fn len() -> usize {
         table().len.load(Ordering::Acquire)
-    }
-
-    /// FxHash's multiply-rotate: ids are short and come from scanners, not from requests.
-    #[derive(Default)]
-    pub struct FxHasher(u64);
-
-    impl std::hash::Hasher for FxHasher {
-        fn write(&mut self, bytes: &[u8]) {
-            for chunk in bytes.chunks(8) {
-                let mut word = [0; 8];
-                word[..chunk.len()].copy_from_slice(chunk);
-                self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                    .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-            }
-        }
-
-        fn write_u8(&mut self, byte: u8) {
-            self.write(&[byte]);
-        }
-
-        fn finish(&self) -> u64 {
-            self.0 ^ (self.0 >> 29)
-        }
     }
 }
 
