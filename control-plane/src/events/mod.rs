@@ -12,7 +12,7 @@
 //! each inverted, so newer events sort first — with its location, cluster, policy, action,
 //! count and time. Listing walks it newest first and reads only the events that pass the
 //! cluster, policy and time filters; summaries never read the segments. It is rebuilt from the
-//! segments when the store opens (about 70 bytes of memory per event). An event is in the index
+//! segments when the store opens (about 80 bytes of memory per event). An event is in the index
 //! only once its segment is written, and acknowledged only once the segment is durable.
 
 mod filter;
