@@ -39,6 +39,8 @@ pub use validate::{BatchError, validate_batch};
 
 /// Events per segment at most.
 const SEGMENT_EVENTS: usize = 256;
+/// Candidates `list` takes from the index per read lock.
+const LIST_BATCH: usize = 256;
 /// A segment is closed once it holds this many bytes (an event larger than this gets a segment
 /// of its own). sled keeps up to 16 values in a leaf and writes a leaf of more than a quarter
 /// of its 512 KiB log segment as a separate blob file; leaves of 6 KiB values stay under that
@@ -272,7 +274,31 @@ impl EventStore {
         let Some(entry) = self.read_index().events.get(&key).copied() else {
             return Ok(None);
         };
-        Reader::new(self).read(&key, &entry)
+        self.load(&mut Reader::new(self), &key, entry)
+    }
+
+    /// The event `key` whose entry was `entry` when the index was read. Retention may have
+    /// deleted it or moved it within its segment since: then the index is read again.
+    fn load(
+        &self,
+        reader: &mut Reader<'_>,
+        key: &[u8; 16],
+        mut entry: Entry,
+    ) -> Result<Option<Event>, StoreError> {
+        for _ in 0..3 {
+            if let Some(event) = reader.read(key, &entry)? {
+                return Ok(Some(event));
+            }
+            reader.forget();
+            match self.read_index().events.get(key) {
+                Some(now) => entry = *now,
+                None => return Ok(None),
+            }
+        }
+        Err(corrupt(
+            entry.segment,
+            format!("no record of the event at {}", entry.offset),
+        ))
     }
 
     /// Events matching `filter`, newest first, older than `before` (a page token's id).
@@ -289,59 +315,81 @@ impl EventStore {
             high = high.min(before);
         }
         let mut events = Vec::with_capacity(limit.min(1024));
-        let index = self.read_index();
-        // A name no event carries matches nothing.
-        let name = |want: &str| match want {
-            "" => Some(None),
-            want => index.names.id(want).map(Some),
+        let nothing = || EventPage {
+            events: Vec::new(),
+            more_after: None,
         };
-        let (Some(cluster), Some(policy), Some(action)) = (
-            name(&filter.cluster),
-            name(&filter.policy),
-            name(&filter.action),
-        ) else {
-            return Ok(EventPage {
-                events,
-                more_after: None,
-            });
+        let (cluster, policy, action) = {
+            let index = self.read_index();
+            // A name no event carries matches nothing.
+            let name = |want: &str| match want {
+                "" => Some(None),
+                want => index.names.id(want).map(Some),
+            };
+            match (
+                name(&filter.cluster),
+                name(&filter.policy),
+                name(&filter.action),
+            ) {
+                (Some(c), Some(p), Some(a)) => (c, p, a),
+                _ => return Ok(nothing()),
+            }
         };
         if low >= high {
-            return Ok(EventPage {
-                events,
-                more_after: None,
-            });
+            return Ok(nothing());
         }
         let mut reader = Reader::new(self);
-        // Keys invert ids: ids in [low, high) are keys in (key(high), key(low)].
-        let range = index.events.range((
-            std::ops::Bound::Excluded(key_of(&high)),
-            std::ops::Bound::Included(key_of(&low)),
-        ));
-        for (key, entry) in range {
-            if cluster.is_some_and(|c| c != entry.cluster)
-                || policy.is_some_and(|p| p != entry.policy)
-                || action.is_some_and(|a| a != entry.action)
-                || !matcher.time_matches(entry.time_ms)
+        // Keys invert ids: ids in [low, high) are keys in (key(high), key(low)]. The index is
+        // read a batch of candidates at a time, so a slow query never holds up writers.
+        let last = key_of(&low);
+        let mut from = key_of(&high);
+        loop {
+            let mut candidates = Vec::with_capacity(LIST_BATCH);
+            let mut scanned = None;
             {
-                continue;
+                let index = self.read_index();
+                let range = index.events.range((
+                    std::ops::Bound::Excluded(from),
+                    std::ops::Bound::Included(last),
+                ));
+                for (key, entry) in range {
+                    scanned = Some(*key);
+                    if cluster.is_some_and(|c| c != entry.cluster)
+                        || policy.is_some_and(|p| p != entry.policy)
+                        || action.is_some_and(|a| a != entry.action)
+                        || !matcher.time_matches(entry.time_ms)
+                    {
+                        continue;
+                    }
+                    candidates.push((*key, *entry));
+                    if candidates.len() == LIST_BATCH {
+                        break;
+                    }
+                }
             }
-            let Some(event) = reader.read(key, entry)? else {
-                continue;
-            };
-            if !matcher.matches(&event) {
-                continue;
+            for (key, entry) in candidates {
+                let Some(event) = self.load(&mut reader, &key, entry)? else {
+                    continue;
+                };
+                if !matcher.matches(&event) {
+                    continue;
+                }
+                if events.len() == limit {
+                    let last = events
+                        .last()
+                        .and_then(|e: &Event| uuid::Uuid::parse_str(&e.id).ok())
+                        .map(|u| *u.as_bytes());
+                    return Ok(EventPage {
+                        events,
+                        more_after: last,
+                    });
+                }
+                events.push(event);
             }
-            if events.len() == limit {
-                let last = events
-                    .last()
-                    .and_then(|e: &Event| uuid::Uuid::parse_str(&e.id).ok())
-                    .map(|u| *u.as_bytes());
-                return Ok(EventPage {
-                    events,
-                    more_after: last,
-                });
+            match scanned {
+                Some(key) if key != last => from = key,
+                _ => break,
             }
-            events.push(event);
         }
         Ok(EventPage {
             events,
@@ -483,47 +531,45 @@ impl EventStore {
         let touched: std::collections::BTreeSet<u64> =
             doomed.iter().map(|(_, e)| e.segment).collect();
         let mut moved = Vec::new();
-        {
-            let index = self.read_index();
-            for &segment in &touched {
-                let live = index.segments.get(&segment).copied().unwrap_or(0);
-                let dying = doomed.iter().filter(|(_, e)| e.segment == segment).count();
-                if live as usize <= dying {
-                    self.segments.remove(segment.to_be_bytes())?;
-                    continue;
-                }
-                let Some(value) = self.segments.get(segment.to_be_bytes())? else {
-                    continue;
-                };
-                let mut kept = Vec::with_capacity(value.len());
-                for record in records(&value) {
-                    let (offset, key, bytes) = record.map_err(|what| corrupt(segment, what))?;
-                    let current = index.events.get(&key);
-                    let live = current.is_some_and(|e| e.segment == segment && e.offset == offset);
-                    if !live || gone.contains(&key) {
-                        continue;
-                    }
-                    let at = kept.len() as u32;
-                    kept.extend_from_slice(
-                        &value[offset as usize..][..RECORD_HEADER + bytes.len()],
-                    );
-                    moved.push((key, segment, at));
-                }
-                self.segments.insert(segment.to_be_bytes(), kept)?;
-            }
-        }
-        let mut removals = sled::Batch::default();
+        let mut rewrites = sled::Batch::default();
+        // Under the write lock: readers never see a rewritten segment with old offsets. All
+        // segment changes are one batch, so a failure changes nothing.
         let mut index = self.write_index();
+        for &segment in &touched {
+            let live = index.segments.get(&segment).copied().unwrap_or(0);
+            let dying = doomed.iter().filter(|(_, e)| e.segment == segment).count();
+            if live as usize <= dying {
+                rewrites.remove(&segment.to_be_bytes());
+                continue;
+            }
+            let Some(value) = self.segments.get(segment.to_be_bytes())? else {
+                continue;
+            };
+            let mut kept = Vec::with_capacity(value.len());
+            for record in records(&value) {
+                let (offset, key, bytes) = record.map_err(|what| corrupt(segment, what))?;
+                let current = index.events.get(&key);
+                let live = current.is_some_and(|e| e.segment == segment && e.offset == offset);
+                if !live || gone.contains(&key) {
+                    continue;
+                }
+                let at = kept.len() as u32;
+                kept.extend_from_slice(&value[offset as usize..][..RECORD_HEADER + bytes.len()]);
+                moved.push((key, at));
+            }
+            rewrites.insert(&segment.to_be_bytes(), kept);
+        }
+        self.segments.apply_batch(rewrites)?;
+        let mut removals = sled::Batch::default();
         for (key, entry) in doomed {
             if entry.updated {
                 removals.remove(key);
             }
             index.remove(key);
         }
-        for (key, segment, offset) in moved {
+        for (key, offset) in moved {
             if let Some(entry) = index.events.get_mut(&key) {
                 entry.offset = offset;
-                debug_assert_eq!(entry.segment, segment);
             }
         }
         drop(index);
@@ -544,7 +590,13 @@ impl<'s> Reader<'s> {
         Self { store, last: None }
     }
 
-    /// The event at `entry`; `None` when its segment is gone (deleted by retention meanwhile).
+    /// Drops the segment kept from the last read.
+    fn forget(&mut self) {
+        self.last = None;
+    }
+
+    /// The event at `entry`; `None` when it is not there (its segment was deleted or
+    /// rewritten by retention since the entry was read).
     fn read(&mut self, key: &[u8; 16], entry: &Entry) -> Result<Option<Event>, StoreError> {
         if entry.updated
             && let Some(bytes) = self.store.updates.get(key)?
@@ -557,16 +609,11 @@ impl<'s> Reader<'s> {
             };
             self.last = Some((entry.segment, value));
         }
-        let (segment, value) = self.last.as_ref().expect("just set");
-        let (found, bytes) =
-            record_at(value, entry.offset as usize).map_err(|what| corrupt(*segment, what))?;
-        if found != *key {
-            return Err(corrupt(
-                *segment,
-                format!("record at {} is another event", entry.offset),
-            ));
+        let (_, value) = self.last.as_ref().expect("just set");
+        match record_at(value, entry.offset as usize) {
+            Ok((found, bytes)) if found == *key => decode(bytes).map(Some),
+            _ => Ok(None),
         }
-        decode(bytes).map(Some)
     }
 }
 

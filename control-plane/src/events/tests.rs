@@ -472,3 +472,47 @@ fn bad_batches_are_refused_naming_the_event() {
         BatchError::Invalid("events: 11 in one batch; at most 10 are accepted".into())
     );
 }
+
+#[tokio::test]
+async fn listing_reads_the_index_in_batches_and_finds_moved_events() {
+    let (events, _dir) = mk_store(EventSettings::default()).await;
+    let now = now_millis();
+    // Policy `rare` on every 100th of 1,000 events: candidates span several index batches.
+    let batch: Vec<Event> = (0..1000)
+        .map(|i| {
+            let policy = if i % 100 == 0 { "rare" } else { "p" };
+            mk_event("c1", policy, now - 1000 + i)
+        })
+        .collect();
+    events.ingest(parsed(batch.clone())).await.unwrap();
+    let filter = EventFilter {
+        policy: "rare".into(),
+        ..Default::default()
+    };
+    let mut expected: Vec<String> = batch.iter().step_by(100).map(|e| e.id.clone()).collect();
+    expected.reverse();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = events.list(&filter, 3, before).unwrap();
+        seen.extend(ids(&page));
+        match page.more_after {
+            Some(after) => before = Some(after),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+
+    // An entry read before a rewrite moved its event is looked up again.
+    let id = uuid::Uuid::parse_str(&batch[5].id).unwrap();
+    let key = key_of(id.as_bytes());
+    let entry = events.read_index().events[&key];
+    let stale = Entry {
+        offset: entry.offset + 1,
+        ..entry
+    };
+    let mut reader = Reader::new(&events);
+    let found = events.load(&mut reader, &key, stale).unwrap().unwrap();
+    assert_eq!(found.id, batch[5].id);
+    assert_eq!(events.load(&mut reader, &[7; 16], stale).unwrap(), None);
+}
