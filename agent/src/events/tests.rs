@@ -222,3 +222,47 @@ async fn the_writer_folds_bursts_and_writes_everything_on_shutdown() {
         [("Deployment", "tags", 1), ("Pod", "no-privileged", 3)]
     );
 }
+
+#[test]
+fn folding_decisions_first_gives_the_events_of_folding_every_event() {
+    let body = fixture("pod-create-privileged.json");
+    let request = review::parse(&body).unwrap();
+    // With the alerting `watch` policy too the pod's decision differs, but its
+    // `no-privileged` event is the same: only the event-level fold can merge those.
+    let states = [
+        Arc::new(mk_state(POLICIES)),
+        Arc::new(mk_state(&format!(
+            "{POLICIES}---\nname: watch\naction: alert\nrules: {{resource: {{privileged: {{}}}}}}\n"
+        ))),
+    ];
+    let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+    let records = || {
+        [0, 0, 1, 0, 1].map(|s| Record {
+            time,
+            request: RequestInfo::of(&request),
+            decision: decide(&request, &states[s]),
+            state: states[s].clone(),
+        })
+    };
+    let mut folded = writer::PendingRecords::default();
+    for record in records() {
+        folded.add(record);
+    }
+    let mut every = writer::Pending::default();
+    for record in records() {
+        for event in record.events("c1") {
+            every.add(event);
+        }
+    }
+    let strip = |events: Vec<Event>| -> Vec<(String, String, u32, usize)> {
+        let of = |e: Event| (e.policy, e.action, e.count, e.findings.len());
+        events.into_iter().map(of).collect()
+    };
+    let folded = strip(folded.take("c1"));
+    assert_eq!(folded, strip(every.take()));
+    let expected = [
+        ("no-privileged".to_owned(), "blocked".to_owned(), 5, 1),
+        ("watch".to_owned(), "alerted".to_owned(), 2, 1),
+    ];
+    assert_eq!(folded, expected);
+}

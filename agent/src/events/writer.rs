@@ -1,6 +1,12 @@
 //! The writer task: takes decisions from the webhook's channel, builds their events, folds
-//! identical events of a burst into one with a count, appends them to the outbox and flushes, at least every
-//! `flush_interval`; on shutdown it writes what is left.
+//! identical events of a burst into one with a count, appends them to the outbox and flushes,
+//! at least every `flush_interval`; on shutdown it writes what is left.
+//!
+//! Folding happens twice: identical decisions (same object, operation, user, images and
+//! findings) are counted before any event is built, since a burst usually repeats one
+//! decision and building an event costs an id and a copy of every field; the events of the
+//! distinct decisions are then folded as before. The result is the same as folding the events
+//! of every decision, for a fraction of the work on the core the webhook shares.
 
 use std::{
     collections::HashMap,
@@ -28,7 +34,7 @@ pub async fn run_writer(
     written: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut pending = Pending::default();
+    let mut pending = PendingRecords::default();
     loop {
         let deadline = tokio::time::sleep(flush_interval);
         tokio::pin!(deadline);
@@ -43,9 +49,7 @@ pub async fn run_writer(
                         break;
                     }
                     for record in received.drain(..) {
-                        for event in record.events(&cluster) {
-                            pending.add(event);
-                        }
+                        pending.add(record);
                     }
                     if pending.len() >= MAX_PENDING {
                         break;
@@ -54,9 +58,7 @@ pub async fn run_writer(
                 () = &mut deadline => break,
                 _ = shutdown.wait_for(|stop| *stop) => {
                     while let Ok(record) = rx.try_recv() {
-                        for event in record.events(&cluster) {
-                            pending.add(event);
-                        }
+                        pending.add(record);
                     }
                     closed = true;
                     break;
@@ -64,7 +66,7 @@ pub async fn run_writer(
             }
         }
         if !pending.is_empty() {
-            let events = pending.take();
+            let events = pending.take(&cluster);
             let result = async {
                 outbox.append(&events)?;
                 outbox.persist_dropped()?;
@@ -84,16 +86,78 @@ pub async fn run_writer(
     }
 }
 
+/// Decisions waiting to be written, identical ones counted on the first.
+#[derive(Default)]
+pub(super) struct PendingRecords {
+    records: Vec<(Record, u32)>,
+    by_fingerprint: HashMap<u64, usize>,
+}
+
+impl PendingRecords {
+    pub(super) fn add(&mut self, record: Record) {
+        let fingerprint = fingerprint(&record_key(&record));
+        if let Some(&at) = self.by_fingerprint.get(&fingerprint)
+            && record_key(&self.records[at].0) == record_key(&record)
+        {
+            let count = &mut self.records[at].1;
+            *count = count.saturating_add(1);
+            return;
+        }
+        self.by_fingerprint.insert(fingerprint, self.records.len());
+        self.records.push((record, 1));
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The events of every pending decision, folded.
+    pub(super) fn take(&mut self, cluster: &str) -> Vec<Event> {
+        self.by_fingerprint.clear();
+        let mut events = Pending::default();
+        for (record, count) in self.records.drain(..) {
+            for mut event in record.events(cluster) {
+                event.count = count;
+                events.add(event);
+            }
+        }
+        events.take()
+    }
+}
+
+/// What makes two decisions produce the same events (see `key`): the object, operation,
+/// user, images and every finding with its policy and action.
+fn record_key(record: &Record) -> impl Hash + PartialEq + '_ {
+    let (request, decision) = (&record.request, &record.decision);
+    (
+        (&request.namespace, &request.kind, &request.name),
+        (&request.operation, &request.user, &decision.images),
+        decision
+            .findings
+            .iter()
+            .map(|f| {
+                let finding = &f.finding;
+                let (rule, path, value) = (&finding.rule, &finding.path, &finding.value);
+                (&f.policy, f.action, rule, path, value, &finding.message)
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// Events waiting to be written, identical ones folded into the first with a count.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     events: Vec<Event>,
     by_fingerprint: HashMap<u64, usize>,
 }
 
 impl Pending {
-    fn add(&mut self, event: Event) {
-        let fingerprint = fingerprint(&event);
+    pub(super) fn add(&mut self, event: Event) {
+        let fingerprint = fingerprint(&key(&event));
         if let Some(&at) = self.by_fingerprint.get(&fingerprint)
             && same(&self.events[at], &event)
         {
@@ -105,15 +169,7 @@ impl Pending {
         self.events.push(event);
     }
 
-    fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
-    fn take(&mut self) -> Vec<Event> {
+    pub(super) fn take(&mut self) -> Vec<Event> {
         self.by_fingerprint.clear();
         std::mem::take(&mut self.events)
     }
@@ -133,9 +189,9 @@ fn key(event: &Event) -> impl Hash + PartialEq + '_ {
     )
 }
 
-fn fingerprint(event: &Event) -> u64 {
+fn fingerprint(key: &impl Hash) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
-    key(event).hash(&mut hasher);
+    key.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -169,7 +225,7 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!((events[0].name.as_str(), events[0].count), ("a", 5));
         assert_eq!((events[1].name.as_str(), events[1].count), ("b", 1));
-        assert!(pending.is_empty());
+        assert!(pending.take().is_empty());
         pending.add(mk_event("a"));
         assert_eq!(pending.take()[0].count, 1, "a new burst starts a new event");
     }
