@@ -22,8 +22,12 @@ use portcullis_proto::v1::Event;
 
 use super::{Outbox, Record};
 
-/// Events per write at most (a flood is written in slices).
+/// Distinct decisions per write at most (a flood is written in slices).
 const MAX_PENDING: usize = 4096;
+/// How often the writer takes what the webhook handed over. Polling the channel instead of
+/// waiting on it means handing a decision over never wakes a task: on a loaded node every
+/// wake-up is a context switch the admission requests pay for.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Runs until `shutdown` turns true (then drains the channel) or every sender is gone.
 pub async fn run_writer(
@@ -40,18 +44,21 @@ pub async fn run_writer(
         tokio::pin!(deadline);
         // Gather until the interval ends, the buffer is full, or shutdown.
         let mut closed = false;
-        let mut received = Vec::with_capacity(256);
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut received, 256) => {
-                    if n == 0 {
-                        closed = true;
-                        break;
+                _ = drain.tick() => {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(record) => pending.add(record),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
                     }
-                    for record in received.drain(..) {
-                        pending.add(record);
-                    }
-                    if pending.len() >= MAX_PENDING {
+                    if closed || pending.len() >= MAX_PENDING {
                         break;
                     }
                 }
