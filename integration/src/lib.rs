@@ -338,10 +338,14 @@ impl Agent {
             .expect("starting portcullis-agent");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(self.admin_port, "/livez").is_none() {
+        // The admin port answers before the webhook's certificate is written and its port
+        // bound (the agent writes the certificate first): wait for both, or a review sent
+        // right after a restart meets a closed port or the previous run's certificate.
+        let webhook_up = || std::net::TcpStream::connect(("127.0.0.1", self.webhook_port)).is_ok();
+        while http_get(self.admin_port, "/livez").is_none() || !webhook_up() {
             assert!(
                 Instant::now() < deadline,
-                "agent admin port not up within 30 s"
+                "agent admin or webhook port not up within 30 s"
             );
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("agent exited during start-up: {status}");
