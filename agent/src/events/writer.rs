@@ -102,10 +102,12 @@ pub(super) struct PendingRecords {
 
 impl PendingRecords {
     pub(super) fn add(&mut self, record: Record) {
-        let fingerprint = fingerprint(&record_key(&record));
-        if let Some(&at) = self.by_fingerprint.get(&fingerprint)
-            && record_key(&self.records[at].0) == record_key(&record)
-        {
+        let key = record_key(&record);
+        let fingerprint = fingerprint(&key);
+        let seen = self.by_fingerprint.get(&fingerprint).copied();
+        let same = seen.filter(|&at| record_key(&self.records[at].0) == key);
+        drop(key);
+        if let Some(at) = same {
             let count = &mut self.records[at].1;
             *count = count.saturating_add(1);
             return;

@@ -528,17 +528,19 @@ impl EventStore {
     /// rewritten without them (one sled write each, so a segment is never half-rewritten).
     fn delete(&self, doomed: &[([u8; 16], Entry)]) -> Result<(), StoreError> {
         let gone: HashSet<[u8; 16]> = doomed.iter().map(|(key, _)| *key).collect();
-        let touched: std::collections::BTreeSet<u64> =
-            doomed.iter().map(|(_, e)| e.segment).collect();
+        // Events to delete per segment.
+        let mut touched: std::collections::BTreeMap<u64, u32> = Default::default();
+        for (_, entry) in doomed {
+            *touched.entry(entry.segment).or_default() += 1;
+        }
         let mut moved = Vec::new();
         let mut rewrites = sled::Batch::default();
         // Under the write lock: readers never see a rewritten segment with old offsets. All
         // segment changes are one batch, so a failure changes nothing.
         let mut index = self.write_index();
-        for &segment in &touched {
+        for (&segment, &dying) in &touched {
             let live = index.segments.get(&segment).copied().unwrap_or(0);
-            let dying = doomed.iter().filter(|(_, e)| e.segment == segment).count();
-            if live as usize <= dying {
+            if live <= dying {
                 rewrites.remove(&segment.to_be_bytes());
                 continue;
             }
