@@ -17,7 +17,7 @@ use portcullis_proto::v1::{
     sync_response::Message,
 };
 
-use crate::store::{Change, ChangesSince, Store, StoreError};
+use crate::store::{Change, ChangesSince, Store, StoreError, VulnerabilityIds};
 
 /// Policies per snapshot chunk.
 const CHUNK: usize = 100;
@@ -152,12 +152,23 @@ async fn stream(
                     tx,
                     Message::SnapshotChunk(SnapshotChunk {
                         policies: chunk.to_vec(),
-                        scans: Vec::new(),
+                        ..Default::default()
                     }),
                 )
                 .await?;
             }
-            send_scans(tx, store.scan_summaries()).await?;
+            let spelling = if request.vulnerability_refs {
+                Spelling::Refs
+            } else {
+                Spelling::Ids
+            };
+            send_scans(
+                tx,
+                store.scan_summaries(),
+                store.vulnerability_ids(),
+                spelling,
+            )
+            .await?;
             send(
                 tx,
                 Message::SnapshotEnd(SnapshotEnd {
@@ -204,44 +215,141 @@ async fn stream(
     }
 }
 
-/// Sends every image summary in chunks of about `SCAN_CHUNK_BYTES`, read and decoded on a
-/// blocking thread (sled reads may hit the disk) while earlier chunks are on the wire.
+/// How a snapshot's summaries name their vulnerabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spelling {
+    /// By number, each id once in the snapshot's dictionary (agents that say they read it).
+    Refs,
+    /// Each id in full in every summary (agents before the dictionary).
+    Ids,
+}
+
+/// Sends every image summary in chunks of about `SCAN_CHUNK_BYTES`, read on a blocking thread
+/// (sled reads may hit the disk) while earlier chunks are on the wire. Stored summaries number
+/// their vulnerabilities: with `Spelling::Refs` they go as stored, and each id goes once, in
+/// the dictionary of the chunk of the first summary that uses it; with `Spelling::Ids` each
+/// summary spells its ids out.
 async fn send_scans(
     tx: &Sender,
     encoded: impl Iterator<Item = Result<sled::IVec, StoreError>> + Send + 'static,
+    ids: VulnerabilityIds,
+    spelling: Spelling,
 ) -> Result<(), End> {
     let tx = tx.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), End> {
-        let mut scans = Vec::new();
-        let mut bytes = 0;
-        let send = |scans: Vec<ImageSummary>| {
-            tx.blocking_send(Ok(SyncResponse {
-                message: Some(Message::SnapshotChunk(SnapshotChunk {
-                    policies: Vec::new(),
-                    scans,
-                })),
-            }))
-            .map_err(|_| End::Gone)
-        };
+        let mut chunk = ChunkBuilder::new(tx);
+        // The ids numbered so far (read from the store as summaries need them); kept only to
+        // spell them out.
+        let mut read = 0usize;
+        let mut spelled: Vec<String> = Vec::new();
         for value in encoded {
             let value = value?;
-            if !scans.is_empty() && bytes + value.len() > SCAN_CHUNK_BYTES {
-                send(std::mem::take(&mut scans))?;
-                bytes = 0;
-            }
-            bytes += value.len();
-            let summary = ImageSummary::decode(value.as_ref())
+            let mut summary = ImageSummary::decode(value.as_ref())
                 .map_err(|e| End::Error(Status::internal(format!("stored image summary: {e}"))))?;
-            scans.push(summary);
+            let needed = summary
+                .vulnerability_refs
+                .iter()
+                .max()
+                .map_or(0, |&n| n as usize + 1);
+            if needed > read {
+                // Every id numbered by now: in one read for the first summary, and again only
+                // when a scan imported during the snapshot brought new ones.
+                let more = ids.from(read as u32)?;
+                read += more.len();
+                if needed > read {
+                    return Err(End::Error(Status::internal(format!(
+                        "stored image summary {:?} refers to vulnerability id number {}, which \
+                         the store does not have",
+                        summary.id,
+                        needed - 1
+                    ))));
+                }
+                match spelling {
+                    Spelling::Refs => {
+                        for id in more {
+                            chunk.add_id(id)?;
+                        }
+                    }
+                    Spelling::Ids => spelled.extend(more),
+                }
+            }
+            let size = match spelling {
+                Spelling::Refs => value.len(),
+                Spelling::Ids => {
+                    summary.vulnerability_ids = std::mem::take(&mut summary.vulnerability_refs)
+                        .into_iter()
+                        .map(|n| spelled[n as usize].clone())
+                        .collect();
+                    summary.encoded_len()
+                }
+            };
+            chunk.add_scan(summary, size)?;
         }
-        if !scans.is_empty() {
-            send(scans)?;
-        }
-        Ok(())
+        chunk.finish()
     });
     reader
         .await
         .map_err(|e| End::Error(Status::internal(format!("reading scans: {e}"))))?
+}
+
+/// Gathers a snapshot's scan chunks up to about `SCAN_CHUNK_BYTES` each and sends them.
+struct ChunkBuilder {
+    tx: Sender,
+    chunk: SnapshotChunk,
+    bytes: usize,
+}
+
+impl ChunkBuilder {
+    fn new(tx: Sender) -> Self {
+        Self {
+            tx,
+            chunk: SnapshotChunk::default(),
+            bytes: 0,
+        }
+    }
+
+    fn add_id(&mut self, id: String) -> Result<(), End> {
+        self.make_room(field_len(id.len()))?;
+        self.chunk.vulnerability_dictionary.push(id);
+        Ok(())
+    }
+
+    fn add_scan(&mut self, summary: ImageSummary, size: usize) -> Result<(), End> {
+        self.make_room(field_len(size))?;
+        self.chunk.scans.push(summary);
+        Ok(())
+    }
+
+    /// Sends the chunk so far if `size` more bytes would take it over the budget.
+    fn make_room(&mut self, size: usize) -> Result<(), End> {
+        if self.bytes > 0 && self.bytes + size > SCAN_CHUNK_BYTES {
+            self.send()?;
+        }
+        self.bytes += size;
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), End> {
+        self.bytes = 0;
+        let chunk = std::mem::take(&mut self.chunk);
+        self.tx
+            .blocking_send(Ok(SyncResponse {
+                message: Some(Message::SnapshotChunk(chunk)),
+            }))
+            .map_err(|_| End::Gone)
+    }
+
+    fn finish(mut self) -> Result<(), End> {
+        if self.bytes > 0 {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a length-delimited field of `len` bytes in a chunk (one-byte tag, length, bytes).
+fn field_len(len: usize) -> usize {
+    1 + prost::length_delimiter_len(len) + len
 }
 
 /// Sends the changes after `cursor` (up to a batch) as one delta; returns the new cursor.
@@ -348,13 +456,16 @@ mod tests {
         }
 
         fn open(&self, epoch: &str, revision: u64) -> mpsc::Receiver<Result<SyncResponse, Status>> {
-            let (tx, rx) = mpsc::channel(16);
-            let request = SyncRequest {
+            self.open_with(SyncRequest {
                 cluster: "c1".into(),
                 epoch: epoch.into(),
                 revision,
                 ..Default::default()
-            };
+            })
+        }
+
+        fn open_with(&self, request: SyncRequest) -> mpsc::Receiver<Result<SyncResponse, Status>> {
+            let (tx, rx) = mpsc::channel(16);
             let settings = SyncSettings {
                 heartbeat: Duration::from_secs(5),
             };
@@ -442,7 +553,7 @@ mod tests {
         assert!(delta.changes.is_empty());
     }
 
-    fn mk_scan(tag: &str, cve: &str) -> portcullis_proto::v1::ImageScan {
+    fn mk_scan_of(tag: &str, cves: &[&str]) -> portcullis_proto::v1::ImageScan {
         use portcullis_proto::v1::{ImageIdentity, ImageScan, ScanVulnerability};
         ImageScan {
             image: Some(ImageIdentity {
@@ -450,59 +561,219 @@ mod tests {
                 tags: vec![tag.into()],
                 ..Default::default()
             }),
-            vulnerabilities: vec![ScanVulnerability {
-                id: cve.into(),
-                severity: "high".into(),
-                fixed_version: "2".into(),
-                ..Default::default()
-            }],
+            vulnerabilities: cves
+                .iter()
+                .map(|cve| ScanVulnerability {
+                    id: cve.to_string(),
+                    severity: "high".into(),
+                    fixed_version: "2".into(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
     }
 
-    #[tokio::test]
-    async fn scans_travel_as_summaries_in_snapshots_and_deltas() {
-        let h = Harness::new().await;
-        h.store.put_scan(mk_scan("1.25", "CVE-1")).await.unwrap();
-        let mut rx = h.open("", 0);
-        assert!(matches!(next(&mut rx).await.unwrap(), Message::Start(_)));
-        let Message::SnapshotChunk(chunk) = next(&mut rx).await.unwrap() else {
-            panic!("expected the scans chunk")
-        };
-        assert_eq!(chunk.scans.len(), 1);
-        let summary = &chunk.scans[0];
-        assert_eq!(
-            (summary.id.as_str(), summary.vulnerability_ids.as_slice()),
-            (
-                "docker.io/library/nginx:1.25",
-                ["CVE-1".to_string()].as_slice()
-            )
-        );
-        assert_eq!(summary.vulnerability_flags, [3 | 8]);
-        assert!(matches!(
-            next(&mut rx).await.unwrap(),
-            Message::SnapshotEnd(_)
-        ));
+    /// Every chunk of a snapshot's scans, up to its end.
+    async fn scan_chunks(
+        rx: &mut mpsc::Receiver<Result<SyncResponse, Status>>,
+    ) -> Vec<SnapshotChunk> {
+        assert!(matches!(next(rx).await.unwrap(), Message::Start(_)));
+        let mut chunks = Vec::new();
+        loop {
+            match next(rx).await.unwrap() {
+                Message::SnapshotChunk(chunk) => chunks.push(chunk),
+                Message::SnapshotEnd(_) => return chunks,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
 
-        // A re-import and a delete arrive as deltas of their own revisions.
-        h.store.put_scan(mk_scan("1.25", "CVE-2")).await.unwrap();
-        let Message::Delta(delta) = next(&mut rx).await.unwrap() else {
-            panic!()
-        };
-        let Some(scan_change::Change::Put(put)) = &delta.scan_changes[0].change else {
-            panic!("expected a put")
-        };
-        assert_eq!(put.vulnerability_ids, ["CVE-2"]);
-        assert_eq!(put.revision, delta.revision);
-        h.store.delete_scan("nginx:1.25").await.unwrap();
-        let Message::Delta(delta) = next(&mut rx).await.unwrap() else {
-            panic!()
-        };
+    #[tokio::test]
+    async fn agents_that_read_refs_get_each_id_once_and_others_get_ids() {
+        let h = Harness::new().await;
+        h.store
+            .put_scan(mk_scan_of("1.25", &["CVE-2", "CVE-1"]))
+            .await
+            .unwrap();
+        h.store
+            .put_scan(mk_scan_of("1.26", &["CVE-3", "CVE-1"]))
+            .await
+            .unwrap();
+        let mut rx = h.open_with(SyncRequest {
+            cluster: "c1".into(),
+            vulnerability_refs: true,
+            ..Default::default()
+        });
+        let chunks = scan_chunks(&mut rx).await;
+        assert_eq!(chunks.len(), 1);
+        // Numbered as first imported: CVE-1 and CVE-2 with the first scan, then CVE-3.
         assert_eq!(
-            delta.scan_changes[0].change,
-            Some(scan_change::Change::Deleted(
-                "docker.io/library/nginx:1.25".into()
-            ))
+            chunks[0].vulnerability_dictionary,
+            ["CVE-1", "CVE-2", "CVE-3"]
+        );
+        let refs: Vec<(&str, &[u32], &[u8])> = chunks[0]
+            .scans
+            .iter()
+            .map(|s| {
+                assert!(s.vulnerability_ids.is_empty());
+                (
+                    s.id.as_str(),
+                    s.vulnerability_refs.as_slice(),
+                    s.vulnerability_flags.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                ("docker.io/library/nginx:1.25", &[0, 1][..], &[11, 11][..]),
+                ("docker.io/library/nginx:1.26", &[0, 2][..], &[11, 11][..]),
+            ]
+        );
+
+        // An agent that did not ask gets the same summaries with their ids spelled out.
+        let mut rx = h.open("", 0);
+        let chunks = scan_chunks(&mut rx).await;
+        assert!(chunks[0].vulnerability_dictionary.is_empty());
+        let ids: Vec<(&[String], &[u32])> = chunks[0]
+            .scans
+            .iter()
+            .map(|s| {
+                (
+                    s.vulnerability_ids.as_slice(),
+                    s.vulnerability_refs.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (&["CVE-1".to_string(), "CVE-2".to_string()][..], &[][..]),
+                (&["CVE-1".to_string(), "CVE-3".to_string()][..], &[][..]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_numbered_during_a_snapshot_come_before_the_summary_using_them() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("vulnerability_ids").unwrap();
+        tree.insert(0u32.to_be_bytes(), "CVE-1").unwrap();
+        let summary = |id: &str, refs: Vec<u32>| -> Result<sled::IVec, StoreError> {
+            let flags = vec![3; refs.len()];
+            Ok(ImageSummary {
+                id: id.into(),
+                vulnerability_refs: refs,
+                vulnerability_flags: flags,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into())
+        };
+        // The second summary was imported after the snapshot read the ids: its new id is read
+        // when it is, and a big id list is split over chunks of its own.
+        let late_tree = tree.clone();
+        let long = |n: u32| format!("{n}-{}", "x".repeat(1000));
+        let late_long = long;
+        let values = vec![summary("a", vec![0])]
+            .into_iter()
+            .chain(std::iter::once_with(move || {
+                for n in 1..=1500u32 {
+                    late_tree
+                        .insert(n.to_be_bytes(), late_long(n).as_bytes())
+                        .unwrap();
+                }
+                summary("b", vec![1500, 0])
+            }))
+            .chain(std::iter::once(summary("c", vec![7])));
+        let (tx, mut rx) = mpsc::channel(16);
+        send_scans(
+            &tx,
+            values,
+            VulnerabilityIds::from_tree(tree),
+            Spelling::Refs,
+        )
+        .await
+        .ok()
+        .unwrap();
+        drop(tx);
+        let mut chunks = Vec::new();
+        let mut error = None;
+        while let Some(response) = rx.recv().await {
+            match response {
+                Ok(SyncResponse {
+                    message: Some(Message::SnapshotChunk(chunk)),
+                }) => chunks.push(chunk),
+                other => error = Some(other),
+            }
+        }
+        assert!(error.is_none(), "{error:?}");
+        let shape: Vec<(usize, Vec<&str>)> = chunks
+            .iter()
+            .map(|c| {
+                (
+                    c.vulnerability_dictionary.len(),
+                    c.scans.iter().map(|s| s.id.as_str()).collect(),
+                )
+            })
+            .collect();
+        // Over 1.5 MB of ids: two chunks at least; "a" in the first, with CVE-1; "b" (and "c")
+        // in the chunk with the last of the ids, which come in number order.
+        assert!(chunks.len() >= 2, "{shape:?}");
+        assert_eq!(shape[0].1, ["a"]);
+        assert_eq!(chunks[0].vulnerability_dictionary[0], "CVE-1");
+        assert_eq!(shape.last().unwrap().1, ["b", "c"]);
+        assert!(
+            shape[1..shape.len() - 1]
+                .iter()
+                .all(|(_, scans)| scans.is_empty())
+        );
+        let dictionary: Vec<&String> = chunks
+            .iter()
+            .flat_map(|c| &c.vulnerability_dictionary)
+            .collect();
+        assert_eq!(dictionary.len(), 1501);
+        assert!((1..=1500u32).all(|n| *dictionary[n as usize] == long(n)));
+        for chunk in &chunks {
+            assert!(
+                chunk.encoded_len() <= SCAN_CHUNK_BYTES,
+                "{}",
+                chunk.encoded_len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_summary_numbering_an_id_the_store_lacks_ends_the_snapshot() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("vulnerability_ids").unwrap();
+        tree.insert(0u32.to_be_bytes(), "CVE-1").unwrap();
+        let value = ImageSummary {
+            id: "a".into(),
+            vulnerability_refs: vec![0, 4],
+            vulnerability_flags: vec![3, 3],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let (tx, _rx) = mpsc::channel(16);
+        let Err(End::Error(status)) = send_scans(
+            &tx,
+            std::iter::once(Ok(value.into())),
+            VulnerabilityIds::from_tree(tree),
+            Spelling::Ids,
+        )
+        .await
+        else {
+            panic!("expected an error");
+        };
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(
+            status.message().contains(
+                "\"a\" refers to vulnerability id number 4, which the store does not have"
+            ),
+            "{}",
+            status.message()
         );
     }
 
@@ -519,7 +790,16 @@ mod tests {
             })
             .collect();
         let (tx, mut rx) = mpsc::channel(16);
-        send_scans(&tx, values.into_iter()).await.ok().unwrap();
+        let (store, _dir) = temp_store();
+        send_scans(
+            &tx,
+            values.into_iter(),
+            store.vulnerability_ids(),
+            Spelling::Refs,
+        )
+        .await
+        .ok()
+        .unwrap();
         drop(tx);
         let mut sizes = Vec::new();
         while let Some(Ok(SyncResponse {

@@ -7,7 +7,8 @@
 //! Scans can be many (100,000 images, ~100 MB), so a snapshot's scans are not sled values:
 //! sled keeps what it was given in memory long after it is on disk, which more than doubled
 //! the agent's memory. They are appended as they arrive to a chunk file beside the database
-//! (`cache-scans/scans-<n>.chunks`: length-prefixed `SnapshotChunk`s), fsynced, and paired
+//! (`cache-scans/scans-<n>.chunks`: length-prefixed `SnapshotChunk`s as received, without
+//! policies, their summaries referring to the file's vulnerability dictionary), fsynced, and paired
 //! with a fresh sled tree `scans-<n>` for the overlay of later deltas (`o` + scan id: the
 //! summary, or empty for a delete). The meta record names the current pair, and switching to a
 //! new one is part of the snapshot's transaction, so a crash mid-snapshot leaves the previous
@@ -25,8 +26,11 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use portcullis_policy::{engine::ScanIndex, scan::ScanSummary};
-use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings};
+use portcullis_policy::{
+    engine::ScanIndex,
+    scan::{ScanSummary, VulnerabilityDictionary},
+};
+use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings, SnapshotChunk};
 
 use crate::{
     state::{AgentState, LoadedPolicy},
@@ -215,19 +219,26 @@ impl Cache {
         })
     }
 
-    /// Writes one chunk of a snapshot's scans to its staged tree (not yet durable or current).
+    /// Writes one chunk of a snapshot's scans (its summaries and dictionary entries) to its
+    /// staged chunk file (not yet durable or current).
     pub fn stage_chunk(
         &self,
         staged: &StagedScans,
-        scans: &[ImageSummary],
+        chunk: &SnapshotChunk,
     ) -> Result<(), CacheError> {
         use std::io::Write;
-        // A `SnapshotChunk` with only `scans` (field 2), encoded without copying the scans,
-        // after its length.
-        let mut bytes = Vec::with_capacity(scans.iter().map(|s| s.encoded_len() + 8).sum());
+        // The chunk without its policies (the meta tree keeps those), encoded without copying
+        // the scans, after its length.
+        let scans = &chunk.scans;
+        let ids = &chunk.vulnerability_dictionary;
+        let mut bytes = Vec::with_capacity(
+            scans.iter().map(|s| s.encoded_len() + 8).sum::<usize>()
+                + ids.iter().map(|id| id.len() + 8).sum::<usize>(),
+        );
         for summary in scans {
             prost::encoding::message::encode(2, summary, &mut bytes);
         }
+        prost::encoding::string::encode_repeated(3, ids, &mut bytes);
         let mut guard = staged.file.lock().unwrap_or_else(|e| e.into_inner());
         let file = guard
             .as_mut()
@@ -433,11 +444,13 @@ impl Cache {
     }
 }
 
-/// Reads length-prefixed `SnapshotChunk`s into `scans`.
+/// Reads length-prefixed `SnapshotChunk`s into `scans` (summaries may refer to the entries of
+/// the file's dictionary, gathered from its chunks in order).
 fn read_chunks(file: std::fs::File, scans: &mut ScanIndex) -> Result<(), String> {
     use std::io::Read;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut buffer = Vec::new();
+    let mut dictionary = VulnerabilityDictionary::default();
     loop {
         let mut length = [0; 8];
         match reader.read_exact(&mut length) {
@@ -453,10 +466,10 @@ fn read_chunks(file: std::fs::File, scans: &mut ScanIndex) -> Result<(), String>
         reader
             .read_exact(&mut buffer)
             .map_err(|e| format!("truncated chunk: {e}"))?;
-        let chunk = portcullis_proto::v1::SnapshotChunk::decode(buffer.as_slice())
-            .map_err(|e| e.to_string())?;
+        let chunk = SnapshotChunk::decode(buffer.as_slice()).map_err(|e| e.to_string())?;
+        dictionary.extend(chunk.vulnerability_dictionary.iter().map(String::as_str));
         for message in &chunk.scans {
-            let (image, summary) = ScanSummary::from_proto(message)?;
+            let (image, summary) = ScanSummary::from_snapshot_proto(message, &mut dictionary)?;
             scans.put(&message.id, image, summary, message.revision);
         }
     }
@@ -581,11 +594,39 @@ mod tests {
         }
     }
 
+    fn chunk_of(scans: Vec<ImageSummary>, dictionary: &[&str]) -> SnapshotChunk {
+        SnapshotChunk {
+            scans,
+            vulnerability_dictionary: dictionary.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
     fn with_scans(mut state: AgentState, ids: &[&str]) -> AgentState {
         state.scans = ScanIndex::default();
         let summaries: Vec<ImageSummary> = ids.iter().map(|id| mk_summary(id)).collect();
-        crate::sync::apply::add_scans(&mut state.scans, &summaries).unwrap();
+        crate::sync::apply::add_scans(
+            &mut state.scans,
+            &mut VulnerabilityDictionary::default(),
+            &chunk_of(summaries, &[]),
+        )
+        .unwrap();
         state
+    }
+
+    /// A summary of a snapshot whose vulnerabilities are numbers in its dictionary.
+    fn mk_summary_refs(id: &str, refs: &[u32]) -> ImageSummary {
+        ImageSummary {
+            vulnerability_ids: Vec::new(),
+            vulnerability_refs: refs.to_vec(),
+            vulnerability_flags: vec![4; refs.len()],
+            ..mk_summary(id)
+        }
+    }
+
+    fn vulnerabilities(state: &AgentState, image: &str) -> Vec<&'static str> {
+        let summary = state.scans.lookup(image).expect(image);
+        summary.vulnerabilities().map(|v| v.id).collect()
     }
 
     fn scan_ids(state: &AgentState) -> Vec<String> {
@@ -599,11 +640,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opened = Cache::open_or_recover(dir.path()).unwrap();
         let cache = opened.cache;
-        // A first snapshot with two scans, staged in two chunks.
+        // A first snapshot with two scans, staged in two chunks whose summaries refer to the
+        // snapshot's dictionary (the second chunk to an entry of the first).
         let first = with_scans(mk_state(1, &["a"]), &["1", "2"]);
         let staged = cache.stage_scans().unwrap();
-        cache.stage_chunk(&staged, &[mk_summary("1")]).unwrap();
-        cache.stage_chunk(&staged, &[mk_summary("2")]).unwrap();
+        let chunk = chunk_of(
+            vec![mk_summary_refs("1", &[1])],
+            &["cache-CVE-9", "cache-CVE-1"],
+        );
+        cache.stage_chunk(&staged, &chunk).unwrap();
+        let chunk = chunk_of(vec![mk_summary_refs("2", &[0, 1])], &[]);
+        cache.stage_chunk(&staged, &chunk).unwrap();
         cache
             .persist(&opened.state, &first, ScanPersist::Replace(staged))
             .await
@@ -620,13 +667,19 @@ mod tests {
             .unwrap();
         // A snapshot abandoned halfway leaves nothing behind.
         let abandoned = cache.stage_scans().unwrap();
-        cache.stage_chunk(&abandoned, &[mk_summary("9")]).unwrap();
+        cache
+            .stage_chunk(&abandoned, &chunk_of(vec![mk_summary("9")], &[]))
+            .unwrap();
         drop((cache, abandoned));
 
         let reopened = Cache::open_or_recover(dir.path()).unwrap();
         assert_eq!(reopened.recovered, None);
         assert_eq!(scan_ids(&reopened.state), ["2", "3"]);
-        assert!(reopened.state.scans.lookup("app:3").is_some());
+        assert_eq!(
+            vulnerabilities(&reopened.state, "app:2"),
+            ["cache-CVE-1", "cache-CVE-9"]
+        );
+        assert_eq!(vulnerabilities(&reopened.state, "app:3"), ["CVE-1"]);
         let trees: Vec<String> = reopened
             .cache
             .db
@@ -651,7 +704,7 @@ mod tests {
         let staged = reopened.cache.stage_scans().unwrap();
         reopened
             .cache
-            .stage_chunk(&staged, &[mk_summary("7")])
+            .stage_chunk(&staged, &chunk_of(vec![mk_summary("7")], &[]))
             .unwrap();
         reopened
             .cache

@@ -6,9 +6,12 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use prost::Message;
 
-use portcullis_policy::{engine::ScanIndex, scan::ScanSummary};
+use portcullis_policy::{
+    engine::ScanIndex,
+    scan::{ScanSummary, VulnerabilityDictionary},
+};
 use portcullis_proto::v1::{
-    Delta, ImageSummary, Policy, ProtectionSettings, policy_change, scan_change,
+    Delta, ImageSummary, Policy, ProtectionSettings, SnapshotChunk, policy_change, scan_change,
 };
 
 use crate::state::{AgentState, LoadedPolicy};
@@ -30,10 +33,18 @@ pub enum ScanWrite {
     Delete(String),
 }
 
-/// Adds the summaries of one snapshot chunk to `index`.
-pub fn add_scans(index: &mut ScanIndex, scans: &[ImageSummary]) -> Result<(), ApplyError> {
-    for message in scans {
-        put_scan(index, message)?;
+/// Adds the summaries of one snapshot chunk to `index`, after the chunk's dictionary entries
+/// (which its summaries and later chunks' may refer to).
+pub fn add_scans(
+    index: &mut ScanIndex,
+    dictionary: &mut VulnerabilityDictionary,
+    chunk: &SnapshotChunk,
+) -> Result<(), ApplyError> {
+    dictionary.extend(chunk.vulnerability_dictionary.iter().map(String::as_str));
+    for message in &chunk.scans {
+        let (image, summary) =
+            ScanSummary::from_snapshot_proto(message, dictionary).map_err(ApplyError::Invalid)?;
+        index.put(&message.id, image, summary, message.revision);
     }
     Ok(())
 }
@@ -201,11 +212,11 @@ mod tests {
     #[test]
     fn scan_changes_update_the_index_and_name_their_cache_writes() {
         let mut scans = ScanIndex::default();
-        add_scans(
-            &mut scans,
-            &[mk_summary("1", "CVE-1"), mk_summary("2", "CVE-2")],
-        )
-        .unwrap();
+        let chunk = SnapshotChunk {
+            scans: vec![mk_summary("1", "CVE-1"), mk_summary("2", "CVE-2")],
+            ..Default::default()
+        };
+        add_scans(&mut scans, &mut VulnerabilityDictionary::default(), &chunk).unwrap();
         let state = snapshot("e", 5, vec![], scans, None, 1).unwrap();
         assert_eq!(state.scans.len(), 2);
         let removal = portcullis_proto::v1::ScanChange {
@@ -253,7 +264,62 @@ mod tests {
         assert!(
             matches!(err, ApplyError::Invalid(m) if m.contains("1 vulnerability ids but 0 flags"))
         );
-        assert!(add_scans(&mut ScanIndex::default(), &[bad]).is_err());
+        let chunk = SnapshotChunk {
+            scans: vec![bad],
+            ..Default::default()
+        };
+        let mut dictionary = VulnerabilityDictionary::default();
+        assert!(add_scans(&mut ScanIndex::default(), &mut dictionary, &chunk).is_err());
+    }
+
+    #[test]
+    fn refs_resolve_through_the_snapshot_dictionary_and_nowhere_else() {
+        let mut refs = mk_summary("1", "CVE-1");
+        refs.vulnerability_ids.clear();
+        refs.vulnerability_refs = vec![1];
+        // Numbers name the entries of this and earlier chunks of the snapshot.
+        let mut scans = ScanIndex::default();
+        let mut dictionary = VulnerabilityDictionary::default();
+        let first = SnapshotChunk {
+            vulnerability_dictionary: vec!["apply-CVE-0".into(), "apply-CVE-1".into()],
+            ..Default::default()
+        };
+        let second = SnapshotChunk {
+            scans: vec![refs.clone()],
+            ..Default::default()
+        };
+        add_scans(&mut scans, &mut dictionary, &first).unwrap();
+        add_scans(&mut scans, &mut dictionary, &second).unwrap();
+        let found = scans.lookup("nginx:1").unwrap();
+        assert!(found.vulnerability("apply-CVE-1").is_some());
+        // A number the snapshot never sent fails it.
+        let err = add_scans(
+            &mut ScanIndex::default(),
+            &mut VulnerabilityDictionary::default(),
+            &second,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::Invalid(m) if m.contains("vulnerability ref 1 is not in the snapshot's dictionary of 0 ids")),
+            "{err}"
+        );
+        // A delta has no dictionary: a summary with refs fails it.
+        let state = snapshot("e", 1, vec![], ScanIndex::default(), None, 0).unwrap();
+        let err = delta(
+            &state,
+            Delta {
+                prev_revision: 1,
+                revision: 2,
+                scan_changes: vec![scan_put(refs)],
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::Invalid(m) if m.contains("vulnerability refs outside a snapshot")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use portcullis_proto::v1::{
     sync_response::Message,
 };
 
-use portcullis_policy::engine::ScanIndex;
+use portcullis_policy::{engine::ScanIndex, scan::VulnerabilityDictionary};
 
 use crate::{
     cache::{Cache, ScanPersist, StagedScans},
@@ -193,6 +193,7 @@ impl SyncClient {
             epoch: held.epoch.clone(),
             revision: held.revision,
             agent_version: crate::VERSION.into(),
+            vulnerability_refs: true,
         };
         let mut stream = client
             .sync(request)
@@ -305,21 +306,23 @@ impl SyncClient {
     ) -> Result<(u64, Result<AgentState, ApplyError>), SessionError> {
         let mut policies = Vec::new();
         let mut scans = ScanIndex::default();
+        let mut dictionary = VulnerabilityDictionary::default();
         let mut invalid = None;
         let end = loop {
             match next(stream, deadline).await? {
-                Message::SnapshotChunk(chunk) => {
+                Message::SnapshotChunk(mut chunk) => {
                     self.stats.heard();
-                    policies.extend(chunk.policies);
-                    if invalid.is_none() && !chunk.scans.is_empty() {
+                    policies.append(&mut chunk.policies);
+                    if invalid.is_none()
+                        && !(chunk.scans.is_empty() && chunk.vulnerability_dictionary.is_empty())
+                    {
                         // Encoding and writing the chunk to the cache runs beside indexing
                         // it: both only read the chunk, and the index is the longer of the
                         // two. A chunk of an invalid snapshot is written too, and discarded
                         // with the rest of it.
                         let (indexed, written) = std::thread::scope(|scope| {
-                            let writer =
-                                scope.spawn(|| self.cache.stage_chunk(staged, &chunk.scans));
-                            let indexed = apply::add_scans(&mut scans, &chunk.scans);
+                            let writer = scope.spawn(|| self.cache.stage_chunk(staged, &chunk));
+                            let indexed = apply::add_scans(&mut scans, &mut dictionary, &chunk);
                             (indexed, writer.join())
                         });
                         match written {

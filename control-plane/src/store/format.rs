@@ -7,13 +7,22 @@ use std::{fs, io, path::Path};
 use super::StoreError;
 
 /// The format this build reads and writes.
-pub const CURRENT_FORMAT: u32 = 1;
+///
+/// 1: the first. 2: stored image summaries list vulnerabilities by number (tree
+/// `vulnerability_ids`); a store of format 1 is upgraded when opened (its summaries are
+/// rebuilt from its scans), and a build of format 1 then refuses it rather than send agents
+/// summaries it would misread.
+pub const CURRENT_FORMAT: u32 = 2;
+
+/// The format whose summaries number their vulnerabilities.
+pub const NUMBERED_SUMMARIES: u32 = 2;
 
 const FORMAT_FILE: &str = "FORMAT";
 const STORE_DIR: &str = "store";
 
-/// Checks (or, for a new data dir, writes) the format marker.
-pub fn check_or_init(dir: &Path) -> Result<(), StoreError> {
+/// Checks (or, for a new data dir, writes) the format marker; returns the format found (the
+/// current one for a new data dir).
+pub fn check_or_init(dir: &Path) -> Result<u32, StoreError> {
     let marker = dir.join(FORMAT_FILE);
     match fs::read_to_string(&marker) {
         Ok(text) => {
@@ -31,7 +40,7 @@ pub fn check_or_init(dir: &Path) -> Result<(), StoreError> {
                     supported: CURRENT_FORMAT,
                 });
             }
-            Ok(())
+            Ok(found)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if dir.join(STORE_DIR).exists() {
@@ -41,10 +50,22 @@ pub fn check_or_init(dir: &Path) -> Result<(), StoreError> {
             }
             fs::create_dir_all(dir)?;
             fs::write(&marker, format!("{CURRENT_FORMAT}\n"))?;
-            Ok(())
+            Ok(CURRENT_FORMAT)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Records that the data dir is now of the current format (after its upgrade is durable):
+/// written to a temporary file and renamed over the marker, so a crash leaves one or the other.
+pub fn upgrade(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(FORMAT_FILE);
+    let temporary = dir.join(format!("{FORMAT_FILE}.new"));
+    fs::write(&temporary, format!("{CURRENT_FORMAT}\n"))?;
+    fs::File::open(&temporary)?.sync_all()?;
+    fs::rename(&temporary, &marker)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// Where sled keeps its files inside the data dir.
@@ -59,7 +80,7 @@ mod tests {
     #[test]
     fn new_dir_gets_current_format() {
         let dir = tempfile::tempdir().unwrap();
-        check_or_init(dir.path()).unwrap();
+        assert_eq!(check_or_init(dir.path()).unwrap(), CURRENT_FORMAT);
         let text = fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap();
         assert_eq!(text.trim(), CURRENT_FORMAT.to_string());
         check_or_init(dir.path()).unwrap();

@@ -7,6 +7,7 @@
 
 mod changelog;
 mod clusters;
+mod dictionary;
 mod format;
 mod policies;
 mod records;
@@ -27,6 +28,7 @@ use sled::{
 use tokio::sync::{Mutex, watch};
 
 pub use changelog::ChangesSince;
+pub use dictionary::VulnerabilityIds;
 pub use format::CURRENT_FORMAT;
 pub use policies::ApplyOutcome;
 pub use records::{Change, ChangeRecord};
@@ -76,6 +78,7 @@ enum TreeId {
     Scans,
     ScanKeys,
     ScanSummaries,
+    VulnerabilityIds,
 }
 
 const META_EPOCH: &[u8] = b"epoch";
@@ -94,9 +97,13 @@ pub struct Store {
     scans: sled::Tree,
     /// Every digest and normalised `repository:tag` of a scan -> its id.
     scan_keys: sled::Tree,
-    /// Scan id -> `ImageSummary` (prost): what agents receive, kept so a snapshot reads no
-    /// full report.
+    /// Scan id -> `ImageSummary` (prost) with its vulnerabilities as numbers
+    /// (`vulnerability_refs`): what agents receive, kept so a snapshot reads no full report.
     scan_summaries: sled::Tree,
+    /// Vulnerability id number -> id (see `dictionary`).
+    vulnerability_ids: sled::Tree,
+    /// The numbers of `vulnerability_ids`, for imports.
+    dictionary: std::sync::Mutex<dictionary::Dictionary>,
     epoch: String,
     /// The last revision written to sled (maybe not yet flushed).
     written: AtomicU64,
@@ -111,7 +118,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a data dir of a newer format.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        format::check_or_init(dir)?;
+        let format = format::check_or_init(dir)?;
         let db = sled::Config::new().path(format::sled_path(dir)).open()?;
         let meta = db.open_tree("meta")?;
         let epoch = match meta.get(META_EPOCH)? {
@@ -126,6 +133,7 @@ impl Store {
             }
         };
         let revision = read_u64(&meta, META_REVISION)?;
+        let vulnerability_ids = db.open_tree("vulnerability_ids")?;
         let (durable, _) = watch::channel(revision);
         let store = Self {
             policies: db.open_tree("policies")?,
@@ -135,6 +143,8 @@ impl Store {
             scans: db.open_tree("scans")?,
             scan_keys: db.open_tree("scan_keys")?,
             scan_summaries: db.open_tree("scan_summaries")?,
+            dictionary: std::sync::Mutex::new(dictionary::Dictionary::load(&vulnerability_ids)?),
+            vulnerability_ids,
             meta,
             db,
             epoch,
@@ -143,7 +153,11 @@ impl Store {
             flush_lock: Mutex::new(()),
             durable,
         };
-        store.backfill_summaries()?;
+        if format < format::NUMBERED_SUMMARIES {
+            // Summaries of format 1 spell their ids (or are missing, in stores older still).
+            store.rebuild_summaries()?;
+            format::upgrade(dir)?;
+        }
         Ok(store)
     }
 
@@ -174,13 +188,26 @@ impl Store {
             revision: self.written.load(Ordering::Acquire),
             now: now_millis(),
             ops: Vec::new(),
+            new_ids: dictionary::NewIds::default(),
         };
         let out = build(&mut writer)?;
-        let Writer { revision, ops, .. } = writer;
+        let Writer {
+            revision,
+            ops,
+            new_ids,
+            ..
+        } = writer;
         if ops.is_empty() {
             return Ok(out);
         }
         self.commit(revision, &ops)?;
+        if !new_ids.is_empty() {
+            // Only numbers that are in the tree now; the next write numbers on from them.
+            self.dictionary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .publish(new_ids);
+        }
         self.written.store(revision, Ordering::Release);
         drop(guard);
         self.make_durable(revision).await?;
@@ -239,9 +266,20 @@ impl Store {
             &self.scans,
             &self.scan_keys,
             &self.scan_summaries,
+            &self.vulnerability_ids,
         );
         let result: Result<(), TransactionError<()>> = trees.transaction(
-            |(meta, policies, clusters, tokens, changes, scans, scan_keys, scan_summaries)| {
+            |(
+                meta,
+                policies,
+                clusters,
+                tokens,
+                changes,
+                scans,
+                scan_keys,
+                scan_summaries,
+                vulnerability_ids,
+            )| {
                 for op in ops {
                     let tree = match op.tree {
                         TreeId::Policies => policies,
@@ -251,6 +289,7 @@ impl Store {
                         TreeId::Scans => scans,
                         TreeId::ScanKeys => scan_keys,
                         TreeId::ScanSummaries => scan_summaries,
+                        TreeId::VulnerabilityIds => vulnerability_ids,
                     };
                     match &op.value {
                         Some(value) => tree.insert(op.key.as_slice(), value.as_slice())?,
@@ -284,6 +323,8 @@ struct Writer<'a> {
     revision: u64,
     now: i64,
     ops: Vec<Op>,
+    /// Vulnerability ids this write numbered for the first time.
+    new_ids: dictionary::NewIds,
 }
 
 impl Writer<'_> {

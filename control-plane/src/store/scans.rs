@@ -35,10 +35,12 @@ impl Store {
                 );
             }
             w.put(TreeId::Scans, id.as_bytes().to_vec(), scan.encode_to_vec());
+            let mut summary = summary_of_stored(&scan);
+            w.number_vulnerabilities(&mut summary);
             w.put(
                 TreeId::ScanSummaries,
                 id.as_bytes().to_vec(),
-                summary_of_stored(&scan).encode_to_vec(),
+                summary.encode_to_vec(),
             );
             Ok(scan)
         })
@@ -117,8 +119,8 @@ impl Store {
         Ok(Page { items, more: false })
     }
 
-    /// Every scan's summary message, encoded, in id order (for snapshots; not a consistent
-    /// view: see `snapshot`).
+    /// Every scan's summary message, encoded, in id order, its vulnerabilities numbered (see
+    /// `vulnerability_ids`; for snapshots; not a consistent view: see `snapshot`).
     pub fn scan_summaries(
         &self,
     ) -> impl Iterator<Item = Result<sled::IVec, StoreError>> + Send + use<> {
@@ -126,21 +128,6 @@ impl Store {
             .iter()
             .values()
             .map(|v| v.map_err(StoreError::from))
-    }
-
-    /// Writes the summaries of a store whose scans predate them (opened once, then kept).
-    pub(super) fn backfill_summaries(&self) -> Result<(), StoreError> {
-        if !self.scan_summaries.is_empty() || self.scans.is_empty() {
-            return Ok(());
-        }
-        for entry in self.scans.iter() {
-            let (id, value) = entry?;
-            let scan: ImageScan = decode("image scan", &value)?;
-            self.scan_summaries
-                .insert(id, summary_of_stored(&scan).encode_to_vec())?;
-        }
-        self.db.flush()?;
-        Ok(())
     }
 
     fn scan_by_id(&self, id: &str) -> Result<Option<ImageScan>, StoreError> {

@@ -3,6 +3,7 @@
 //! agents evaluate. Pure: parsers take the report's bytes; reading files and talking to
 //! registries belong to the callers. Every rejection names its reason (`ScanError`).
 
+mod dictionary;
 mod document;
 mod error;
 pub mod grype;
@@ -17,6 +18,7 @@ pub mod trivy;
 
 use std::fmt;
 
+pub use dictionary::VulnerabilityDictionary;
 pub use error::ScanError;
 pub use model::{
     BaselineFailure, BaselineKind, ImageIdentity, ImageScan, MAX_ID_LEN, MaliciousFile, Os,

@@ -102,6 +102,25 @@ impl ScanSummary {
         }
     }
 
+    /// A summary of vulnerabilities already interned, sorted by id and distinct (as
+    /// `VulnerabilityDictionary::resolve` gives them).
+    pub(super) fn from_interned<'a>(
+        counts: SeverityCounts,
+        vulnerabilities: &[(u32, Severity, bool)],
+        malware: impl IntoIterator<Item = &'a str>,
+        baseline_failures: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Self {
+            counts,
+            entries: vulnerabilities
+                .iter()
+                .map(|&(number, severity, fixable)| Entry::pack(number, severity, fixable))
+                .collect(),
+            malware: sorted_unique(malware),
+            baseline_failures: sorted_unique(baseline_failures),
+        }
+    }
+
     /// Vulnerabilities per severity, one per (vulnerability, package) as the scanner counted.
     pub fn counts(&self) -> SeverityCounts {
         self.counts

@@ -4,7 +4,7 @@
 
 use portcullis_proto::v1 as proto;
 
-use super::{ImageIdentity, ImageScan, ScanSummary, SeverityCounts};
+use super::{ImageIdentity, ImageScan, ScanSummary, SeverityCounts, VulnerabilityDictionary};
 use crate::Severity;
 
 /// The flag bit of a vulnerability with a fixed version.
@@ -36,51 +36,109 @@ impl ScanSummary {
                 .map(|s| s.to_string())
                 .collect(),
             revision,
+            vulnerability_refs: Vec::new(),
         }
     }
 
-    /// Reads a summary from the wire, checking what a peer could get wrong.
+    /// Reads a summary from the wire, checking what a peer could get wrong. Its
+    /// vulnerabilities must be spelled out (`vulnerability_ids`); a snapshot's summaries may
+    /// refer to its dictionary instead (`from_snapshot_proto`).
     pub fn from_proto(message: &proto::ImageSummary) -> Result<(ImageIdentity, Self), String> {
+        Self::read_proto(message, None)
+    }
+
+    /// Reads a summary of a snapshot, whose vulnerabilities may be numbers in the snapshot's
+    /// `dictionary` (the entries of its chunks so far).
+    pub fn from_snapshot_proto(
+        message: &proto::ImageSummary,
+        dictionary: &mut VulnerabilityDictionary,
+    ) -> Result<(ImageIdentity, Self), String> {
+        Self::read_proto(message, Some(dictionary))
+    }
+
+    fn read_proto(
+        message: &proto::ImageSummary,
+        dictionary: Option<&mut VulnerabilityDictionary>,
+    ) -> Result<(ImageIdentity, Self), String> {
         let context = |reason: String| format!("image summary {:?}: {reason}", message.id);
         if message.id.is_empty() {
             return Err(context("empty id".into()));
         }
         let ids = &message.vulnerability_ids;
+        let refs = &message.vulnerability_refs;
         let flags = &message.vulnerability_flags;
-        if ids.len() != flags.len() {
+        let (count, what) = match (ids.is_empty(), refs.is_empty()) {
+            (_, true) => (ids.len(), "vulnerability ids"),
+            (true, false) => (refs.len(), "vulnerability refs"),
+            (false, false) => {
+                return Err(context(format!(
+                    "both vulnerability ids ({}) and refs ({}); a summary has one or the other",
+                    ids.len(),
+                    refs.len()
+                )));
+            }
+        };
+        if count != flags.len() {
+            return Err(context(format!("{count} {what} but {} flags", flags.len())));
+        }
+        if count > MAX_ENTRIES {
             return Err(context(format!(
-                "{} vulnerability ids but {} flags",
-                ids.len(),
-                flags.len()
+                "{count} vulnerabilities; at most {MAX_ENTRIES} are accepted"
             )));
         }
-        if ids.len() > MAX_ENTRIES {
+        if let Some(at) = flags
+            .iter()
+            .position(|&flag| severity_from_rank(flag & !FIXABLE).is_none())
+        {
+            let which = match ids.get(at) {
+                Some(id) => format!("{id:?}"),
+                None => format!("ref {}", refs[at]),
+            };
             return Err(context(format!(
-                "{} vulnerabilities; at most {MAX_ENTRIES} are accepted",
-                ids.len()
+                "vulnerability {which} has flags {}",
+                flags[at]
             )));
         }
-        let mut vulnerabilities = Vec::with_capacity(ids.len());
-        for (id, &flag) in ids.iter().zip(flags) {
-            let severity = severity_from_rank(flag & !FIXABLE)
-                .ok_or_else(|| context(format!("vulnerability {id:?} has flags {flag}")))?;
-            vulnerabilities.push((id.as_str(), severity, flag & FIXABLE != 0));
-        }
+        let decode = |flag: u8| {
+            (
+                severity_from_rank(flag & !FIXABLE).unwrap_or(Severity::Unknown),
+                flag & FIXABLE != 0,
+            )
+        };
         let image = message
             .image
             .as_ref()
             .map(identity_from_proto)
             .ok_or_else(|| context("no image identity".into()))?;
-        let summary = Self::new(
-            message
-                .counts
-                .as_ref()
-                .map(counts_from_proto)
-                .unwrap_or_default(),
-            vulnerabilities,
-            message.malware.iter().map(String::as_str),
-            message.baseline_failures.iter().map(String::as_str),
-        );
+        let counts = message
+            .counts
+            .as_ref()
+            .map(counts_from_proto)
+            .unwrap_or_default();
+        let malware = message.malware.iter().map(String::as_str);
+        let baseline_failures = message.baseline_failures.iter().map(String::as_str);
+        if refs.is_empty() {
+            let vulnerabilities = ids.iter().zip(flags).map(|(id, &flag)| {
+                let (severity, fixable) = decode(flag);
+                (id.as_str(), severity, fixable)
+            });
+            return Ok((
+                image,
+                Self::new(counts, vulnerabilities, malware, baseline_failures),
+            ));
+        }
+        let Some(dictionary) = dictionary else {
+            return Err(context(
+                "vulnerability refs outside a snapshot (only a snapshot has a dictionary)".into(),
+            ));
+        };
+        let resolved = dictionary
+            .resolve(refs.iter().zip(flags).map(|(&wire, &flag)| {
+                let (severity, fixable) = decode(flag);
+                (wire, severity, fixable)
+            }))
+            .map_err(context)?;
+        let summary = Self::from_interned(counts, resolved, malware, baseline_failures);
         Ok((image, summary))
     }
 }
@@ -224,6 +282,70 @@ mod tests {
             let error = ScanSummary::from_proto(&message).unwrap_err();
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn snapshot_summaries_with_refs_read_like_ones_with_ids() {
+        let summary = ScanSummary::new(
+            SeverityCounts([1, 0, 2, 1, 1]),
+            [
+                ("proto-CVE-2", Severity::Critical, true),
+                ("proto-CVE-1", Severity::Medium, false),
+                ("proto-GHSA-1", Severity::Unknown, true),
+            ],
+            ["Eicar"],
+            ["DS-0002"],
+        );
+        let with_ids = summary.to_proto("sha256:aa", &mk_identity(), 7);
+        let mut dictionary = VulnerabilityDictionary::default();
+        dictionary.extend(["proto-GHSA-1", "proto-CVE-1", "proto-CVE-2"].into_iter());
+        let mut with_refs = with_ids.clone();
+        with_refs.vulnerability_ids.clear();
+        with_refs.vulnerability_refs = vec![1, 2, 0];
+        let (image, back) = ScanSummary::from_snapshot_proto(&with_refs, &mut dictionary).unwrap();
+        assert_eq!(back, summary);
+        assert_eq!(image, mk_identity());
+        // Summaries with ids read the same in a snapshot.
+        let (_, back) = ScanSummary::from_snapshot_proto(&with_ids, &mut dictionary).unwrap();
+        assert_eq!(back, summary);
+    }
+
+    #[test]
+    fn malformed_refs_are_refused_with_the_reason() {
+        let mut dictionary = VulnerabilityDictionary::default();
+        dictionary.extend(["proto-CVE-7"].into_iter());
+        let good = proto::ImageSummary {
+            vulnerability_refs: vec![0],
+            vulnerability_flags: vec![3],
+            ..ScanSummary::default().to_proto("x", &mk_identity(), 1)
+        };
+        let mut both = good.clone();
+        both.vulnerability_ids.push("proto-CVE-7".into());
+        let mut uneven = good.clone();
+        uneven.vulnerability_refs.push(0);
+        let mut outside = good.clone();
+        outside.vulnerability_refs = vec![1];
+        let mut bad_flag = good.clone();
+        bad_flag.vulnerability_flags = vec![6];
+        for (message, expected) in [
+            (both, "both vulnerability ids (1) and refs (1)"),
+            (uneven, "2 vulnerability refs but 1 flags"),
+            (
+                outside,
+                "vulnerability ref 1 is not in the snapshot's dictionary of 1 ids",
+            ),
+            (bad_flag, "vulnerability ref 0 has flags 6"),
+        ] {
+            let error = ScanSummary::from_snapshot_proto(&message, &mut dictionary).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        // Outside a snapshot there is no dictionary to refer to.
+        let error = ScanSummary::from_proto(&good).unwrap_err();
+        assert!(
+            error.contains("vulnerability refs outside a snapshot"),
+            "{error}"
+        );
+        assert!(ScanSummary::from_snapshot_proto(&good, &mut dictionary).is_ok());
     }
 
     #[test]
