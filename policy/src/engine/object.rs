@@ -17,6 +17,10 @@ impl Object {
     /// Parses raw JSON of `kind` in one pass; an object that does not fit its kind names the
     /// field.
     pub fn parse(kind: Kind, raw: &str) -> Result<Self, K8sError> {
+        // The direct reader takes the usual workload; serde reads the rest and names errors.
+        if let Some(workload) = k8s::fast_workload(kind, raw) {
+            return Ok(Object::Workload(Box::new(workload)));
+        }
         Self::from_source(kind, raw)
     }
 

@@ -4,6 +4,7 @@
 //! path (`spec.template.spec.containers[0].ports[1].hostPort: invalid type: ...`).
 
 mod container;
+mod fast;
 mod meta;
 mod pod;
 mod service;
@@ -14,6 +15,7 @@ pub use container::{
     Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
     ResourceRequirements, SecurityContext, VolumeMount,
 };
+pub(crate) use fast::workload as fast_workload;
 pub use meta::ObjectMeta;
 pub use pod::{
     PodOs, PodSecurityContext, PodSpec, Profile, SeLinuxOptions, Sysctl, WindowsOptions,

@@ -1,0 +1,1046 @@
+//! A direct reader of an admitted workload's JSON into the model, for the webhook's hot path.
+//! Serde's derived readers spend most of an admission's parsing time in generic machinery
+//! (each key decoded, matched and wrapped in several layers of results); this reads the
+//! same fields in one pass over the bytes.
+//!
+//! It is only a shortcut: it answers `None` for anything it does not read exactly as the
+//! serde model does (escaped keys, numbers that are not plain integers, a value of an
+//! unexpected type, a repeated field, invalid JSON, ...), and the caller then reads the object
+//! with serde, which gives the same model or the error naming the field. So an object reads
+//! the same either way; tests compare both readers on every fixture and on damaged copies.
+
+use std::collections::BTreeMap;
+
+use super::container::{
+    Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
+    ResourceRequirements, SecurityContext, VolumeMount,
+};
+use super::meta::ObjectMeta;
+use super::pod::{
+    PodOs, PodSecurityContext, PodSpec, Profile, SeLinuxOptions, Sysctl, WindowsOptions,
+};
+use super::volume::Volume;
+use super::workload::{PodTemplate, TemplatePaths, Workload};
+use crate::{Kind, VolumeType};
+
+/// The workload of `kind` in `raw`, when this reader can read it (see the module).
+pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Workload> {
+    let paths = TemplatePaths::of(kind)?;
+    let mut r = Reader {
+        text: raw,
+        bytes: raw.as_bytes(),
+        at: 0,
+    };
+    let (metadata, pod) = match kind {
+        Kind::Pod => {
+            let (metadata, spec) = pod_shape(&mut r)?;
+            (metadata.clone(), (metadata, spec))
+        }
+        Kind::CronJob => {
+            // {metadata, spec: {jobTemplate: {spec: {template: pod}}}}
+            let mut metadata = None;
+            let mut pod = None;
+            r.fields(|r, key, seen| match key {
+                b"metadata" => r.once(seen, 0, |r| r.option(object_meta, &mut metadata)),
+                b"spec" => r.once(seen, 1, |r| {
+                    r.option(
+                        |r| {
+                            let mut job = None;
+                            r.fields(|r, key, seen| match key {
+                                b"jobTemplate" => r.once(seen, 0, |r| {
+                                    r.option(
+                                        |r| {
+                                            let mut holder = None;
+                                            r.fields(|r, key, seen| match key {
+                                                b"spec" => r.once(seen, 0, |r| {
+                                                    r.option(template_holder, &mut holder)
+                                                }),
+                                                _ => r.skip_value(),
+                                            })?;
+                                            Some(holder.unwrap_or_default())
+                                        },
+                                        &mut job,
+                                    )
+                                }),
+                                _ => r.skip_value(),
+                            })?;
+                            Some(job.unwrap_or_default())
+                        },
+                        &mut pod,
+                    )
+                }),
+                _ => r.skip_value(),
+            })?;
+            (metadata.unwrap_or_default(), pod.unwrap_or_default())
+        }
+        _ => {
+            // {metadata, spec: {template: pod}}
+            let mut metadata = None;
+            let mut pod = None;
+            r.fields(|r, key, seen| match key {
+                b"metadata" => r.once(seen, 0, |r| r.option(object_meta, &mut metadata)),
+                b"spec" => r.once(seen, 1, |r| r.option(template_holder, &mut pod)),
+                _ => r.skip_value(),
+            })?;
+            (metadata.unwrap_or_default(), pod.unwrap_or_default())
+        }
+    };
+    r.end()?;
+    let (pod_metadata, spec) = pod;
+    Some(Workload {
+        kind,
+        metadata,
+        pod: PodTemplate {
+            metadata: pod_metadata,
+            spec,
+            paths,
+        },
+    })
+}
+
+type Pod = (ObjectMeta, PodSpec);
+
+/// `{template: pod}`.
+fn template_holder(r: &mut Reader<'_>) -> Option<Pod> {
+    let mut pod = None;
+    r.fields(|r, key, seen| match key {
+        b"template" => r.once(seen, 0, |r| r.option(pod_shape, &mut pod)),
+        _ => r.skip_value(),
+    })?;
+    Some(pod.unwrap_or_default())
+}
+
+/// `{metadata, spec}` of a Pod or a pod template.
+fn pod_shape(r: &mut Reader<'_>) -> Option<Pod> {
+    let (mut metadata, mut spec) = (None, None);
+    r.fields(|r, key, seen| match key {
+        b"metadata" => r.once(seen, 0, |r| r.option(object_meta, &mut metadata)),
+        b"spec" => r.once(seen, 1, |r| r.option(pod_spec, &mut spec)),
+        _ => r.skip_value(),
+    })?;
+    Some((metadata.unwrap_or_default(), spec.unwrap_or_default()))
+}
+
+fn object_meta(r: &mut Reader<'_>) -> Option<ObjectMeta> {
+    let mut m = ObjectMeta::default();
+    r.fields(|r, key, seen| match key {
+        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut m.name)),
+        b"generateName" => r.once(seen, 1, |r| r.nullable_string(&mut m.generate_name)),
+        b"namespace" => r.once(seen, 2, |r| r.nullable_string(&mut m.namespace)),
+        b"labels" => r.once(seen, 3, |r| r.nullable_map(&mut m.labels, Reader::string)),
+        b"annotations" => r.once(seen, 4, |r| {
+            r.nullable_map(&mut m.annotations, Reader::string)
+        }),
+        _ => r.skip_value(),
+    })?;
+    Some(m)
+}
+
+fn pod_spec(r: &mut Reader<'_>) -> Option<PodSpec> {
+    let mut s = PodSpec::default();
+    r.fields(|r, key, seen| match key {
+        b"hostNetwork" => r.once(seen, 0, |r| r.nullable_bool(&mut s.host_network)),
+        b"hostPID" => r.once(seen, 1, |r| r.nullable_bool(&mut s.host_pid)),
+        b"hostIPC" => r.once(seen, 2, |r| r.nullable_bool(&mut s.host_ipc)),
+        b"hostUsers" => r.once(seen, 3, |r| r.option(Reader::bool, &mut s.host_users)),
+        b"securityContext" => r.once(seen, 4, |r| {
+            r.nullable_into(pod_security_context, &mut s.security_context)
+        }),
+        b"containers" => r.once(seen, 5, |r| r.nullable_list(container, &mut s.containers)),
+        b"initContainers" => r.once(seen, 6, |r| {
+            r.nullable_list(container, &mut s.init_containers)
+        }),
+        b"ephemeralContainers" => r.once(seen, 7, |r| {
+            r.nullable_list(container, &mut s.ephemeral_containers)
+        }),
+        b"volumes" => r.once(seen, 8, |r| r.nullable_list(volume, &mut s.volumes)),
+        b"os" => r.once(seen, 9, |r| r.option(pod_os, &mut s.os)),
+        _ => r.skip_value(),
+    })?;
+    Some(s)
+}
+
+fn pod_os(r: &mut Reader<'_>) -> Option<PodOs> {
+    let mut os = PodOs::default();
+    r.fields(|r, key, seen| match key {
+        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut os.name)),
+        _ => r.skip_value(),
+    })?;
+    Some(os)
+}
+
+fn pod_security_context(r: &mut Reader<'_>) -> Option<PodSecurityContext> {
+    let mut c = PodSecurityContext::default();
+    r.fields(|r, key, seen| match key {
+        b"runAsUser" => r.once(seen, 0, |r| r.option(Reader::i64, &mut c.run_as_user)),
+        b"runAsGroup" => r.once(seen, 1, |r| r.option(Reader::i64, &mut c.run_as_group)),
+        b"runAsNonRoot" => r.once(seen, 2, |r| r.option(Reader::bool, &mut c.run_as_non_root)),
+        b"fsGroup" => r.once(seen, 3, |r| r.option(Reader::i64, &mut c.fs_group)),
+        b"supplementalGroups" => r.once(seen, 4, |r| {
+            r.nullable_list(Reader::i64, &mut c.supplemental_groups)
+        }),
+        b"seccompProfile" => r.once(seen, 5, |r| r.option(profile, &mut c.seccomp_profile)),
+        b"appArmorProfile" => r.once(seen, 6, |r| r.option(profile, &mut c.app_armor_profile)),
+        b"seLinuxOptions" => r.once(seen, 7, |r| {
+            r.option(se_linux_options, &mut c.se_linux_options)
+        }),
+        b"sysctls" => r.once(seen, 8, |r| r.nullable_list(sysctl, &mut c.sysctls)),
+        b"windowsOptions" => r.once(seen, 9, |r| {
+            r.nullable_into(windows_options, &mut c.windows_options)
+        }),
+        _ => r.skip_value(),
+    })?;
+    Some(c)
+}
+
+fn profile(r: &mut Reader<'_>) -> Option<Profile> {
+    let mut p = Profile::default();
+    r.fields(|r, key, seen| match key {
+        b"type" => r.once(seen, 0, |r| r.nullable_string(&mut p.type_)),
+        b"localhostProfile" => r.once(seen, 1, |r| {
+            r.option(Reader::string, &mut p.localhost_profile)
+        }),
+        _ => r.skip_value(),
+    })?;
+    Some(p)
+}
+
+fn se_linux_options(r: &mut Reader<'_>) -> Option<SeLinuxOptions> {
+    let mut o = SeLinuxOptions::default();
+    r.fields(|r, key, seen| match key {
+        b"user" => r.once(seen, 0, |r| r.nullable_string(&mut o.user)),
+        b"role" => r.once(seen, 1, |r| r.nullable_string(&mut o.role)),
+        b"type" => r.once(seen, 2, |r| r.nullable_string(&mut o.type_)),
+        b"level" => r.once(seen, 3, |r| r.nullable_string(&mut o.level)),
+        _ => r.skip_value(),
+    })?;
+    Some(o)
+}
+
+fn sysctl(r: &mut Reader<'_>) -> Option<Sysctl> {
+    let mut s = Sysctl::default();
+    r.fields(|r, key, seen| match key {
+        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut s.name)),
+        b"value" => r.once(seen, 1, |r| r.nullable_string(&mut s.value)),
+        _ => r.skip_value(),
+    })?;
+    Some(s)
+}
+
+fn windows_options(r: &mut Reader<'_>) -> Option<WindowsOptions> {
+    let mut w = WindowsOptions::default();
+    r.fields(|r, key, seen| match key {
+        b"hostProcess" => r.once(seen, 0, |r| r.option(Reader::bool, &mut w.host_process)),
+        _ => r.skip_value(),
+    })?;
+    Some(w)
+}
+
+fn container(r: &mut Reader<'_>) -> Option<Container> {
+    let mut c = Container::default();
+    r.fields(|r, key, seen| match key {
+        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut c.name)),
+        b"image" => r.once(seen, 1, |r| r.nullable_string(&mut c.image)),
+        b"ports" => r.once(seen, 2, |r| r.nullable_list(container_port, &mut c.ports)),
+        b"securityContext" => r.once(seen, 3, |r| {
+            r.nullable_into(security_context, &mut c.security_context)
+        }),
+        b"volumeMounts" => r.once(seen, 4, |r| {
+            r.nullable_list(volume_mount, &mut c.volume_mounts)
+        }),
+        b"resources" => r.once(seen, 5, |r| r.nullable_into(resources, &mut c.resources)),
+        b"livenessProbe" => r.once(seen, 6, |r| r.option(handler, &mut c.liveness_probe)),
+        b"readinessProbe" => r.once(seen, 7, |r| r.option(handler, &mut c.readiness_probe)),
+        b"startupProbe" => r.once(seen, 8, |r| r.option(handler, &mut c.startup_probe)),
+        b"lifecycle" => r.once(seen, 9, |r| r.nullable_into(lifecycle, &mut c.lifecycle)),
+        _ => r.skip_value(),
+    })?;
+    Some(c)
+}
+
+fn container_port(r: &mut Reader<'_>) -> Option<ContainerPort> {
+    let mut p = ContainerPort::default();
+    r.fields(|r, key, seen| match key {
+        b"hostPort" => r.once(seen, 0, |r| r.nullable_i32(&mut p.host_port)),
+        b"containerPort" => r.once(seen, 1, |r| r.nullable_i32(&mut p.container_port)),
+        _ => r.skip_value(),
+    })?;
+    Some(p)
+}
+
+fn security_context(r: &mut Reader<'_>) -> Option<SecurityContext> {
+    let mut c = SecurityContext::default();
+    r.fields(|r, key, seen| match key {
+        b"privileged" => r.once(seen, 0, |r| r.option(Reader::bool, &mut c.privileged)),
+        b"capabilities" => r.once(seen, 1, |r| {
+            r.nullable_into(capabilities, &mut c.capabilities)
+        }),
+        b"allowPrivilegeEscalation" => r.once(seen, 2, |r| {
+            r.option(Reader::bool, &mut c.allow_privilege_escalation)
+        }),
+        b"readOnlyRootFilesystem" => r.once(seen, 3, |r| {
+            r.option(Reader::bool, &mut c.read_only_root_filesystem)
+        }),
+        b"runAsUser" => r.once(seen, 4, |r| r.option(Reader::i64, &mut c.run_as_user)),
+        b"runAsGroup" => r.once(seen, 5, |r| r.option(Reader::i64, &mut c.run_as_group)),
+        b"runAsNonRoot" => r.once(seen, 6, |r| r.option(Reader::bool, &mut c.run_as_non_root)),
+        b"seccompProfile" => r.once(seen, 7, |r| r.option(profile, &mut c.seccomp_profile)),
+        b"appArmorProfile" => r.once(seen, 8, |r| r.option(profile, &mut c.app_armor_profile)),
+        b"seLinuxOptions" => r.once(seen, 9, |r| {
+            r.option(se_linux_options, &mut c.se_linux_options)
+        }),
+        b"procMount" => r.once(seen, 10, |r| r.option(Reader::string, &mut c.proc_mount)),
+        b"windowsOptions" => r.once(seen, 11, |r| {
+            r.nullable_into(windows_options, &mut c.windows_options)
+        }),
+        _ => r.skip_value(),
+    })?;
+    Some(c)
+}
+
+fn capabilities(r: &mut Reader<'_>) -> Option<Capabilities> {
+    let mut c = Capabilities::default();
+    r.fields(|r, key, seen| match key {
+        b"add" => r.once(seen, 0, |r| r.nullable_list(Reader::string, &mut c.add)),
+        b"drop" => r.once(seen, 1, |r| r.nullable_list(Reader::string, &mut c.drop)),
+        _ => r.skip_value(),
+    })?;
+    Some(c)
+}
+
+fn volume_mount(r: &mut Reader<'_>) -> Option<VolumeMount> {
+    let mut m = VolumeMount::default();
+    r.fields(|r, key, seen| match key {
+        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut m.name)),
+        b"readOnly" => r.once(seen, 1, |r| r.nullable_bool(&mut m.read_only)),
+        b"mountPath" => r.once(seen, 2, |r| r.nullable_string(&mut m.mount_path)),
+        _ => r.skip_value(),
+    })?;
+    Some(m)
+}
+
+fn resources(r: &mut Reader<'_>) -> Option<ResourceRequirements> {
+    let mut q = ResourceRequirements::default();
+    r.fields(|r, key, seen| match key {
+        b"limits" => r.once(seen, 0, |r| r.nullable_map(&mut q.limits, quantity)),
+        _ => r.skip_value(),
+    })?;
+    Some(q)
+}
+
+/// A quantity as a string, or a plain integer kept as its text (as serde reads it: an integer
+/// past 64 bits is a float to serde, left to it).
+fn quantity(r: &mut Reader<'_>) -> Option<Quantity> {
+    match r.peek()? {
+        b'"' => r.string().map(Quantity),
+        _ => {
+            let text = r.integer_text()?;
+            let fits = text.parse::<u64>().is_ok() || text.parse::<i64>().is_ok();
+            fits.then(|| Quantity(text.to_owned()))
+        }
+    }
+}
+
+fn lifecycle(r: &mut Reader<'_>) -> Option<Lifecycle> {
+    let mut l = Lifecycle::default();
+    r.fields(|r, key, seen| match key {
+        b"postStart" => r.once(seen, 0, |r| r.option(handler, &mut l.post_start)),
+        b"preStop" => r.once(seen, 1, |r| r.option(handler, &mut l.pre_stop)),
+        _ => r.skip_value(),
+    })?;
+    Some(l)
+}
+
+fn handler(r: &mut Reader<'_>) -> Option<Handler> {
+    let mut h = Handler::default();
+    r.fields(|r, key, seen| match key {
+        b"httpGet" => r.once(seen, 0, |r| r.option(host_target, &mut h.http_get)),
+        b"tcpSocket" => r.once(seen, 1, |r| r.option(host_target, &mut h.tcp_socket)),
+        _ => r.skip_value(),
+    })?;
+    Some(h)
+}
+
+fn host_target(r: &mut Reader<'_>) -> Option<HostTarget> {
+    let mut t = HostTarget::default();
+    r.fields(|r, key, seen| match key {
+        b"host" => r.once(seen, 0, |r| r.nullable_string(&mut t.host)),
+        _ => r.skip_value(),
+    })?;
+    Some(t)
+}
+
+/// A volume, as `Volume`'s own serde reader takes it: a repeated `name` or source is not an
+/// error (the last name wins; sources add up), `null` leaves a source unset.
+fn volume(r: &mut Reader<'_>) -> Option<Volume> {
+    let mut v = Volume::default();
+    r.members(|r, key| {
+        if key == "name" {
+            v.name = if r.null() { String::new() } else { r.string()? };
+            return Some(());
+        }
+        let Some(source) = VolumeType::from_name(key) else {
+            return r.skip_value();
+        };
+        if r.null() {
+            return Some(());
+        }
+        match source {
+            VolumeType::HostPath => {
+                let mut path = None;
+                r.fields(|r, key, seen| match key {
+                    b"path" => r.once(seen, 0, |r| {
+                        path = Some(if r.null() { String::new() } else { r.string()? });
+                        Some(())
+                    }),
+                    _ => r.skip_value(),
+                })?;
+                v.host_path = Some(path.unwrap_or_default());
+            }
+            VolumeType::FlexVolume => {
+                let mut driver = None;
+                r.fields(|r, key, seen| match key {
+                    b"driver" => r.once(seen, 0, |r| {
+                        driver = Some(if r.null() { String::new() } else { r.string()? });
+                        Some(())
+                    }),
+                    _ => r.skip_value(),
+                })?;
+                v.flex_volume_driver = Some(driver.unwrap_or_default());
+            }
+            _ => {
+                (r.peek()? == b'{').then_some(())?;
+                r.skip_value()?;
+            }
+        }
+        v.sources.insert(source);
+        Some(())
+    })?;
+    if v.sources.is_empty() {
+        v.sources.insert(VolumeType::EmptyDir);
+    }
+    Some(v)
+}
+
+/// A cursor over the JSON text. Every method answers `None` for what it does not read.
+/// Strings are cut at their (ASCII) quotes, so every slice of `text` is on a char boundary.
+struct Reader<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn skip_whitespace(&mut self) {
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
+        self.at += rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+            .unwrap_or(rest.len());
+    }
+
+    /// The next byte after whitespace, not consumed.
+    #[inline]
+    fn peek(&mut self) -> Option<u8> {
+        // Compact JSON (what the API server sends) has no whitespace to skip.
+        let next = *self.bytes.get(self.at)?;
+        if next > b' ' {
+            return Some(next);
+        }
+        self.skip_whitespace();
+        self.bytes.get(self.at).copied()
+    }
+
+    /// After an opening quote: the length of the string's text up to the first byte that is
+    /// a quote, a backslash or a control character, and that byte (eight bytes at a time, as
+    /// most strings have none of them for a while).
+    fn scan_string(&self) -> Option<(usize, u8)> {
+        const ONES: u64 = u64::MAX / 255;
+        const HIGH: u64 = ONES << 7;
+        let rest = self.bytes.get(self.at..)?;
+        let mut chunks = rest.chunks_exact(8);
+        let mut offset = 0;
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().ok()?);
+            // A byte below 0x20, or equal to `"` or `\`, sets its high bit in `found`.
+            let control = word.wrapping_sub(ONES * 0x20) & !word;
+            let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES)
+                & !(word ^ (ONES * u64::from(b'"')));
+            let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES)
+                & !(word ^ (ONES * u64::from(b'\\')));
+            let found = (control | quote | backslash) & HIGH;
+            if found != 0 {
+                let at = offset + found.trailing_zeros() as usize / 8;
+                return Some((at, rest[at]));
+            }
+            offset += 8;
+        }
+        let tail = chunks.remainder();
+        let at = tail
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        Some((offset + at, tail[at]))
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// Only whitespace after the value.
+    fn end(&mut self) -> Option<()> {
+        self.peek().is_none().then_some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        if self.bytes[self.at..].starts_with(word) {
+            self.at += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes a `null` if one is next.
+    fn null(&mut self) -> bool {
+        self.peek() == Some(b'n') && self.literal(b"null")
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        match self.peek()? {
+            b't' if self.literal(b"true") => Some(true),
+            b'f' if self.literal(b"false") => Some(false),
+            _ => None,
+        }
+    }
+
+    /// A string without escapes (keys), the quotes consumed.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        // Escapes and raw control characters: serde decides.
+        let (length, b'"') = self.scan_string()? else {
+            return None;
+        };
+        self.at += length + 1;
+        self.text.get(start..start + length)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        self.eat(b'"')?;
+        let start = self.at;
+        match self.scan_string()? {
+            (length, b'"') => {
+                self.at += length + 1;
+                return self.text.get(start..start + length).map(str::to_owned);
+            }
+            (_, b'\\') => {}
+            _ => return None,
+        }
+        let mut escaped = false;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.at += 2;
+                }
+                0..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        self.at += 1;
+        let text = self.text.get(start - 1..self.at)?;
+        if escaped {
+            // Rare outside annotations: serde_json decodes the escapes (and refuses bad ones).
+            return serde_json::from_str(text).ok();
+        }
+        Some(text[1..text.len() - 1].to_owned())
+    }
+
+    /// A string, checked and not kept. Escapes are checked as serde checks them; a `\\u`
+    /// escape of a surrogate is left to serde.
+    fn skip_string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            let (length, stop) = self.scan_string()?;
+            self.at += length;
+            match stop {
+                b'"' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                b'\\' => match *self.bytes.get(self.at + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
+                    b'u' => {
+                        let hex = self.text.get(self.at + 2..self.at + 6)?;
+                        let unit = u16::from_str_radix(hex, 16).ok()?;
+                        if !hex.bytes().all(|b| b.is_ascii_hexdigit())
+                            || (0xd800..=0xdfff).contains(&unit)
+                        {
+                            return None;
+                        }
+                        self.at += 6;
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+    }
+
+    /// A JSON integer as written (`-?(0|[1-9][0-9]*)`), not followed by a fraction or an
+    /// exponent; `-0` is left to serde.
+    fn integer_text(&mut self) -> Option<&'a str> {
+        self.skip_whitespace();
+        let start = self.at;
+        if self.bytes.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        let digits = self.at;
+        while self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
+            self.at += 1;
+        }
+        let count = self.at - digits;
+        let leading_zero = count > 1 && self.bytes[digits] == b'0';
+        let negative_zero = digits > start && count == 1 && self.bytes[digits] == b'0';
+        if count == 0
+            || leading_zero
+            || negative_zero
+            || matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E'))
+        {
+            return None;
+        }
+        self.text.get(start..self.at)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.integer_text()?.parse().ok()
+    }
+
+    fn nullable_i32(&mut self, out: &mut i32) -> Option<()> {
+        *out = if self.null() {
+            0
+        } else {
+            self.integer_text()?.parse().ok()?
+        };
+        Some(())
+    }
+
+    fn nullable_bool(&mut self, out: &mut bool) -> Option<()> {
+        *out = !self.null() && self.bool()?;
+        Some(())
+    }
+
+    fn nullable_string(&mut self, out: &mut String) -> Option<()> {
+        *out = if self.null() {
+            String::new()
+        } else {
+            self.string()?
+        };
+        Some(())
+    }
+
+    /// An optional field: `null` is `None` (for a field whose `null` reads as its default,
+    /// the caller takes the default for `None`).
+    fn option<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Option<T>,
+        out: &mut Option<T>,
+    ) -> Option<()> {
+        *out = if self.null() { None } else { Some(read(self)?) };
+        Some(())
+    }
+
+    /// A field whose `null` reads as its default.
+    fn nullable_into<T: Default>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Option<T>,
+        out: &mut T,
+    ) -> Option<()> {
+        *out = if self.null() {
+            T::default()
+        } else {
+            read(self)?
+        };
+        Some(())
+    }
+
+    fn nullable_list<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Option<T>,
+        out: &mut Vec<T>,
+    ) -> Option<()> {
+        out.clear();
+        if self.null() {
+            return Some(());
+        }
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            out.push(read(self)?);
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A map of string keys: a repeated key keeps the last value, as serde's map does.
+    fn nullable_map<T>(
+        &mut self,
+        out: &mut BTreeMap<String, T>,
+        mut read: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<()> {
+        out.clear();
+        if self.null() {
+            return Some(());
+        }
+        self.members(|r, key| {
+            out.insert(key.to_owned(), read(r)?);
+            Some(())
+        })
+    }
+
+    /// An object's members, each handed to `member` with its key (which reads the value).
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.plain_string()?;
+            self.eat(b':')?;
+            member(self, key)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A struct's fields: like `members`, with a set of the fields seen so far (serde's
+    /// derived readers refuse a repeated field).
+    fn fields(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a [u8], &mut u32) -> Option<()>,
+    ) -> Option<()> {
+        let mut seen = 0u32;
+        self.members(|r, key| field(r, key.as_bytes(), &mut seen))
+    }
+
+    /// Reads field number `bit` with `read`, unless it was seen before.
+    fn once(
+        &mut self,
+        seen: &mut u32,
+        bit: u32,
+        read: impl FnOnce(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if *seen & (1 << bit) != 0 {
+            return None;
+        }
+        *seen |= 1 << bit;
+        read(self)
+    }
+
+    /// Any JSON value, checked as strictly as serde checks a value it ignores.
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' => {
+                // Keys may have escapes here (`managedFields` has keys like `k:{\"name\":…}`).
+                self.at += 1;
+                if self.peek()? == b'}' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_whitespace();
+                    self.skip_string()?;
+                    self.eat(b':')?;
+                    self.skip_value()?;
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b'}' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.at += 1;
+                if self.peek()? == b']' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_value()?;
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b']' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true").then_some(()),
+            b'f' => self.literal(b"false").then_some(()),
+            b'n' => self.literal(b"null").then_some(()),
+            _ => self.number(),
+        }
+    }
+
+    /// Any JSON number (`-?int frac? exp?`).
+    fn number(&mut self) -> Option<()> {
+        let digits = |r: &mut Self| {
+            let start = r.at;
+            while r.bytes.get(r.at).is_some_and(u8::is_ascii_digit) {
+                r.at += 1;
+            }
+            (r.at > start).then_some(start)
+        };
+        if self.bytes.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        let start = digits(self)?;
+        if self.at - start > 1 && self.bytes[start] == b'0' {
+            return None;
+        }
+        if self.bytes.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            digits(self)?;
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(self.at) {
+                self.at += 1;
+            }
+            digits(self)?;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::k8s::pod_template;
+
+    /// Every workload the tests have: the upstream Pod Security fixtures (YAML, read as JSON)
+    /// and the objects of the AdmissionReviews captured from kube-apiserver.
+    fn fixtures() -> Vec<(Kind, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        let mut stack = vec![root.join("tests/psa/testdata")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        let mut objects = Vec::new();
+        for file in &files {
+            let value: serde_json::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            objects.push(value);
+        }
+        let reviews: PathBuf = root.join("../agent/tests/fixtures/admission");
+        let mut reviews: Vec<PathBuf> = std::fs::read_dir(reviews)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        reviews.sort();
+        assert!(reviews.len() >= 20, "the captured reviews");
+        for file in reviews {
+            let review: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            for key in ["object", "oldObject"] {
+                let object = &review["request"][key];
+                if object.is_object() {
+                    objects.push(object.clone());
+                }
+            }
+        }
+        objects
+            .into_iter()
+            .filter_map(|object| {
+                let kind = Kind::from_name(object["kind"].as_str()?)?;
+                TemplatePaths::of(kind)?;
+                Some((kind, serde_json::to_string(&object).unwrap()))
+            })
+            .collect()
+    }
+
+    /// The serde reading of `raw`, which the direct reader must equal whenever it answers.
+    fn agrees(kind: Kind, raw: &str) -> Result<bool, String> {
+        let Some(fast) = workload(kind, raw) else {
+            return Ok(false);
+        };
+        match pod_template(kind, raw) {
+            Ok(Some(serde)) if serde == fast => Ok(true),
+            other => Err(format!(
+                "{kind:?} {raw}\n direct: {fast:?}\n serde: {other:?}"
+            )),
+        }
+    }
+
+    #[test]
+    fn every_fixture_reads_directly_and_as_serde_reads_it() {
+        let fixtures = fixtures();
+        assert!(fixtures.len() > 4000, "{}", fixtures.len());
+        for (kind, raw) in &fixtures {
+            assert_eq!(agrees(*kind, raw), Ok(true), "{raw}");
+            // Pretty-printed (whitespace everywhere) reads the same.
+            let value: serde_json::Value = serde_json::from_str(raw).unwrap();
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            assert_eq!(agrees(*kind, &pretty), Ok(true), "{pretty}");
+        }
+    }
+
+    #[test]
+    fn damaged_objects_read_as_serde_reads_them_or_are_left_to_it() {
+        // Every fixture of distinct text, damaged in many ways: the direct reader either
+        // gives serde's result or leaves the object to serde (whose error names the field).
+        let mut fixtures = fixtures();
+        fixtures.sort_by(|a, b| a.1.cmp(&b.1));
+        fixtures.dedup_by(|a, b| a.1 == b.1);
+        let replacements: [&str; 24] = [
+            "\"",
+            "\\",
+            "1",
+            "-",
+            ".",
+            "e",
+            "n",
+            "{",
+            "[",
+            "]",
+            "}",
+            ",",
+            ":",
+            " ",
+            "\u{1}",
+            "null",
+            "true",
+            "\"x\"",
+            "1.0",
+            "-0",
+            "1e2",
+            "99999999999999999999",
+            "[]",
+            "{}",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        let (mut direct, mut left) = (0, 0);
+        let mut failures = Vec::new();
+        for (kind, raw) in &fixtures {
+            for _ in 0..12 {
+                let at = next(raw.len());
+                let at = (0..=at)
+                    .rev()
+                    .find(|&i| raw.is_char_boundary(i))
+                    .unwrap_or(0);
+                let damaged = match next(4) {
+                    0 => raw[..at].to_owned(),
+                    1 => {
+                        let end = (at + 1..=raw.len())
+                            .find(|&i| raw.is_char_boundary(i))
+                            .unwrap_or(raw.len());
+                        let with = replacements[next(replacements.len())];
+                        format!("{}{with}{}", &raw[..at], &raw[end..])
+                    }
+                    2 => {
+                        // A value replaced: after a colon, up to the next comma or brace.
+                        let Some(colon) = raw[at..].find(':').map(|i| at + i + 1) else {
+                            continue;
+                        };
+                        let end = raw[colon..]
+                            .find([',', '}'])
+                            .map_or(raw.len(), |i| colon + i);
+                        let with = replacements[next(replacements.len())];
+                        format!("{}{with}{}", &raw[..colon], &raw[end..])
+                    }
+                    _ => {
+                        // A key repeated: the member after an opening brace, again.
+                        let Some(open) = raw[at..].find("{\"").map(|i| at + i + 1) else {
+                            continue;
+                        };
+                        let end = raw[open..].find([',', '}']).map_or(raw.len(), |i| open + i);
+                        let member = &raw[open..end];
+                        format!("{}{member},{}", &raw[..open], &raw[open..])
+                    }
+                };
+                match agrees(*kind, &damaged) {
+                    Ok(true) => direct += 1,
+                    Ok(false) => left += 1,
+                    Err(problem) => failures.push(problem),
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        // Both outcomes happen, so the test checks something either way.
+        assert!(
+            direct > 100 && left > 100,
+            "{direct} read directly, {left} left"
+        );
+    }
+
+    #[test]
+    fn escapes_numbers_and_nulls_read_as_serde_reads_them() {
+        for raw in [
+            r#"{"metadata":{"name":"a\"b","labels":{"k":"\u00e9\n"}},"spec":{"containers":[{"name":"x","image":"i"}]}}"#,
+            r#"{"spec":{"hostNetwork":null,"securityContext":null,"containers":null,"volumes":[{"name":"v","hostPath":null}]}}"#,
+            r#"{"spec":{"containers":[{"resources":{"limits":{"cpu":1,"memory":"1Gi","x":-2}},"ports":[{"hostPort":80,"containerPort":null}]}]}}"#,
+            r#"{"spec":{"volumes":[{"name":"a","name":"b","hostPath":{"path":"/x"},"configMap":{"name":"c"}}]}}"#,
+            r#"{"spec":{"unknown":[1,-2.5e3,true,false,null,{"a":"\ud83d\ude00"}],"os":{"name":"windows"}}}"#,
+        ] {
+            assert!(agrees(Kind::Pod, raw).is_ok(), "{raw}");
+        }
+        // Read directly where nothing is unusual.
+        assert_eq!(
+            agrees(
+                Kind::Pod,
+                r#"{"spec":{"volumes":[{"name":"a","name":"b"}]}}"#
+            ),
+            Ok(true)
+        );
+        // Left to serde: a float where an integer goes, a repeated field, an escaped key.
+        for raw in [
+            r#"{"spec":{"containers":[{"ports":[{"hostPort":80.0}]}]}}"#,
+            r#"{"spec":{"hostPID":true,"hostPID":false}}"#,
+            r#"{"spec":{"host\u0050ID":true}}"#,
+            r#"{"spec":{"containers":[{"resources":{"limits":{"cpu":1.5}}}]}}"#,
+        ] {
+            assert_eq!(agrees(Kind::Pod, raw), Ok(false), "{raw}");
+        }
+    }
+}
