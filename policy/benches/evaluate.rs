@@ -1,7 +1,10 @@
 //! Benchmark (not a test): `evaluate` for a Deployment with 4 containers against 50 policies
-//! (mixed Pod Security, individual controls and image hygiene). Prints p50 / p99 / p99.9 of
-//! single calls, for the whole `evaluate` (parse + decide) and for the decision on an already
-//! parsed object. Run: `cargo bench -p portcullis-policy --bench evaluate`.
+//! (mixed Pod Security, individual controls and image hygiene; ten of each kind, policies of a
+//! kind with the same rules). Prints p50 / p99 / p99.9 of single calls, for the whole
+//! `evaluate` (parse + decide), for parsing and for the decision on an already parsed object,
+//! and `evaluate` again with 50 distinct rule sets (nothing shared between policies).
+//! `PORTCULLIS_BENCH_SHAPE=1` also prints more percentiles. Run:
+//! `cargo bench -p portcullis-policy --bench evaluate`.
 
 use std::{hint::black_box, time::Instant};
 
@@ -21,18 +24,43 @@ fn iterations() -> usize {
         .unwrap_or(50_000)
 }
 
-fn policies() -> Vec<Policy> {
+/// The benchmark's 50 policies: ten of each of five kinds. With `distinct`, no two have the
+/// same rules (each also gets its own host port range, or its own hostPath prefix or allowed
+/// registry), so the engine can share no rule set's work between policies.
+fn mk_policies(distinct: bool) -> Vec<Policy> {
     let mut yaml = String::new();
     for i in 0..50 {
+        let ports = if distinct {
+            format!(", hostPorts: {{min: {}, max: 9000}}", 8000 + i)
+        } else {
+            String::new()
+        };
+        let (log, registry) = if distinct {
+            (
+                format!("/var/log/{i}"),
+                format!(", registry-{i}.example.com"),
+            )
+        } else {
+            ("/var/log".to_owned(), String::new())
+        };
         let rules = match i % 5 {
-            0 => "resource: {podSecurity: {level: restricted, version: latest}}".to_owned(),
-            1 => "resource: {podSecurity: {level: baseline, version: v1.29}, privileged: {}, hostNamespaces: {}}".to_owned(),
-            2 => "resource: {capabilities: {allow: [NET_BIND_SERVICE], requiredDrop: [ALL]}, allowPrivilegeEscalation: false, \
-                  runAsUser: {rule: MustRunAsNonRoot}, hostPath: {allow: [{pathPrefix: /var/log, readOnly: true}]}, \
-                  seccomp: {allow: [RuntimeDefault, Localhost]}, sysctls: {allow: [\"net.ipv4.*\"]}, resources: {requireLimits: [cpu, memory]}}"
-                .to_owned(),
-            3 => "image: {registries: {allow: [registry.example.com, docker.io/library]}, disallowedTags: [latest], requireDigest: false}".to_owned(),
-            _ => format!("image: {{registries: {{deny: [\"evil-{i}.example.com\"]}}, disallowedTags: [latest, dev]}}"),
+            0 => {
+                format!("resource: {{podSecurity: {{level: restricted, version: latest}}{ports}}}")
+            }
+            1 => format!(
+                "resource: {{podSecurity: {{level: baseline, version: v1.29}}, privileged: {{}}, hostNamespaces: {{}}{ports}}}"
+            ),
+            2 => format!(
+                "resource: {{capabilities: {{allow: [NET_BIND_SERVICE], requiredDrop: [ALL]}}, allowPrivilegeEscalation: false, \
+                  runAsUser: {{rule: MustRunAsNonRoot}}, hostPath: {{allow: [{{pathPrefix: {log}, readOnly: true}}]}}, \
+                  seccomp: {{allow: [RuntimeDefault, Localhost]}}, sysctls: {{allow: [\"net.ipv4.*\"]}}, resources: {{requireLimits: [cpu, memory]}}}}"
+            ),
+            3 => format!(
+                "image: {{registries: {{allow: [registry.example.com, docker.io/library{registry}]}}, disallowedTags: [latest], requireDigest: false}}"
+            ),
+            _ => format!(
+                "image: {{registries: {{deny: [\"evil-{i}.example.com\"]}}, disallowedTags: [latest, dev]}}"
+            ),
         };
         let action = if i % 7 == 0 { "alert" } else { "block" };
         yaml.push_str(&format!(
@@ -75,6 +103,18 @@ fn report(name: &str, mut samples: Vec<u64>) {
     samples.sort_unstable();
     let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
     let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64 / 1000.0;
+    if std::env::var_os("PORTCULLIS_BENCH_SHAPE").is_some() {
+        println!(
+            "{name:<40} p10 {:.2} p50 {:.2} p75 {:.2} p90 {:.2} p95 {:.2} p97 {:.2} p99 {:.2}",
+            at(0.10),
+            at(0.5),
+            at(0.75),
+            at(0.9),
+            at(0.95),
+            at(0.97),
+            at(0.99)
+        );
+    }
     println!(
         "{name:<40} p50 {:>7.2} us  p99 {:>7.2} us  p99.9 {:>7.2} us  mean {mean:>7.2} us  ({} calls)",
         at(0.50),
@@ -85,7 +125,12 @@ fn report(name: &str, mut samples: Vec<u64>) {
 }
 
 fn main() {
-    let policies = policies();
+    let policies = mk_policies(false);
+    let distinct = mk_policies(true);
+    assert!(
+        (0..distinct.len()).all(|i| (0..i).all(|j| distinct[i].rules != distinct[j].rules)),
+        "the distinct policies share rules"
+    );
     // No policy here reads scan results, so an empty index changes nothing.
     let scans = ScanIndex::default();
     let raw = deployment();
@@ -105,6 +150,12 @@ fn main() {
         decision.outcome,
         decision.findings.len()
     );
+    let decision = engine::evaluate(&input, "prod-eu-1", &distinct, &scans);
+    println!(
+        "the same with 50 distinct rule sets: outcome {:?}, {} findings",
+        decision.outcome,
+        decision.findings.len()
+    );
 
     let object = Object::parse(Kind::Deployment, &raw).unwrap();
     let labels = object.metadata().labels.clone();
@@ -117,17 +168,20 @@ fn main() {
     };
 
     for _ in 0..2_000 {
-        black_box(engine::evaluate(
-            black_box(&input),
-            "prod-eu-1",
-            &policies,
-            &scans,
-        ));
+        for policies in [&policies, &distinct] {
+            black_box(engine::evaluate(
+                black_box(&input),
+                "prod-eu-1",
+                policies,
+                &scans,
+            ));
+        }
     }
     let iterations = iterations();
     let mut whole = Vec::with_capacity(iterations);
     let mut decide = Vec::with_capacity(iterations);
     let mut parse = Vec::with_capacity(iterations);
+    let mut whole_distinct = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let start = Instant::now();
         black_box(engine::evaluate(
@@ -150,8 +204,18 @@ fn main() {
             &scans,
         ));
         decide.push(start.elapsed().as_nanos() as u64);
+
+        let start = Instant::now();
+        black_box(engine::evaluate(
+            black_box(&input),
+            "prod-eu-1",
+            &distinct,
+            &scans,
+        ));
+        whole_distinct.push(start.elapsed().as_nanos() as u64);
     }
     report("evaluate (parse + decide)", whole);
     report("parse the Deployment", parse);
     report("decide (50 policies, parsed object)", decide);
+    report("evaluate, 50 distinct rule sets", whole_distinct);
 }

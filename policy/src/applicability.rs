@@ -408,6 +408,7 @@ mod tests {
             whitelist: Default::default(),
             rules: Rules::default(),
             revision: 0,
+            fingerprints: Default::default(),
         }
     }
 

@@ -1,11 +1,12 @@
 //! Work done once per admitted pod and shared by every policy that needs it: Pod Security
-//! results per (level, version), and each container's image reference parsed and normalised
-//! once with its field path. Fifty policies on a four-container pod otherwise parse the same
-//! images and run the same standards dozens of times.
+//! results per (level, version), each container's image reference parsed and normalised once
+//! with its field path, and the findings of each distinct resource rule set and image hygiene
+//! rule set (policies often share rules and differ in scope or action). Fifty policies on a
+//! four-container pod otherwise parse the same images and run the same checks dozens of times.
 
-use crate::hygiene::Subject;
+use crate::hygiene::{self, Subject};
 use crate::{
-    PodSecurityLevel, PodSecurityVersion,
+    Finding, ImageRules, PodSecurityLevel, PodSecurityVersion, ResourceRules, controls,
     k8s::{ContainerPath, PodFinding, PodTemplate},
     pss,
 };
@@ -21,12 +22,80 @@ pub(crate) struct ContainerImage<'o> {
 
 /// Per-pod results, filled on first use.
 #[derive(Default)]
-pub(crate) struct PodCache<'o> {
+pub(crate) struct PodCache<'o, 'p> {
     pod_security: Vec<((PodSecurityLevel, PodSecurityVersion), Vec<PodFinding>)>,
     images: Option<Vec<ContainerImage<'o>>>,
+    /// The individual controls' findings per distinct resource rule set.
+    controls: PerRuleSet<'p, ResourceRules, Vec<PodFinding>>,
+    /// The hygiene findings per distinct image rule set, each with its image's place in
+    /// `images` (usually none, so nothing is allocated).
+    hygiene: PerRuleSet<'p, ImageRules, Vec<(usize, Finding)>>,
 }
 
-impl<'o> PodCache<'o> {
+/// Results per distinct rule set, found by the rules' hash and confirmed by comparing the
+/// rules themselves.
+struct PerRuleSet<'p, R, T> {
+    entries: Vec<(u64, &'p R, T)>,
+}
+
+impl<R, T> Default for PerRuleSet<'_, R, T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<'p, R: PartialEq, T> PerRuleSet<'p, R, T> {
+    /// The result for `rules` (whose hash is `hash`), computed by `compute` the first time.
+    fn get_or_insert_with(&mut self, hash: u64, rules: &'p R, compute: impl FnOnce() -> T) -> &T {
+        let found = self
+            .entries
+            .iter()
+            .position(|(h, r, _)| *h == hash && (std::ptr::eq(*r, rules) || *r == rules));
+        let index = match found {
+            Some(index) => index,
+            None => {
+                self.entries.push((hash, rules, compute()));
+                self.entries.len() - 1
+            }
+        };
+        &self.entries[index].2
+    }
+}
+
+impl<'o, 'p> PodCache<'o, 'p> {
+    /// The findings of `rules`' individual controls (Pod Security aside), computed once per
+    /// distinct rule set (`hash` is the rules' fingerprint).
+    pub fn controls(
+        &mut self,
+        hash: u64,
+        rules: &'p ResourceRules,
+        pod: &PodTemplate,
+    ) -> &[PodFinding] {
+        self.controls
+            .get_or_insert_with(hash, rules, || controls::check(rules, pod))
+    }
+
+    /// The hygiene findings of `rules` for the images of `pod`, each with its image's place in
+    /// container order, computed once per distinct rule set, as `controls`.
+    pub fn hygiene(
+        &mut self,
+        hash: u64,
+        rules: &'p ImageRules,
+        pod: &'o PodTemplate,
+    ) -> &[(usize, Finding)] {
+        let images = self.images.get_or_insert_with(|| container_images(pod));
+        self.hygiene.get_or_insert_with(hash, rules, || {
+            let mut findings = Vec::new();
+            for (ordinal, entry) in images.iter().enumerate() {
+                let found = hygiene::check_subject(rules, &entry.subject, &entry.field);
+                findings.extend(found.into_iter().map(|finding| (ordinal, finding)));
+            }
+            findings
+        })
+    }
+
     /// The standards' findings for `pod` at this level and version, computed once.
     pub fn pod_security(
         &mut self,
@@ -48,14 +117,16 @@ impl<'o> PodCache<'o> {
 
     /// Every container's image, parsed once (in container order).
     pub fn images(&mut self, pod: &'o PodTemplate) -> &[ContainerImage<'o>] {
-        self.images.get_or_insert_with(|| {
-            pod.containers()
-                .map(|(path, container)| ContainerImage {
-                    path,
-                    field: path.field("image"),
-                    subject: Subject::new(container.image.as_str()),
-                })
-                .collect()
-        })
+        self.images.get_or_insert_with(|| container_images(pod))
     }
+}
+
+fn container_images(pod: &PodTemplate) -> Vec<ContainerImage<'_>> {
+    pod.containers()
+        .map(|(path, container)| ContainerImage {
+            path,
+            field: path.field("image"),
+            subject: Subject::new(container.image.as_str()),
+        })
+        .collect()
 }

@@ -258,12 +258,12 @@ fn outcome_of(findings: &[PolicyFinding]) -> Outcome {
 
 /// Every finding of one applicable policy with its action, without those about whitelisted
 /// containers.
-fn check_policy<'o>(
-    policy: &Policy,
+fn check_policy<'o, 'p>(
+    policy: &'p Policy,
     object: &'o Object,
     cluster: &str,
     container_scans: &mut ContainerScans<'_>,
-    pod_cache: &mut PodCache<'o>,
+    pod_cache: &mut PodCache<'o, 'p>,
 ) -> Vec<(Finding, Action)> {
     let action = policy.action;
     let mut found: Vec<(PodFinding, Action)> = Vec::new();
@@ -275,15 +275,23 @@ fn check_policy<'o>(
                     let pss = pod_cache.pod_security(rule.level, rule.version, pod);
                     found.extend(pss.iter().cloned().map(|f| (f, action)));
                 }
-                found.extend(
-                    controls::check(resource, pod)
-                        .into_iter()
-                        .map(|f| (f, action)),
-                );
+                let controls = pod_cache.controls(policy.fingerprints.resource, resource, pod);
+                found.extend(controls.iter().cloned().map(|f| (f, action)));
             }
             if let Some(image) = &policy.rules.image {
                 let reads_scans = scans::reads_scans(image);
-                let hygiene_rules = hygiene::has_rules(image);
+                if hygiene::has_rules(image) {
+                    let hash = policy.fingerprints.image;
+                    let findings = pod_cache.hygiene(hash, image, pod).to_vec();
+                    for (ordinal, finding) in findings {
+                        let container = pod_cache.images(pod)[ordinal].path;
+                        let finding = PodFinding {
+                            container: Some(container),
+                            finding,
+                        };
+                        found.push((finding, action));
+                    }
+                }
                 for (ordinal, entry) in pod_cache.images(pod).iter().enumerate() {
                     let (path, written, image_path) =
                         (entry.path, entry.subject.image, entry.field.as_str());
@@ -291,11 +299,6 @@ fn check_policy<'o>(
                         container: Some(path),
                         finding,
                     };
-                    if hygiene_rules {
-                        for finding in hygiene::check_subject(image, &entry.subject, image_path) {
-                            found.push((at(finding), action));
-                        }
-                    }
                     if reads_scans {
                         let scan = container_scans.get(pod, ordinal);
                         for (finding, most) in scans::check(image, written, scan, image_path) {

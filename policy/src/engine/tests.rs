@@ -332,3 +332,28 @@ fn policies_evaluated_together_get_the_findings_each_gets_alone() {
     );
     assert_eq!(rules("p11"), ["runAsUser", "registries", "runAsUser"]);
 }
+
+#[test]
+fn policies_whose_rule_hashes_collide_keep_their_own_findings() {
+    // Shared results are found by hash and confirmed by comparing the rules: two different
+    // rule sets with the same hashes (forced here) are each checked on their own.
+    let mut all = policies(
+        "---\nname: a\nrules: {resource: {privileged: {}}, image: {disallowedTags: [\"1.25\"]}}\n\
+         ---\nname: b\nrules: {resource: {readOnlyRootFilesystem: true}, image: {disallowedTags: [dev]}}\n",
+    );
+    all[1].fingerprints = all[0].fingerprints;
+    let decision = evaluate(&create("Pod", &mk_pod(PRIVILEGED)), "c1", &all);
+    let found: Vec<(&str, &str)> = decision
+        .findings
+        .iter()
+        .map(|f| (f.policy.as_str(), f.finding.rule.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("a", "disallowedTags"),
+            ("a", "privileged"),
+            ("b", "readOnlyRootFilesystem"),
+        ]
+    );
+}

@@ -81,7 +81,40 @@ pub struct Policy {
     pub rules: Rules,
     /// Store revision of the last change (0 before the control plane stores it).
     pub revision: u64,
+    /// Hashes of `rules`, for sharing work between policies with the same rules.
+    pub fingerprints: RuleFingerprints,
 }
+
+/// Hashes of a policy's rule sections, computed when the policy is validated. The engine checks
+/// each distinct resource rule set and image rule set once per admission and gives its findings
+/// to every policy that has the same rules: a hash only narrows the search, and a match is
+/// confirmed by comparing the rules, so a stale or colliding hash costs time, never a wrong
+/// finding. Not part of the policy's value: any two compare equal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuleFingerprints {
+    pub resource: u64,
+    pub image: u64,
+}
+
+impl RuleFingerprints {
+    pub fn of(rules: &Rules) -> Self {
+        use std::hash::BuildHasher;
+        let hash =
+            |section: &dyn std::fmt::Debug| crate::hash::FastHash.hash_one(format!("{section:?}"));
+        Self {
+            resource: hash(&rules.resource),
+            image: hash(&rules.image),
+        }
+    }
+}
+
+impl PartialEq for RuleFingerprints {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RuleFingerprints {}
 
 named_enum! {
     /// What happens to an object that violates the policy.

@@ -18,7 +18,7 @@ use errors::{Errors, Path, unknown};
 pub use errors::{FieldError, InvalidPolicy, InvalidPolicySet};
 pub use syntax::is_dns_label;
 
-use crate::model::{Action, Policy, Rules};
+use crate::model::{Action, Policy, RuleFingerprints, Rules};
 
 /// Longest accepted description, in characters.
 const MAX_DESCRIPTION: usize = 1024;
@@ -44,18 +44,23 @@ impl TryFrom<&proto::Policy> for Policy {
                 Action::from_name(action).ok_or_else(|| unknown("action", action, Action::NAMES)),
             ),
         };
+        // In field order, so errors are listed as the policy reads.
+        let scope = scope::scope(policy.scope.as_ref(), &root.field("scope"), &mut errors);
+        let whitelist = scope::whitelist(
+            policy.whitelist.as_ref(),
+            &root.field("whitelist"),
+            &mut errors,
+        );
+        let rules = rules(policy.rules.as_ref(), &root.field("rules"), &mut errors);
         let converted = Policy {
             name: policy.name.clone(),
             description: policy.description.clone(),
             enabled: policy.enabled.unwrap_or(true),
             action: action.unwrap_or_default(),
-            scope: scope::scope(policy.scope.as_ref(), &root.field("scope"), &mut errors),
-            whitelist: scope::whitelist(
-                policy.whitelist.as_ref(),
-                &root.field("whitelist"),
-                &mut errors,
-            ),
-            rules: rules(policy.rules.as_ref(), &root.field("rules"), &mut errors),
+            scope,
+            whitelist,
+            fingerprints: RuleFingerprints::of(&rules),
+            rules,
             revision: policy.revision,
         };
         errors.into_result(converted)
