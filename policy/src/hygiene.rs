@@ -45,7 +45,9 @@ impl<'a> Subject<'a> {
             Ok(parts) => parts.repository_path(),
             Err(_) => Cow::Borrowed(""),
         };
-        let cuts = repository.match_indices('/').map(|(i, _)| i).collect();
+        let cuts = (repository.bytes().enumerate())
+            .filter_map(|(i, b)| (b == b'/').then_some(i))
+            .collect();
         Self {
             image,
             parsed,

@@ -90,29 +90,34 @@ impl<'a> Parts<'a> {
         if input.len() > MAX_REFERENCE {
             return Err(ReferenceError::TooLong(input.len()));
         }
-        // Bytes first; characters are decoded only for (always invalid) non-ASCII input.
-        let blank = |c: char| c.is_whitespace() || c.is_control();
-        if input
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            || (!input.is_ascii() && input.chars().any(blank))
-        {
-            return Err(ReferenceError::Whitespace);
+        // One pass over the bytes: ASCII whitespace and controls are all at or below a space
+        // or DEL, and characters are decoded only for (always invalid) non-ASCII input.
+        if input.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+            let blank = |c: char| c.is_whitespace() || c.is_control();
+            if input
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                || (!input.is_ascii() && input.chars().any(blank))
+            {
+                return Err(ReferenceError::Whitespace);
+            }
         }
         if input.len() == 64 && input.bytes().all(is_lower_hex) {
             return Err(ReferenceError::ImageId);
         }
-        let (name_and_tag, digest) = match input.split_once('@') {
+        let (name_and_tag, digest) = match split_at_byte(input, b'@') {
             Some((rest, digest)) => (rest, Some(validate_digest(digest)?)),
             None => (input, None),
         };
-        let (written_registry, remainder) = match name_and_tag.split_once('/') {
-            Some((first, rest)) if first == "localhost" || first.contains(['.', ':']) => {
+        let (written_registry, remainder) = match split_at_byte(name_and_tag, b'/') {
+            Some((first, rest))
+                if first == "localhost" || first.bytes().any(|b| b == b'.' || b == b':') =>
+            {
                 (Some(first), rest)
             }
             _ => (None, name_and_tag),
         };
-        let (path, tag) = match remainder.split_once(':') {
+        let (path, tag) = match split_at_byte(remainder, b':') {
             Some((path, tag)) => (path, Some(tag)),
             None => (remainder, None),
         };
@@ -121,7 +126,8 @@ impl<'a> Parts<'a> {
             Some(r) if !r.eq_ignore_ascii_case(LEGACY_DOCKER_HUB) => r,
             _ => DOCKER_HUB,
         };
-        let official = registry.eq_ignore_ascii_case(DOCKER_HUB) && !path.contains('/');
+        let official =
+            registry.eq_ignore_ascii_case(DOCKER_HUB) && !path.bytes().any(|b| b == b'/');
         let parts = Self {
             name,
             registry,
@@ -341,17 +347,17 @@ fn is_valid_registry(registry: &str) -> bool {
             !address.is_empty() && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
         (address_ok, port)
     } else {
-        let (host, port) = match registry.split_once(':') {
+        let (host, port) = match split_at_byte(registry, b':') {
             Some((host, port)) => (host, Some(port)),
             None => (registry, None),
         };
-        (host.split('.').all(is_domain_component), port)
+        let mut components = host.as_bytes().split(|&b| b == b'.');
+        (components.all(is_domain_component), port)
     };
     host_ok && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn is_domain_component(component: &str) -> bool {
-    let b = component.as_bytes();
+fn is_domain_component(b: &[u8]) -> bool {
     b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
         && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
@@ -364,20 +370,28 @@ fn validate_path(path: &str) -> Result<(), ReferenceError> {
     if path.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(ReferenceError::UppercaseRepository(path.to_owned()));
     }
-    for component in path.split('/') {
+    for component in path.as_bytes().split(|&b| b == b'/') {
         if component.is_empty() {
             return Err(ReferenceError::EmptyPathComponent);
         }
         if !is_path_component(component) {
-            return Err(ReferenceError::InvalidPathComponent(component.to_owned()));
+            let text = String::from_utf8_lossy(component).into_owned();
+            return Err(ReferenceError::InvalidPathComponent(text));
         }
     }
     Ok(())
 }
 
+/// `s` split around its first `byte` (ASCII): `str::split_once` without the char-pattern
+/// searcher, whose setup costs more than the search on strings as short as image references.
+fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == byte)?;
+    Some((&s[..at], &s[at + 1..]))
+}
+
 /// `[a-z0-9]+ (sep [a-z0-9]+)*` where `sep` is `.`, `_`, `__` or one or more `-`.
-fn is_path_component(component: &str) -> bool {
-    let mut rest = component.as_bytes();
+fn is_path_component(component: &[u8]) -> bool {
+    let mut rest = component;
     loop {
         let run = rest
             .iter()
