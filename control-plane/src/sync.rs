@@ -415,7 +415,7 @@ async fn send_delta(store: &Store, cluster: &str, cursor: u64, tx: &Sender) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::test_support::{mk_scan_of, temp_store};
     use portcullis_proto::v1::{Cluster, Scope};
 
     fn scoped(name: &str, clusters: &[&str]) -> Policy {
@@ -551,27 +551,6 @@ mod tests {
         };
         assert_eq!((delta.revision, delta.protection), (5, Some(settings)));
         assert!(delta.changes.is_empty());
-    }
-
-    fn mk_scan_of(tag: &str, cves: &[&str]) -> portcullis_proto::v1::ImageScan {
-        use portcullis_proto::v1::{ImageIdentity, ImageScan, ScanVulnerability};
-        ImageScan {
-            image: Some(ImageIdentity {
-                repository: "docker.io/library/nginx".into(),
-                tags: vec![tag.into()],
-                ..Default::default()
-            }),
-            vulnerabilities: cves
-                .iter()
-                .map(|cve| ScanVulnerability {
-                    id: cve.to_string(),
-                    severity: "high".into(),
-                    fixed_version: "2".into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
     }
 
     /// Every chunk of a snapshot's scans, up to its end.

@@ -182,6 +182,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_support::mk_scan_of;
 
     fn mk_summary(ids: &[&str]) -> ImageSummary {
         ImageSummary {
@@ -229,26 +230,6 @@ mod tests {
         assert_eq!(staged, [(3, "CVE-0".into())]);
     }
 
-    fn mk_scan(tag: &str, cves: &[&str]) -> portcullis_proto::v1::ImageScan {
-        use portcullis_proto::v1::{ImageIdentity, ImageScan, ScanVulnerability};
-        ImageScan {
-            image: Some(ImageIdentity {
-                repository: "docker.io/library/nginx".into(),
-                tags: vec![tag.into()],
-                ..Default::default()
-            }),
-            vulnerabilities: cves
-                .iter()
-                .map(|cve| ScanVulnerability {
-                    id: cve.to_string(),
-                    severity: "low".into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
     /// Each stored summary's id and its vulnerabilities, spelled out through the dictionary.
     fn stored(store: &Store) -> Vec<(String, Vec<String>)> {
         use prost::Message;
@@ -274,14 +255,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .put_scan(mk_scan("1", &["CVE-2", "CVE-1"]))
+            .put_scan(mk_scan_of("1", &["CVE-2", "CVE-1"]))
             .await
             .unwrap();
         drop(store);
         // After a restart, numbering goes on where it was.
         let store = Store::open(dir.path()).unwrap();
         store
-            .put_scan(mk_scan("2", &["CVE-3", "CVE-1"]))
+            .put_scan(mk_scan_of("2", &["CVE-3", "CVE-1"]))
             .await
             .unwrap();
         assert_eq!(
@@ -322,7 +303,7 @@ mod tests {
         assert_eq!(format.trim(), "2");
         assert!(!dir.path().join("FORMAT.new").exists());
         // And it goes on from the rebuilt numbers.
-        store.put_scan(mk_scan("3", &["CVE-4"])).await.unwrap();
+        store.put_scan(mk_scan_of("3", &["CVE-4"])).await.unwrap();
         assert_eq!(store.vulnerability_ids().from(3).unwrap(), ["CVE-4"]);
     }
 

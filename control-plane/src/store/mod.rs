@@ -444,6 +444,28 @@ fn list_page<T>(
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::Store;
+    use portcullis_proto::v1::{ImageIdentity, ImageScan, ScanVulnerability};
+
+    /// A scan of `docker.io/library/nginx:<tag>` with `cves`, each high and fixable.
+    pub fn mk_scan_of(tag: &str, cves: &[&str]) -> ImageScan {
+        ImageScan {
+            image: Some(ImageIdentity {
+                repository: "docker.io/library/nginx".into(),
+                tags: vec![tag.into()],
+                ..Default::default()
+            }),
+            vulnerabilities: cves
+                .iter()
+                .map(|cve| ScanVulnerability {
+                    id: cve.to_string(),
+                    severity: "high".into(),
+                    fixed_version: "2".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
 
     /// A store in a fresh temporary directory (kept alive by the returned guard).
     pub fn temp_store() -> (Store, tempfile::TempDir) {
