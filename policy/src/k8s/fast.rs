@@ -30,6 +30,7 @@ pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Workload> {
         text: raw,
         bytes: raw.as_bytes(),
         at: 0,
+        depth: 0,
     };
     let (metadata, pod) = match kind {
         Kind::Pod => {
@@ -428,7 +429,12 @@ struct Reader<'a> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
+    /// Arrays and objects `skip_value` is inside.
+    depth: u32,
 }
+
+/// How deep `skip_value` goes before leaving the object to serde.
+const MAX_SKIPPED_DEPTH: u32 = 64;
 
 impl<'a> Reader<'a> {
     fn skip_whitespace(&mut self) {
@@ -757,7 +763,28 @@ impl<'a> Reader<'a> {
     /// Any JSON value, checked as strictly as serde checks a value it ignores.
     fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
+            open @ (b'{' | b'[') => {
+                // Nesting deeper than this is left to serde (which skips unknown values
+                // without recursing), so a hostile object cannot exhaust the stack here.
+                if self.depth == MAX_SKIPPED_DEPTH {
+                    return None;
+                }
+                self.depth += 1;
+                let skipped = self.skip_nested(open);
+                self.depth -= 1;
+                skipped
+            }
             b'"' => self.skip_string(),
+            b't' => self.literal(b"true").then_some(()),
+            b'f' => self.literal(b"false").then_some(()),
+            b'n' => self.literal(b"null").then_some(()),
+            _ => self.number(),
+        }
+    }
+
+    /// An object or array (`open` is next).
+    fn skip_nested(&mut self, open: u8) -> Option<()> {
+        match open {
             b'{' => {
                 // Keys may have escapes here (`managedFields` has keys like `k:{\"name\":…}`).
                 self.at += 1;
@@ -780,7 +807,7 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
-            b'[' => {
+            _ => {
                 self.at += 1;
                 if self.peek()? == b']' {
                     self.at += 1;
@@ -798,10 +825,6 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
-            b't' => self.literal(b"true").then_some(()),
-            b'f' => self.literal(b"false").then_some(()),
-            b'n' => self.literal(b"null").then_some(()),
-            _ => self.number(),
         }
     }
 
@@ -841,6 +864,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::engine::Object;
     use crate::k8s::pod_template;
 
     /// Every workload the tests have: the upstream Pod Security fixtures (YAML, read as JSON)
@@ -1012,6 +1036,26 @@ mod tests {
             direct > 100 && left > 100,
             "{direct} read directly, {left} left"
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_left_to_serde() {
+        // Far deeper than a stack could recurse: left to serde, which skips an unknown value
+        // without recursing, and reads the object.
+        let deep = format!(
+            r#"{{"spec":{{"x":{}1{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(workload(Kind::Pod, &deep), None);
+        assert!(Object::parse(Kind::Pod, &deep).is_ok());
+        // Within the limit, read directly.
+        let nested = format!(
+            r#"{{"spec":{{"x":{}1{}}}}}"#,
+            "[".repeat(60),
+            "]".repeat(60)
+        );
+        assert_eq!(agrees(Kind::Pod, &nested), Ok(true));
     }
 
     #[test]
