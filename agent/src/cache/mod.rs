@@ -467,11 +467,7 @@ fn read_chunks(file: std::fs::File, scans: &mut ScanIndex) -> Result<(), String>
             .read_exact(&mut buffer)
             .map_err(|e| format!("truncated chunk: {e}"))?;
         let chunk = SnapshotChunk::decode(buffer.as_slice()).map_err(|e| e.to_string())?;
-        dictionary.extend(chunk.vulnerability_dictionary.iter().map(String::as_str));
-        for message in &chunk.scans {
-            let (image, summary) = ScanSummary::from_snapshot_proto(message, &mut dictionary)?;
-            scans.put(&message.id, image, summary, message.revision);
-        }
+        crate::sync::apply::add_scans(scans, &mut dictionary, &chunk).map_err(|e| e.to_string())?;
     }
 }
 

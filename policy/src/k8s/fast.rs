@@ -387,27 +387,9 @@ fn volume(r: &mut Reader<'_>) -> Option<Volume> {
             return Some(());
         }
         match source {
-            VolumeType::HostPath => {
-                let mut path = None;
-                r.fields(|r, key, seen| match key {
-                    b"path" => r.once(seen, 0, |r| {
-                        path = Some(if r.null() { String::new() } else { r.string()? });
-                        Some(())
-                    }),
-                    _ => r.skip_value(),
-                })?;
-                v.host_path = Some(path.unwrap_or_default());
-            }
+            VolumeType::HostPath => v.host_path = Some(one_string_field(r, b"path")?),
             VolumeType::FlexVolume => {
-                let mut driver = None;
-                r.fields(|r, key, seen| match key {
-                    b"driver" => r.once(seen, 0, |r| {
-                        driver = Some(if r.null() { String::new() } else { r.string()? });
-                        Some(())
-                    }),
-                    _ => r.skip_value(),
-                })?;
-                v.flex_volume_driver = Some(driver.unwrap_or_default());
+                v.flex_volume_driver = Some(one_string_field(r, b"driver")?);
             }
             _ => {
                 (r.peek()? == b'{').then_some(())?;
@@ -421,6 +403,19 @@ fn volume(r: &mut Reader<'_>) -> Option<Volume> {
         v.sources.insert(VolumeType::EmptyDir);
     }
     Some(v)
+}
+
+/// An object of which only the string field `name` is read (`null` or absent: empty).
+fn one_string_field(r: &mut Reader<'_>, name: &[u8]) -> Option<String> {
+    let mut value = String::new();
+    r.fields(|r, key, seen| {
+        if key == name {
+            r.once(seen, 0, |r| r.nullable_string(&mut value))
+        } else {
+            r.skip_value()
+        }
+    })?;
+    Some(value)
 }
 
 /// A cursor over the JSON text. Every method answers `None` for what it does not read.
@@ -542,25 +537,11 @@ impl<'a> Reader<'a> {
             (_, b'\\') => {}
             _ => return None,
         }
-        let mut escaped = false;
-        loop {
-            match *self.bytes.get(self.at)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    self.at += 2;
-                }
-                0..=0x1f => return None,
-                _ => self.at += 1,
-            }
-        }
-        self.at += 1;
-        let text = self.text.get(start - 1..self.at)?;
-        if escaped {
-            // Rare outside annotations: serde_json decodes the escapes (and refuses bad ones).
-            return serde_json::from_str(text).ok();
-        }
-        Some(text[1..text.len() - 1].to_owned())
+        // Escapes, rare outside annotations: found and checked as when skipping, decoded by
+        // serde_json.
+        self.at = start - 1;
+        self.skip_string()?;
+        serde_json::from_str(self.text.get(start - 1..self.at)?).ok()
     }
 
     /// A string, checked and not kept. Escapes are checked as serde checks them; a `\\u`
@@ -624,26 +605,15 @@ impl<'a> Reader<'a> {
     }
 
     fn nullable_i32(&mut self, out: &mut i32) -> Option<()> {
-        *out = if self.null() {
-            0
-        } else {
-            self.integer_text()?.parse().ok()?
-        };
-        Some(())
+        self.nullable_into(|r| r.integer_text()?.parse().ok(), out)
     }
 
     fn nullable_bool(&mut self, out: &mut bool) -> Option<()> {
-        *out = !self.null() && self.bool()?;
-        Some(())
+        self.nullable_into(Reader::bool, out)
     }
 
     fn nullable_string(&mut self, out: &mut String) -> Option<()> {
-        *out = if self.null() {
-            String::new()
-        } else {
-            self.string()?
-        };
-        Some(())
+        self.nullable_into(Reader::string, out)
     }
 
     /// An optional field: `null` is `None` (for a field whose `null` reads as its default,
