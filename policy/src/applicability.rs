@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::glob::Glob;
+use crate::k8s::Text;
 use crate::model::{
     ImagePattern, Kind, LabelOperator, LabelRequirement, LabelSelector, Policy, Whitelist,
     WorkloadPattern,
@@ -26,7 +27,7 @@ pub struct Target<'a> {
     pub kind: Kind,
     pub name: &'a str,
     /// The object's own labels (for a workload, not its pod template's).
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a BTreeMap<Text, Text>,
 }
 
 /// The verdict of `applies`. Borrows from the policy and the target, so judging allocates
@@ -184,9 +185,9 @@ fn whitelisted<'a>(
 /// `DoesNotExist` its absence.
 fn mismatch<'a>(
     selector: &'a LabelSelector,
-    labels: &'a BTreeMap<String, String>,
+    labels: &'a BTreeMap<Text, Text>,
 ) -> Option<LabelMismatch<'a>> {
-    let value = |key: &str| labels.get(key).map(String::as_str);
+    let value = |key: &str| labels.get(key).map(Text::as_str);
     if let Some((key, expected)) = selector
         .match_labels
         .iter()
@@ -385,13 +386,13 @@ mod tests {
     use crate::model::{Action, LabelOperator as Op, Rules};
 
     const D: &str = "sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
-    const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
+    const NO_LABELS: &BTreeMap<Text, Text> = &BTreeMap::new();
 
     fn globs(patterns: &[&str]) -> Vec<Glob> {
         patterns.iter().map(|p| Glob::new(p).unwrap()).collect()
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels<T: for<'a> From<&'a str> + Ord>(pairs: &[(&str, &str)]) -> BTreeMap<T, T> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
@@ -413,7 +414,7 @@ mod tests {
     }
 
     /// A Deployment `web` in cluster `prod-1`.
-    fn mk_target<'a>(namespace: &'a str, labels: &'a BTreeMap<String, String>) -> Target<'a> {
+    fn mk_target<'a>(namespace: &'a str, labels: &'a BTreeMap<Text, Text>) -> Target<'a> {
         let (cluster, kind, name) = ("prod-1", Kind::Deployment, "web");
         Target {
             cluster,

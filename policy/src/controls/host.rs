@@ -92,7 +92,7 @@ pub(super) fn probes(out: &mut Out) {
                     c.name, target.host
                 );
                 let path = at.field(&format!("{field}.host"));
-                out.push("hostProbes", Some(at), path, &target.host, message);
+                out.push("hostProbes", Some(at), path, target.host.as_str(), message);
             }
         }
     }

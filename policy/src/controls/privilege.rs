@@ -21,7 +21,7 @@ pub(super) fn capabilities(out: &mut Out, rule: &CapabilitiesRule) {
                     describe_list(&rule.allow)
                 );
                 let path = at.field(&format!("securityContext.capabilities.add[{i}]"));
-                out.push("capabilities", Some(at), path, added, message);
+                out.push("capabilities", Some(at), path, added.as_str(), message);
             }
         }
         if !require_drops || caps.drop.iter().any(|d| is_all(d)) {
@@ -120,7 +120,7 @@ pub(super) fn proc_mount(out: &mut Out, rule: &ProcMountRule) {
                 describe_list(&rule.allow)
             );
             let path = at.field("securityContext.procMount");
-            out.push("procMount", Some(at), path, mount, message);
+            out.push("procMount", Some(at), path, mount.as_str(), message);
         }
     }
 }

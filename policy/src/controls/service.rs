@@ -21,7 +21,7 @@ pub fn check_service(rule: &ServiceRule, spec: &ServiceSpec, path: &str) -> Vec<
         for (i, ip) in spec.external_ips.iter().enumerate() {
             let message = format!("externalIPs are not allowed (CVE-2020-8554): {ip}");
             let field = format!("{path}.externalIPs[{i}]");
-            findings.push(Finding::new("service", field, ip, message));
+            findings.push(Finding::new("service", field, ip.as_str(), message));
         }
     }
     findings.sort();
@@ -35,8 +35,8 @@ mod tests {
 
     fn mk_spec(type_: &str, external_ips: &[&str]) -> ServiceSpec {
         ServiceSpec {
-            type_: type_.to_owned(),
-            external_ips: external_ips.iter().map(|ip| (*ip).to_owned()).collect(),
+            type_: (*type_).into(),
+            external_ips: external_ips.iter().map(|ip| (*ip).into()).collect(),
         }
     }
 

@@ -56,7 +56,7 @@ pub(super) fn host_path(out: &mut Out, rule: &HostPathRule) {
                 describe_prefixes(&rule.allow)
             );
             let field = pod.spec_field(&format!("volumes[{i}].hostPath.path"));
-            out.push("hostPath", None, field, path, message);
+            out.push("hostPath", None, field, path.as_str(), message);
             continue;
         };
         if !first.read_only || covering.any(|a| !a.read_only) {
@@ -121,7 +121,7 @@ pub(super) fn sysctls(out: &mut Out, rule: &SysctlsRule) {
         };
         let message = format!("sysctl {:?} {reason}", sysctl.name);
         let path = pod.spec_field(&format!("securityContext.sysctls[{i}].name"));
-        out.push("sysctls", None, path, &sysctl.name, message);
+        out.push("sysctls", None, path, sysctl.name.as_str(), message);
     }
 }
 

@@ -232,8 +232,8 @@ pub fn evaluate_object<'p>(
     let mut images = Vec::new();
     if let (false, Object::Workload(workload)) = (findings.is_empty(), object) {
         for (_, container) in workload.pod.containers() {
-            if !images.contains(&container.image) {
-                images.push(container.image.clone());
+            if !images.iter().any(|i| *i == container.image) {
+                images.push(container.image.to_string());
             }
         }
     }

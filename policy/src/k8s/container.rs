@@ -5,17 +5,17 @@ use std::collections::BTreeMap;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::nullable;
 use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
+use super::{Text, nullable};
 
 /// `corev1.Container`, reduced to what policies read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Container {
     #[serde(deserialize_with = "nullable")]
-    pub name: String,
+    pub name: Text,
     #[serde(deserialize_with = "nullable")]
-    pub image: String,
+    pub image: Text,
     #[serde(deserialize_with = "nullable")]
     pub ports: Vec<ContainerPort>,
     #[serde(deserialize_with = "nullable")]
@@ -96,7 +96,7 @@ pub struct SecurityContext {
     pub app_armor_profile: Option<Profile>,
     #[serde(rename = "seLinuxOptions")]
     pub se_linux_options: Option<SeLinuxOptions>,
-    pub proc_mount: Option<String>,
+    pub proc_mount: Option<Text>,
     #[serde(deserialize_with = "nullable")]
     pub windows_options: WindowsOptions,
 }
@@ -106,9 +106,9 @@ pub struct SecurityContext {
 #[serde(default)]
 pub struct Capabilities {
     #[serde(deserialize_with = "nullable")]
-    pub add: Vec<String>,
+    pub add: Vec<Text>,
     #[serde(deserialize_with = "nullable")]
-    pub drop: Vec<String>,
+    pub drop: Vec<Text>,
 }
 
 /// A volume mounted into a container.
@@ -116,11 +116,11 @@ pub struct Capabilities {
 #[serde(default, rename_all = "camelCase")]
 pub struct VolumeMount {
     #[serde(deserialize_with = "nullable")]
-    pub name: String,
+    pub name: Text,
     #[serde(deserialize_with = "nullable")]
     pub read_only: bool,
     #[serde(deserialize_with = "nullable")]
-    pub mount_path: String,
+    pub mount_path: Text,
 }
 
 /// Container resources; only which limits are set matters to policies.
@@ -128,13 +128,13 @@ pub struct VolumeMount {
 #[serde(default)]
 pub struct ResourceRequirements {
     #[serde(deserialize_with = "nullable")]
-    pub limits: BTreeMap<String, Quantity>,
+    pub limits: BTreeMap<Text, Quantity>,
 }
 
 /// A resource quantity as written (`500m`, `1Gi`); YAML often writes plain numbers (`cpu: 1`),
 /// which are kept as their decimal text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Quantity(pub String);
+pub struct Quantity(pub Text);
 
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -145,16 +145,22 @@ impl<'de> Deserialize<'de> for Quantity {
                 f.write_str("a quantity (string or number)")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Quantity, E> {
-                Ok(Quantity(v.to_owned()))
+                Ok(Quantity(v.into()))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Quantity, E> {
-                Ok(Quantity(v.to_string()))
+                Ok(Quantity(compact_str::ToCompactString::to_compact_string(
+                    &v,
+                )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Quantity, E> {
-                Ok(Quantity(v.to_string()))
+                Ok(Quantity(compact_str::ToCompactString::to_compact_string(
+                    &v,
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
-                Ok(Quantity(v.to_string()))
+                Ok(Quantity(compact_str::ToCompactString::to_compact_string(
+                    &v,
+                )))
             }
         }
         deserializer.deserialize_any(QuantityVisitor)
@@ -184,7 +190,7 @@ pub struct Handler {
 #[serde(default)]
 pub struct HostTarget {
     #[serde(deserialize_with = "nullable")]
-    pub host: String,
+    pub host: Text,
 }
 
 #[cfg(test)]

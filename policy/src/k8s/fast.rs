@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use super::Text;
 use super::container::{
     Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
     ResourceRequirements, SecurityContext, VolumeMount,
@@ -337,7 +338,7 @@ fn quantity(r: &mut Reader<'_>) -> Option<Quantity> {
         _ => {
             let text = r.integer_text()?;
             let fits = text.parse::<u64>().is_ok() || text.parse::<i64>().is_ok();
-            fits.then(|| Quantity(text.to_owned()))
+            fits.then(|| Quantity(Text::from(text)))
         }
     }
 }
@@ -377,7 +378,11 @@ fn volume(r: &mut Reader<'_>) -> Option<Volume> {
     let mut v = Volume::default();
     r.members(|r, key| {
         if key == "name" {
-            v.name = if r.null() { String::new() } else { r.string()? };
+            v.name = if r.null() {
+                Text::default()
+            } else {
+                r.string()?
+            };
             return Some(());
         }
         let Some(source) = VolumeType::from_name(key) else {
@@ -406,8 +411,8 @@ fn volume(r: &mut Reader<'_>) -> Option<Volume> {
 }
 
 /// An object of which only the string field `name` is read (`null` or absent: empty).
-fn one_string_field(r: &mut Reader<'_>, name: &[u8]) -> Option<String> {
-    let mut value = String::new();
+fn one_string_field(r: &mut Reader<'_>, name: &[u8]) -> Option<Text> {
+    let mut value = Text::default();
     r.fields(|r, key, seen| {
         if key == name {
             r.once(seen, 0, |r| r.nullable_string(&mut value))
@@ -526,13 +531,13 @@ impl<'a> Reader<'a> {
         self.text.get(start..start + length)
     }
 
-    fn string(&mut self) -> Option<String> {
+    fn string(&mut self) -> Option<Text> {
         self.eat(b'"')?;
         let start = self.at;
         match self.scan_string()? {
             (length, b'"') => {
                 self.at += length + 1;
-                return self.text.get(start..start + length).map(str::to_owned);
+                return self.text.get(start..start + length).map(Text::from);
             }
             (_, b'\\') => {}
             _ => return None,
@@ -612,7 +617,7 @@ impl<'a> Reader<'a> {
         self.nullable_into(Reader::bool, out)
     }
 
-    fn nullable_string(&mut self, out: &mut String) -> Option<()> {
+    fn nullable_string(&mut self, out: &mut Text) -> Option<()> {
         self.nullable_into(Reader::string, out)
     }
 
@@ -671,7 +676,7 @@ impl<'a> Reader<'a> {
     /// A map of string keys: a repeated key keeps the last value, as serde's map does.
     fn nullable_map<T>(
         &mut self,
-        out: &mut BTreeMap<String, T>,
+        out: &mut BTreeMap<Text, T>,
         mut read: impl FnMut(&mut Self) -> Option<T>,
     ) -> Option<()> {
         out.clear();
@@ -679,7 +684,7 @@ impl<'a> Reader<'a> {
             return Some(());
         }
         self.members(|r, key| {
-            out.insert(key.to_owned(), read(r)?);
+            out.insert(Text::from(key), read(r)?);
             Some(())
         })
     }

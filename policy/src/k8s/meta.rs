@@ -6,25 +6,25 @@ use std::ops::Bound;
 
 use serde::Deserialize;
 
-use super::nullable;
+use super::{Text, nullable};
 
 /// `metav1.ObjectMeta`, reduced to what policies read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(deserialize_with = "nullable")]
-    pub name: String,
+    pub name: Text,
     /// Used when `name` is empty: the API server appends a random suffix.
     #[serde(deserialize_with = "nullable")]
-    pub generate_name: String,
+    pub generate_name: Text,
     /// Empty in pod templates and often in the object of an admission request (the request
     /// carries it).
     #[serde(deserialize_with = "nullable")]
-    pub namespace: String,
+    pub namespace: Text,
     #[serde(deserialize_with = "nullable")]
-    pub labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<Text, Text>,
     #[serde(deserialize_with = "nullable")]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: BTreeMap<Text, Text>,
 }
 
 impl ObjectMeta {

@@ -26,6 +26,10 @@ pub use workload::{
     ContainerKind, ContainerPath, PodFinding, PodTemplate, TemplatePaths, Workload, pod_template,
 };
 
+/// A string of the model. Most of an object's strings (names, capabilities, quantities, label
+/// keys) fit in 24 bytes and are kept inline, so reading an object allocates for few of them.
+pub type Text = compact_str::CompactString;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 

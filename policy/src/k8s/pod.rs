@@ -3,8 +3,8 @@
 use serde::Deserialize;
 
 use super::container::Container;
-use super::nullable;
 use super::volume::Volume;
+use super::{Text, nullable};
 
 /// `corev1.PodSpec`, reduced to what policies read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -50,7 +50,7 @@ impl PodSpec {
 #[serde(default)]
 pub struct PodOs {
     #[serde(deserialize_with = "nullable")]
-    pub name: String,
+    pub name: Text,
 }
 
 /// `corev1.PodSecurityContext`: defaults for every container, plus pod-only settings.
@@ -79,8 +79,8 @@ pub struct PodSecurityContext {
 #[serde(default, rename_all = "camelCase")]
 pub struct Profile {
     #[serde(rename = "type", deserialize_with = "nullable")]
-    pub type_: String,
-    pub localhost_profile: Option<String>,
+    pub type_: Text,
+    pub localhost_profile: Option<Text>,
 }
 
 /// `corev1.SELinuxOptions`; an empty string is an unset field.
@@ -88,13 +88,13 @@ pub struct Profile {
 #[serde(default)]
 pub struct SeLinuxOptions {
     #[serde(deserialize_with = "nullable")]
-    pub user: String,
+    pub user: Text,
     #[serde(deserialize_with = "nullable")]
-    pub role: String,
+    pub role: Text,
     #[serde(rename = "type", deserialize_with = "nullable")]
-    pub type_: String,
+    pub type_: Text,
     #[serde(deserialize_with = "nullable")]
-    pub level: String,
+    pub level: Text,
 }
 
 impl SeLinuxOptions {
@@ -112,9 +112,9 @@ impl SeLinuxOptions {
 #[serde(default)]
 pub struct Sysctl {
     #[serde(deserialize_with = "nullable")]
-    pub name: String,
+    pub name: Text,
     #[serde(deserialize_with = "nullable")]
-    pub value: String,
+    pub value: Text,
 }
 
 /// `corev1.WindowsSecurityContextOptions`, reduced to HostProcess.

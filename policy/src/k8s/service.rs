@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::meta::ObjectMeta;
-use super::nullable;
+use super::{Text, nullable};
 
 /// A `v1/Service` object; parse it with `k8s::parse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -21,9 +21,9 @@ pub struct Service {
 pub struct ServiceSpec {
     /// As written; empty means `ClusterIP` (see `effective_type`).
     #[serde(rename = "type", deserialize_with = "nullable")]
-    pub type_: String,
+    pub type_: Text,
     #[serde(rename = "externalIPs", deserialize_with = "nullable")]
-    pub external_ips: Vec<String>,
+    pub external_ips: Vec<Text>,
 }
 
 impl ServiceSpec {

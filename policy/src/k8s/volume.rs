@@ -7,18 +7,19 @@ use std::fmt;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::Text;
 use crate::VolumeType;
 
 /// A pod volume.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Volume {
-    pub name: String,
+    pub name: Text,
     /// The sources set (exactly one in a valid object).
     pub sources: VolumeSources,
     /// `hostPath.path`, when the volume is a hostPath.
-    pub host_path: Option<String>,
+    pub host_path: Option<Text>,
     /// `flexVolume.driver`, when the volume is a flexVolume.
-    pub flex_volume_driver: Option<String>,
+    pub flex_volume_driver: Option<Text>,
 }
 
 /// A set of volume sources, one bit per `VolumeType`, so checks iterate without allocating.
@@ -94,7 +95,7 @@ impl<'de> Visitor<'de> for VolumeVisitor {
         let mut volume = Volume::default();
         while let Some(key) = map.next_key::<String>()? {
             if key == "name" {
-                volume.name = map.next_value::<Option<String>>()?.unwrap_or_default();
+                volume.name = map.next_value::<Option<Text>>()?.unwrap_or_default();
                 continue;
             }
             let Some(source) = VolumeType::from_name(&key) else {
@@ -105,11 +106,11 @@ impl<'de> Visitor<'de> for VolumeVisitor {
             let set = match source {
                 VolumeType::HostPath => map
                     .next_value::<Option<HostPathSource>>()?
-                    .map(|s| volume.host_path = Some(s.path))
+                    .map(|s| volume.host_path = Some(s.path.into()))
                     .is_some(),
                 VolumeType::FlexVolume => map
                     .next_value::<Option<FlexVolumeSource>>()?
-                    .map(|s| volume.flex_volume_driver = Some(s.driver))
+                    .map(|s| volume.flex_volume_driver = Some(s.driver.into()))
                     .is_some(),
                 _ => map.next_value::<Option<OtherSource>>()?.is_some(),
             };

@@ -109,7 +109,13 @@ fn capabilities(ctx: &mut Ctx) {
                     BASELINE_CAPABILITIES.join(", ")
                 );
                 let path = at.field(&format!("securityContext.capabilities.add[{i}]"));
-                ctx.report(CheckId::CapabilitiesBaseline, Some(at), path, cap, message);
+                ctx.report(
+                    CheckId::CapabilitiesBaseline,
+                    Some(at),
+                    path,
+                    cap.as_str(),
+                    message,
+                );
             }
         }
     }
@@ -198,7 +204,13 @@ fn profile_types(
     };
     if let Some(profile) = pod_profile.filter(|p| !confined_profile_type(&p.type_)) {
         let path = pod.spec_field(&format!("securityContext.{field}.type"));
-        ctx.report(check, None, path, &profile.type_, message("pod", profile));
+        ctx.report(
+            check,
+            None,
+            path,
+            profile.type_.as_str(),
+            message("pod", profile),
+        );
     }
     for (at, c) in pod.containers() {
         let Some(profile) = container_profile(&c.security_context) else {
@@ -211,7 +223,7 @@ fn profile_types(
                 check,
                 Some(at),
                 path,
-                &profile.type_,
+                profile.type_.as_str(),
                 message(&who, profile),
             );
         }
@@ -253,7 +265,7 @@ fn se_linux_options(ctx: &mut Ctx, owner: Option<(ContainerPath, &str)>, options
             CheckId::SeLinuxOptions,
             container,
             path("type"),
-            &options.type_,
+            options.type_.as_str(),
             message,
         );
     }
@@ -264,7 +276,7 @@ fn se_linux_options(ctx: &mut Ctx, owner: Option<(ContainerPath, &str)>, options
                 CheckId::SeLinuxOptions,
                 container,
                 path(field),
-                value,
+                value.as_str(),
                 message,
             );
         }
@@ -283,7 +295,7 @@ pub(super) fn proc_mount(ctx: &mut Ctx, check: CheckId) {
                 check,
                 Some(at),
                 at.field("securityContext.procMount"),
-                mount,
+                mount.as_str(),
                 message,
             );
         }
@@ -300,7 +312,13 @@ fn seccomp_annotations(ctx: &mut Ctx) {
     {
         let message = format!("pod seccomp annotation must not be {value:?}");
         let path = pod.annotation_path(SECCOMP_POD_ANNOTATION);
-        ctx.report(CheckId::SeccompProfileBaseline, None, path, value, message);
+        ctx.report(
+            CheckId::SeccompProfileBaseline,
+            None,
+            path,
+            value.as_str(),
+            message,
+        );
     }
     for (key, name, value) in pod
         .metadata
@@ -349,7 +367,7 @@ fn sysctls(ctx: &mut Ctx) {
                 sysctl.name
             );
             let path = pod.spec_field(&format!("securityContext.sysctls[{i}].name"));
-            ctx.report(CheckId::Sysctls, None, path, &sysctl.name, message);
+            ctx.report(CheckId::Sysctls, None, path, sysctl.name.as_str(), message);
         }
     }
 }
@@ -384,7 +402,7 @@ fn host_probes(ctx: &mut Ctx) {
                     CheckId::HostProbesAndHostLifecycle,
                     Some(at),
                     path,
-                    &target.host,
+                    target.host.as_str(),
                     message,
                 );
             }

@@ -157,7 +157,7 @@ fn seccomp(ctx: &mut Ctx) {
                 CheckId::SeccompProfileRestricted,
                 None,
                 path,
-                &profile.type_,
+                profile.type_.as_str(),
                 message,
             );
         }
@@ -214,7 +214,7 @@ fn capabilities(ctx: &mut Ctx) {
                     CheckId::CapabilitiesRestricted,
                     Some(at),
                     path,
-                    cap,
+                    cap.as_str(),
                     message,
                 );
             }
