@@ -27,6 +27,15 @@ impl LoadedPolicy {
     }
 }
 
+/// Adds (or replaces) `policy` in `policies`, sharing its rule sets with an enforced policy
+/// that has equal ones (see `Policy::share_rules`: the engine then checks them once).
+pub fn insert_policy(policies: &mut BTreeMap<String, Arc<LoadedPolicy>>, mut policy: LoadedPolicy) {
+    policy
+        .policy
+        .share_rules(policies.values().map(|p| &p.policy));
+    policies.insert(policy.proto.name.clone(), Arc::new(policy));
+}
+
 /// One applied revision of the control plane's state, as it concerns this cluster.
 #[derive(Clone, Debug, Default)]
 pub struct AgentState {

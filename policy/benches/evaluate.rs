@@ -68,11 +68,14 @@ fn mk_policies(distinct: bool) -> Vec<Policy> {
              whitelist: {{images: [\"registry.example.com/base/*\"]}}\nrules:\n  {rules}\n"
         ));
     }
-    parse_policy_documents(&yaml)
+    let mut policies: Vec<Policy> = parse_policy_documents(&yaml)
         .unwrap()
         .iter()
         .map(|p| Policy::try_from(p).unwrap())
-        .collect()
+        .collect();
+    // As the agent and the CLI hold them: equal rule sets are one value.
+    portcullis_policy::share_rules(&mut policies);
+    policies
 }
 
 fn deployment() -> String {

@@ -20,8 +20,8 @@ impl From<&Policy> for proto::Policy {
             scope: Some(scope(&policy.scope)),
             whitelist: Some(whitelist(&policy.whitelist)),
             rules: Some(proto::Rules {
-                image: policy.rules.image.as_ref().map(image_rules),
-                resource: policy.rules.resource.as_ref().map(resource_rules),
+                image: policy.rules.image.as_deref().map(image_rules),
+                resource: policy.rules.resource.as_deref().map(resource_rules),
             }),
             revision: policy.revision,
             // Server bookkeeping, not part of the policy model: the store sets them.

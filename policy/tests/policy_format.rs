@@ -109,7 +109,7 @@ fn snake_case_json_field_names_are_accepted() {
         r#"{"name": "svc", "rules": {"resource": {"service": {"forbid_external_ips": true}}}}"#;
     let policies = parse_policy_documents(text).unwrap();
     let domain = Policy::try_from(&policies[0]).unwrap();
-    let service = domain.rules.resource.unwrap().service.unwrap();
+    let service = domain.rules.resource.unwrap().service.clone().unwrap();
     assert!(service.forbid_external_ips);
 }
 

@@ -33,7 +33,7 @@ use portcullis_policy::{
 use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings, SnapshotChunk};
 
 use crate::{
-    state::{AgentState, LoadedPolicy},
+    state::{AgentState, LoadedPolicy, insert_policy},
     sync::apply::ScanWrite,
 };
 
@@ -283,7 +283,7 @@ impl Cache {
                 )));
             }
             let loaded = LoadedPolicy::load(proto).map_err(corrupt)?;
-            policies.insert(loaded.proto.name.clone(), Arc::new(loaded));
+            insert_policy(&mut policies, loaded);
         }
         if epoch.is_empty() && !policies.is_empty() {
             return Err(corrupt("policies without an epoch".into()));

@@ -2,7 +2,7 @@
 //! top of the current state. Pure: validation failures become errors (a NACK), never a
 //! half-applied state.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use prost::Message;
 
@@ -14,7 +14,7 @@ use portcullis_proto::v1::{
     Delta, ImageSummary, Policy, ProtectionSettings, SnapshotChunk, policy_change, scan_change,
 };
 
-use crate::state::{AgentState, LoadedPolicy};
+use crate::state::{AgentState, LoadedPolicy, insert_policy};
 
 /// Why a revision could not be applied.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -67,7 +67,7 @@ pub fn snapshot(
     let mut loaded = BTreeMap::new();
     for proto in policies {
         let policy = LoadedPolicy::load(proto).map_err(ApplyError::Invalid)?;
-        loaded.insert(policy.proto.name.clone(), Arc::new(policy));
+        insert_policy(&mut loaded, policy);
     }
     Ok(AgentState {
         epoch: epoch.to_owned(),
@@ -97,8 +97,7 @@ pub fn delta(
         match change.change {
             Some(policy_change::Change::Put(proto)) => {
                 let policy = LoadedPolicy::load(proto).map_err(ApplyError::Invalid)?;
-                next.policies
-                    .insert(policy.proto.name.clone(), Arc::new(policy));
+                insert_policy(&mut next.policies, policy);
             }
             Some(policy_change::Change::Deleted(name)) => {
                 next.policies.remove(&name);
@@ -132,6 +131,7 @@ pub fn delta(
 mod tests {
     use super::*;
     use portcullis_proto::v1::{PolicyChange, ResourceRules, Rules};
+    use std::sync::Arc;
 
     fn mk_policy(name: &str) -> Policy {
         Policy {
@@ -186,6 +186,12 @@ mod tests {
         assert_eq!(next.policies.keys().collect::<Vec<_>>(), ["b", "c"]);
         assert!(Arc::ptr_eq(&state.policies["b"], &next.policies["b"]));
         assert_eq!(state.revision, 5, "the old state is untouched");
+        // Equal rule sets are held once, whether they came in the snapshot or in a delta.
+        let resource = |state: &AgentState, name: &str| {
+            Arc::clone(state.policies[name].policy.rules.resource.as_ref().unwrap())
+        };
+        assert!(Arc::ptr_eq(&resource(&state, "a"), &resource(&state, "b")));
+        assert!(Arc::ptr_eq(&resource(&next, "b"), &resource(&next, "c")));
     }
 
     fn mk_summary(id: &str, cve: &str) -> ImageSummary {

@@ -56,6 +56,7 @@ pub fn run(args: TestArgs, explain: bool) -> Result<ExitCode> {
     if !invalid.is_empty() {
         bail!("invalid policies:\n  {}", invalid.join("\n  "));
     }
+    portcullis_policy::share_rules(&mut policies);
     let scans = read_scan_reports(&args.scans, args.scan_format)?;
     let manifests = read_manifests(&args.manifests)?;
     if manifests.is_empty() {

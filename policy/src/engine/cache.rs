@@ -32,8 +32,8 @@ pub(crate) struct PodCache<'o, 'p> {
     hygiene: PerRuleSet<'p, ImageRules, Vec<(usize, Finding)>>,
 }
 
-/// Results per distinct rule set, found by the rules' hash and confirmed by comparing the
-/// rules themselves.
+/// Results per distinct rule set, found by the rules' hash and confirmed by address (rule sets
+/// held once, see `Policy::share_rules`) or else by comparing the rules themselves.
 struct PerRuleSet<'p, R, T> {
     entries: Vec<(u64, &'p R, T)>,
 }

@@ -310,6 +310,23 @@ fn policies_evaluated_together_get_the_findings_each_gets_alone() {
         .flat_map(|p| evaluate(&create("Pod", &pod), "c1", std::slice::from_ref(p)).findings)
         .collect();
     assert_eq!(together.findings, alone);
+    // The same with equal rule sets held as one value (as the agent and the CLI hold them):
+    // found by address instead of by comparison.
+    let mut shared = all.clone();
+    crate::share_rules(&mut shared);
+    let (p00, p02) = (&shared[0].rules, &shared[2].rules);
+    assert!(std::sync::Arc::ptr_eq(
+        p00.resource.as_ref().unwrap(),
+        p02.resource.as_ref().unwrap()
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        p00.image.as_ref().unwrap(),
+        p02.image.as_ref().unwrap()
+    ));
+    assert_eq!(
+        evaluate(&create("Pod", &pod), "c1", &shared).findings,
+        alone
+    );
     let rules = |name: &str| -> Vec<&str> {
         let of = alone.iter().filter(|f| f.policy == name);
         of.map(|f| f.finding.rule.as_str()).collect()

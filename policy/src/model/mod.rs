@@ -18,6 +18,8 @@ pub use scope::{
     ImagePattern, Kind, LabelOperator, LabelRequirement, LabelSelector, NamespaceScope, Scope,
     Whitelist, WorkloadPattern,
 };
+use std::sync::Arc;
+
 pub use security::{
     IdRange, IdRule, IdRuleKind, ProcMountRule, ProcMountType, ProfileRule, ProfileType,
     SeLinuxOptions, SeLinuxRule,
@@ -108,6 +110,44 @@ impl RuleFingerprints {
     }
 }
 
+impl Policy {
+    /// Takes each rule section from the first of `others` whose section is equal, so both
+    /// policies hold the same value. The engine checks a rule set once per admission for every
+    /// policy that has it; a shared value is recognised by its address, an equal copy only by
+    /// comparing the two (which costs more than some of the checks it saves).
+    pub fn share_rules<'a>(&mut self, others: impl IntoIterator<Item = &'a Policy>) {
+        let mut resource_done = self.rules.resource.is_none();
+        let mut image_done = self.rules.image.is_none();
+        for other in others {
+            if resource_done && image_done {
+                return;
+            }
+            if !resource_done
+                && other.fingerprints.resource == self.fingerprints.resource
+                && other.rules.resource == self.rules.resource
+            {
+                self.rules.resource.clone_from(&other.rules.resource);
+                resource_done = true;
+            }
+            if !image_done
+                && other.fingerprints.image == self.fingerprints.image
+                && other.rules.image == self.rules.image
+            {
+                self.rules.image.clone_from(&other.rules.image);
+                image_done = true;
+            }
+        }
+    }
+}
+
+/// `Policy::share_rules` within a set: each policy shares with those before it.
+pub fn share_rules(policies: &mut [Policy]) {
+    for i in 1..policies.len() {
+        let (before, rest) = policies.split_at_mut(i);
+        rest[0].share_rules(before.iter());
+    }
+}
+
 impl PartialEq for RuleFingerprints {
     fn eq(&self, _: &Self) -> bool {
         true
@@ -129,9 +169,48 @@ named_enum! {
 }
 
 /// The checks of a policy. Validation guarantees at least one section is present and that each
-/// present section restricts something.
+/// present section restricts something. Sections are shared (`Arc`): policies with equal rules
+/// can hold the same values (`share_rules`), which the engine then recognises by address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {
-    pub image: Option<ImageRules>,
-    pub resource: Option<ResourceRules>,
+    pub image: Option<Arc<ImageRules>>,
+    pub resource: Option<Arc<ResourceRules>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies(yaml: &str) -> Vec<Policy> {
+        crate::parse_policy_documents(yaml)
+            .unwrap()
+            .iter()
+            .map(|p| Policy::try_from(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn equal_rule_sections_become_one_value_and_different_ones_stay_apart() {
+        let mut all = policies(
+            "---\nname: a\nrules: {resource: {privileged: {}}, image: {disallowedTags: [latest]}}\n\
+             ---\nname: b\nrules: {resource: {privileged: {}}, image: {disallowedTags: [dev]}}\n\
+             ---\nname: c\nrules: {resource: {privileged: {}}}\n\
+             ---\nname: d\nrules: {image: {disallowedTags: [dev]}}\n\
+             ---\nname: e\nrules: {resource: {readOnlyRootFilesystem: true}}\n",
+        );
+        let before = all.clone();
+        // A forced hash match between different rules is confirmed by comparing them.
+        all[4].fingerprints = all[0].fingerprints;
+        share_rules(&mut all);
+        let resource = |i: usize| all[i].rules.resource.as_ref().unwrap();
+        let image = |i: usize| all[i].rules.image.as_ref().unwrap();
+        assert!(Arc::ptr_eq(resource(0), resource(1)));
+        assert!(Arc::ptr_eq(resource(0), resource(2)));
+        assert!(!Arc::ptr_eq(resource(0), resource(4)));
+        assert!(!Arc::ptr_eq(image(0), image(1)));
+        assert!(Arc::ptr_eq(image(1), image(3)));
+        assert!(all[2].rules.image.is_none() && all[3].rules.resource.is_none());
+        // Sharing changes no policy's value.
+        assert_eq!(all, before);
+    }
 }

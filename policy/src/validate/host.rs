@@ -95,7 +95,7 @@ mod tests {
 
     fn convert(rules: proto::ResourceRules) -> crate::ResourceRules {
         let policy = Policy::try_from(&with_resource(rules)).unwrap();
-        policy.rules.resource.unwrap()
+        crate::ResourceRules::clone(&policy.rules.resource.unwrap())
     }
 
     #[test]

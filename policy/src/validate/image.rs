@@ -151,7 +151,8 @@ mod tests {
             disallowed_tags: strings(&["latest"]),
             ..Default::default()
         });
-        let image = Policy::try_from(&p).unwrap().rules.image.unwrap();
+        let image =
+            std::sync::Arc::unwrap_or_clone(Policy::try_from(&p).unwrap().rules.image.unwrap());
         let v = image.vulnerabilities.unwrap();
         assert_eq!(v.severity, Some(Severity::High));
         assert!(v.fixable_only);

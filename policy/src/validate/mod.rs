@@ -11,6 +11,7 @@ mod security;
 mod syntax;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use portcullis_proto::v1 as proto;
 
@@ -87,11 +88,11 @@ fn rules(rules: Option<&proto::Rules>, path: &Path, errors: &mut Errors) -> Rule
         image: rules
             .image
             .as_ref()
-            .map(|r| image::image_rules(r, &path.field("image"), errors)),
+            .map(|r| Arc::new(image::image_rules(r, &path.field("image"), errors))),
         resource: rules
             .resource
             .as_ref()
-            .map(|r| resource::resource_rules(r, &path.field("resource"), errors)),
+            .map(|r| Arc::new(resource::resource_rules(r, &path.field("resource"), errors))),
     }
 }
 
@@ -122,6 +123,7 @@ pub fn validate_policy_set(policies: &[proto::Policy]) -> Result<Vec<Policy>, In
         }
     }
     if errors.is_empty() {
+        crate::model::share_rules(&mut valid);
         Ok(valid)
     } else {
         Err(InvalidPolicySet { errors })
@@ -240,7 +242,7 @@ mod tests {
             forbid_privileged: true,
             ..Default::default()
         };
-        assert_eq!(policy.rules.resource, Some(expected));
+        assert_eq!(policy.rules.resource.as_deref(), Some(&expected));
     }
 
     #[test]

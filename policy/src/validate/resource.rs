@@ -276,11 +276,8 @@ mod tests {
     use crate::testing::{assert_error, errors_of, strings, with_resource};
 
     fn convert(rules: proto::ResourceRules) -> ResourceRules {
-        Policy::try_from(&with_resource(rules))
-            .unwrap()
-            .rules
-            .resource
-            .unwrap()
+        let rules = Policy::try_from(&with_resource(rules)).unwrap().rules;
+        ResourceRules::clone(&rules.resource.unwrap())
     }
 
     #[test]

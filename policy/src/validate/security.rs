@@ -210,7 +210,8 @@ mod tests {
             fs_group: id("MayRunAs", &[(1000, 2000), (3000, 3000)]),
             ..Default::default()
         });
-        let rules = Policy::try_from(&p).unwrap().rules.resource.unwrap();
+        let rules =
+            std::sync::Arc::unwrap_or_clone(Policy::try_from(&p).unwrap().rules.resource.unwrap());
         assert_eq!(
             rules.run_as_user.unwrap().rule,
             IdRuleKind::MustRunAsNonRoot
@@ -382,6 +383,7 @@ mod tests {
             .resource
             .unwrap()
             .se_linux
+            .clone()
             .unwrap();
         assert_eq!(
             rule.allow,
