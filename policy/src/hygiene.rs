@@ -19,7 +19,7 @@ pub fn check(rules: &ImageRules, image: &str, path: &str) -> Vec<Finding> {
     if !has_rules(rules) {
         return Vec::new();
     }
-    check_subject(rules, &Subject::new(image), path)
+    check_subject(rules, &Subject::new(image), || path)
 }
 
 /// Whether `rules` hold any hygiene rule (when not, no image needs parsing).
@@ -57,31 +57,36 @@ impl<'a> Subject<'a> {
     }
 }
 
-/// `check` on an image prepared once for every policy (the engine's per-object cache).
-pub(crate) fn check_subject(rules: &ImageRules, subject: &Subject<'_>, path: &str) -> Vec<Finding> {
+/// `check` on an image prepared once for every policy (the engine's per-object cache); `path`
+/// is asked for only when there is a finding.
+pub(crate) fn check_subject<'p>(
+    rules: &ImageRules,
+    subject: &Subject<'_>,
+    path: impl Fn() -> &'p str,
+) -> Vec<Finding> {
     let (registries, image) = (&rules.registries, subject.image);
     let parts = match &subject.parsed {
         Ok(parts) => parts,
         Err(error) => {
             let message = format!("invalid image reference: {error}");
-            return vec![Finding::new("imageReference", path, image, message)];
+            return vec![Finding::new("imageReference", path(), image, message)];
         }
     };
     let mut findings = Vec::new();
     if !registries.is_empty()
         && let Some(message) = registry_violation(registries, subject)
     {
-        findings.push(Finding::new("registries", path, image, message));
+        findings.push(Finding::new("registries", path(), image, message));
     }
     if let Some(tag) = parts.effective_tag()
         && rules.disallowed_tags.iter().any(|t| t == tag)
     {
         let message = tag_message(&rules.disallowed_tags, tag, parts.tag.is_none());
-        findings.push(Finding::new("disallowedTags", path, image, message));
+        findings.push(Finding::new("disallowedTags", path(), image, message));
     }
     if rules.require_digest && parts.digest.is_none() {
         let message = "image must be pinned by digest (name@sha256:<64 hex digits>)";
-        findings.push(Finding::new("requireDigest", path, image, message));
+        findings.push(Finding::new("requireDigest", path(), image, message));
     }
     findings
 }

@@ -4,6 +4,8 @@
 //! rule set (policies often share rules and differ in scope or action). Fifty policies on a
 //! four-container pod otherwise parse the same images and run the same checks dozens of times.
 
+use std::cell::OnceCell;
+
 use crate::hygiene::{self, Subject};
 use crate::{
     Finding, ImageRules, PodSecurityLevel, PodSecurityVersion, ResourceRules, controls,
@@ -14,10 +16,17 @@ use crate::{
 /// One container's image: where it is, and parsed.
 pub(crate) struct ContainerImage<'o> {
     pub path: ContainerPath,
-    /// `…containers[i].image`.
-    pub field: String,
+    /// `…containers[i].image`, written out when a finding needs it.
+    field: OnceCell<String>,
     /// Parsed and normalised once for every policy's image rules.
     pub subject: Subject<'o>,
+}
+
+impl ContainerImage<'_> {
+    /// The image's field path (`…containers[i].image`).
+    pub fn field(&self) -> &str {
+        self.field.get_or_init(|| self.path.field("image"))
+    }
 }
 
 /// Per-pod results, filled on first use.
@@ -89,7 +98,7 @@ impl<'o, 'p> PodCache<'o, 'p> {
         self.hygiene.get_or_insert_with(hash, rules, || {
             let mut findings = Vec::new();
             for (ordinal, entry) in images.iter().enumerate() {
-                let found = hygiene::check_subject(rules, &entry.subject, &entry.field);
+                let found = hygiene::check_subject(rules, &entry.subject, || entry.field());
                 findings.extend(found.into_iter().map(|finding| (ordinal, finding)));
             }
             findings
@@ -125,7 +134,7 @@ fn container_images(pod: &PodTemplate) -> Vec<ContainerImage<'_>> {
     pod.containers()
         .map(|(path, container)| ContainerImage {
             path,
-            field: path.field("image"),
+            field: OnceCell::new(),
             subject: Subject::new(container.image.as_str()),
         })
         .collect()

@@ -203,23 +203,25 @@ pub fn evaluate_object<'p>(
     let mut findings = Vec::new();
     let mut container_scans = ContainerScans::new(scans);
     let mut pod_cache = PodCache::default();
+    // One policy's findings at a time (reused: most policies have none).
+    let mut found = Vec::new();
     for policy in policies {
         if !applicability::applies(policy, target).is_applicable() {
             continue;
         }
-        for (finding, action) in check_policy(
+        check_policy(
             policy,
             object,
             target.cluster,
             &mut container_scans,
             &mut pod_cache,
-        ) {
-            findings.push(PolicyFinding {
-                policy: policy.name.clone(),
-                action,
-                finding,
-            });
-        }
+            &mut found,
+        );
+        findings.extend(found.drain(..).map(|(found, action)| PolicyFinding {
+            policy: policy.name.clone(),
+            action,
+            finding: found.finding,
+        }));
     }
     findings.sort_by(|a, b| {
         (&a.policy, &a.finding.path, &a.finding.rule).cmp(&(
@@ -257,16 +259,16 @@ fn outcome_of(findings: &[PolicyFinding]) -> Outcome {
 }
 
 /// Every finding of one applicable policy with its action, without those about whitelisted
-/// containers.
+/// containers, into `found` (empty on entry).
 fn check_policy<'o, 'p>(
     policy: &'p Policy,
     object: &'o Object,
     cluster: &str,
     container_scans: &mut ContainerScans<'_>,
     pod_cache: &mut PodCache<'o, 'p>,
-) -> Vec<(Finding, Action)> {
+    found: &mut Vec<(PodFinding, Action)>,
+) {
     let action = policy.action;
-    let mut found: Vec<(PodFinding, Action)> = Vec::new();
     match object {
         Object::Workload(workload) => {
             let pod = &workload.pod;
@@ -293,15 +295,14 @@ fn check_policy<'o, 'p>(
                     }
                 }
                 for (ordinal, entry) in pod_cache.images(pod).iter().enumerate() {
-                    let (path, written, image_path) =
-                        (entry.path, entry.subject.image, entry.field.as_str());
+                    let (path, written) = (entry.path, entry.subject.image);
                     let at = |finding| PodFinding {
                         container: Some(path),
                         finding,
                     };
                     if reads_scans {
                         let scan = container_scans.get(pod, ordinal);
-                        for (finding, most) in scans::check(image, written, scan, image_path) {
+                        for (finding, most) in scans::check(image, written, scan, entry.field()) {
                             found.push((at(finding), weaker(action, most)));
                         }
                     }
@@ -324,14 +325,14 @@ fn check_policy<'o, 'p>(
                 .and_then(|r| r.service.as_ref())
             {
                 let findings = controls::check_service(rule, &service.spec, "spec");
-                return findings.into_iter().map(|f| (f, action)).collect();
+                let at = |finding| PodFinding {
+                    container: None,
+                    finding,
+                };
+                found.extend(findings.into_iter().map(|f| (at(f), action)));
             }
         }
     }
-    found
-        .into_iter()
-        .map(|(f, action)| (f.finding, action))
-        .collect()
 }
 
 /// The milder of two actions: a rule can lower its policy's action, never raise it.
