@@ -7,11 +7,10 @@
 //! `whitelist.clusters` only limits where the rest of the whitelist counts; alone it exempts
 //! nothing.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::glob::Glob;
-use crate::k8s::Text;
+use crate::k8s::{Map, Text};
 use crate::model::{
     ImagePattern, Kind, LabelOperator, LabelRequirement, LabelSelector, Policy, Whitelist,
     WorkloadPattern,
@@ -27,7 +26,7 @@ pub struct Target<'a> {
     pub kind: Kind,
     pub name: &'a str,
     /// The object's own labels (for a workload, not its pod template's).
-    pub labels: &'a BTreeMap<Text, Text>,
+    pub labels: &'a Map<Text>,
 }
 
 /// The verdict of `applies`. Borrows from the policy and the target, so judging allocates
@@ -183,10 +182,7 @@ fn whitelisted<'a>(
 /// The first unmet part of `selector`: `matchLabels` need the key with that value; `In` needs
 /// the key with a listed value, `NotIn` its absence or an unlisted value, `Exists` the key,
 /// `DoesNotExist` its absence.
-fn mismatch<'a>(
-    selector: &'a LabelSelector,
-    labels: &'a BTreeMap<Text, Text>,
-) -> Option<LabelMismatch<'a>> {
+fn mismatch<'a>(selector: &'a LabelSelector, labels: &'a Map<Text>) -> Option<LabelMismatch<'a>> {
     let value = |key: &str| labels.get(key).map(Text::as_str);
     if let Some((key, expected)) = selector
         .match_labels
@@ -384,19 +380,24 @@ fn list(items: &[impl fmt::Display]) -> String {
 mod tests {
     use super::*;
     use crate::model::{Action, LabelOperator as Op, Rules};
+    use std::collections::BTreeMap;
 
     const D: &str = "sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
-    const NO_LABELS: &BTreeMap<Text, Text> = &BTreeMap::new();
+    const NO_LABELS: &Map<Text> = &Map::new();
 
     fn globs(patterns: &[&str]) -> Vec<Glob> {
         patterns.iter().map(|p| Glob::new(p).unwrap()).collect()
     }
 
-    fn labels<T: for<'a> From<&'a str> + Ord>(pairs: &[(&str, &str)]) -> BTreeMap<T, T> {
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
+    }
+
+    fn object_labels(pairs: &[(&str, &str)]) -> Map<Text> {
+        pairs.iter().map(|(k, v)| (*k, Text::from(*v))).collect()
     }
 
     fn mk_policy() -> Policy {
@@ -414,7 +415,7 @@ mod tests {
     }
 
     /// A Deployment `web` in cluster `prod-1`.
-    fn mk_target<'a>(namespace: &'a str, labels: &'a BTreeMap<Text, Text>) -> Target<'a> {
+    fn mk_target<'a>(namespace: &'a str, labels: &'a Map<Text>) -> Target<'a> {
         let (cluster, kind, name) = ("prod-1", Kind::Deployment, "web");
         Target {
             cluster,
@@ -554,7 +555,7 @@ mod tests {
             (both, &[("a", "1"), ("b", "")], true),
         ];
         for (i, (policy, object, expected)) in cases.iter().enumerate() {
-            let object = labels(object);
+            let object = object_labels(object);
             let applies = applies(policy, &mk_target("default", &object)).is_applicable();
             assert_eq!(applies, *expected, "case {i}");
         }
@@ -562,7 +563,7 @@ mod tests {
 
     #[test]
     fn label_mismatches_are_explained() {
-        let object = labels(&[("tier", "db")]);
+        let object = object_labels(&[("tier", "db")]);
         let text = |policy: Policy| why(&policy, mk_target("default", &object)).unwrap();
         assert_eq!(
             text(selector(&[("tier", "web")], &[])),

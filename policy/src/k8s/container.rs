@@ -1,12 +1,10 @@
 //! Containers (regular, init and ephemeral share these fields) and their security context.
 
-use std::collections::BTreeMap;
-
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
-use super::{Text, nullable};
+use super::{Map, Text, nullable};
 
 /// `corev1.Container`, reduced to what policies read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -128,7 +126,7 @@ pub struct VolumeMount {
 #[serde(default)]
 pub struct ResourceRequirements {
     #[serde(deserialize_with = "nullable")]
-    pub limits: BTreeMap<Text, Quantity>,
+    pub limits: Map<Quantity>,
 }
 
 /// A resource quantity as written (`500m`, `1Gi`); YAML often writes plain numbers (`cpu: 1`),

@@ -9,9 +9,6 @@
 //! with serde, which gives the same model or the error naming the field. So an object reads
 //! the same either way; tests compare both readers on every fixture and on damaged copies.
 
-use std::collections::BTreeMap;
-
-use super::Text;
 use super::container::{
     Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
     ResourceRequirements, SecurityContext, VolumeMount,
@@ -22,6 +19,7 @@ use super::pod::{
 };
 use super::volume::Volume;
 use super::workload::{PodTemplate, TemplatePaths, Workload};
+use super::{Map, Text};
 use crate::{Kind, VolumeType};
 
 /// The workload of `kind` in `raw`, when this reader can read it (see the module).
@@ -676,7 +674,7 @@ impl<'a> Reader<'a> {
     /// A map of string keys: a repeated key keeps the last value, as serde's map does.
     fn nullable_map<T>(
         &mut self,
-        out: &mut BTreeMap<Text, T>,
+        out: &mut Map<T>,
         mut read: impl FnMut(&mut Self) -> Option<T>,
     ) -> Option<()> {
         out.clear();

@@ -1,12 +1,9 @@
 //! Object metadata: the identity, labels and annotations that scope, whitelist and the legacy
 //! seccomp and AppArmor annotations are read from.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-
 use serde::Deserialize;
 
-use super::{Text, nullable};
+use super::{Map, Text, nullable};
 
 /// `metav1.ObjectMeta`, reduced to what policies read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -22,9 +19,9 @@ pub struct ObjectMeta {
     #[serde(deserialize_with = "nullable")]
     pub namespace: Text,
     #[serde(deserialize_with = "nullable")]
-    pub labels: BTreeMap<Text, Text>,
+    pub labels: Map<Text>,
     #[serde(deserialize_with = "nullable")]
-    pub annotations: BTreeMap<Text, Text>,
+    pub annotations: Map<Text>,
 }
 
 impl ObjectMeta {
@@ -35,11 +32,8 @@ impl ObjectMeta {
         prefix: &'a str,
     ) -> impl Iterator<Item = (&'a str, &'a str, &'a str)> + 'a {
         self.annotations
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .map_while(move |(key, value)| {
-                key.strip_prefix(prefix)
-                    .map(|rest| (key.as_str(), rest, value.as_str()))
-            })
+            .with_prefix(prefix)
+            .map(move |(key, value)| (key, &key[prefix.len()..], value.as_str()))
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod container;
 mod fast;
+mod map;
 mod meta;
 mod pod;
 mod service;
@@ -16,6 +17,7 @@ pub use container::{
     ResourceRequirements, SecurityContext, VolumeMount,
 };
 pub(crate) use fast::workload as fast_workload;
+pub use map::Map;
 pub use meta::ObjectMeta;
 pub use pod::{
     PodOs, PodSecurityContext, PodSpec, Profile, SeLinuxOptions, Sysctl, WindowsOptions,

@@ -1,0 +1,167 @@
+//! The maps of an object (labels, annotations, resource limits): entries kept in a `Vec` sorted
+//! by key. Objects carry a handful of entries, usually already in key order (the API server
+//! writes map keys sorted), and a `Vec` is cheaper to fill, search and drop than a `BTreeMap`
+//! at that size; admission reads every object once, so that cost is on the hot path.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Index;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::Text;
+
+/// String keys to `V`, in key order; a key is held once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Map<V> {
+    entries: Vec<(Text, V)>,
+}
+
+impl<V> Default for Map<V> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<V> Map<V> {
+    pub const fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    /// Sets `key` to `value`; a repeated key keeps the last value, as a JSON object read by
+    /// serde does.
+    pub fn insert(&mut self, key: Text, value: V) {
+        // Keys in order (the usual case) are appended without a search.
+        if (self.entries.last()).is_none_or(|(last, _)| last.as_str() < key.as_str()) {
+            self.entries.push((key, value));
+            return;
+        }
+        match self.find(&key) {
+            Ok(at) => self.entries[at].1 = value,
+            Err(at) => self.entries.insert(at, (key, value)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.get_key_value(key).map(|(_, v)| v)
+    }
+
+    pub fn get_key_value(&self, key: &str) -> Option<(&str, &V)> {
+        let at = self.find(key).ok()?;
+        let (k, v) = &self.entries[at];
+        Some((k.as_str(), v))
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The entries whose key starts with `prefix`, in key order.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a V)> {
+        let start = self.entries.partition_point(|(k, _)| k.as_str() < prefix);
+        self.entries[start..]
+            .iter()
+            .map_while(move |(k, v)| k.starts_with(prefix).then_some((k.as_str(), v)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+impl<V> Index<&str> for Map<V> {
+    type Output = V;
+
+    fn index(&self, key: &str) -> &V {
+        self.get(key).expect("no entry for the key")
+    }
+}
+
+impl<K: Into<Text>, V> FromIterator<(K, V)> for Map<V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let mut map = Self::new();
+        for (key, value) in entries {
+            map.insert(key.into(), value);
+        }
+        map
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for Map<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Map<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = Map<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Map<V>, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<Text, V>()? {
+                    map.insert(key, value);
+                }
+                Ok(map)
+            }
+        }
+
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_keys_in_order_once_with_the_last_value() {
+        let mut map: Map<u32> = [("b", 1), ("a", 2), ("c", 3)].into_iter().collect();
+        map.insert("b".into(), 4);
+        map.insert("ab".into(), 5);
+        let entries: Vec<_> = map.iter().map(|(k, v)| (k, *v)).collect();
+        assert_eq!(entries, [("a", 2), ("ab", 5), ("b", 4), ("c", 3)]);
+        assert_eq!((map.get("b"), map.get("x"), map["c"]), (Some(&4), None, 3));
+        assert!(map.contains_key("ab") && !map.contains_key(""));
+        assert_eq!(map.get_key_value("a"), Some(("a", &2)));
+        let prefixed: Vec<_> = map.with_prefix("a").map(|(k, _)| k).collect();
+        assert_eq!(prefixed, ["a", "ab"]);
+        assert_eq!(map.with_prefix("d").count(), 0);
+        assert_eq!(format!("{map:?}"), r#"{"a": 2, "ab": 5, "b": 4, "c": 3}"#);
+        map.clear();
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn reads_a_json_object_as_serde_reads_a_map() {
+        let map: Map<u32> = serde_json::from_str(r#"{"z": 1, "a": 2, "z": 3}"#).unwrap();
+        assert_eq!(map.iter().collect::<Vec<_>>(), [("a", &2), ("z", &3)]);
+        assert!(serde_json::from_str::<Map<u32>>(r#"{"a": "x"}"#).is_err());
+        assert!(serde_json::from_str::<Map<u32>>("[1]").is_err());
+    }
+}
