@@ -186,14 +186,20 @@ fn main() {
             }
         }
     }
-    let rounds = spin_rounds(percentile(&warm_up, 0.5));
+    let mut rounds = spin_rounds(percentile(&warm_up, 0.5));
     let iterations = iterations();
     let mut whole = Vec::with_capacity(iterations);
     let mut decide = Vec::with_capacity(iterations);
     let mut parse = Vec::with_capacity(iterations);
     let mut whole_distinct = Vec::with_capacity(iterations);
     let mut machine = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
+    for i in 0..iterations {
+        // The machine changes speed during a run: keep the arithmetic's median on
+        // `evaluate`'s over the last stretch of calls.
+        if i > 0 && i % RESIZE_EVERY == 0 {
+            let recent = |samples: &[u64]| percentile(&samples[i - RESIZE_EVERY..], 0.5).max(1);
+            rounds = (rounds * recent(&whole) / recent(&machine)).max(1);
+        }
         machine.push(time_spin(rounds));
 
         let start = Instant::now();
@@ -240,11 +246,14 @@ fn percentile(samples: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
+/// How often (in calls) the arithmetic is resized to `evaluate`'s recent median.
+const RESIZE_EVERY: usize = 1_000;
+
 /// A reference for reading the others' tails, timed in the same loop: register arithmetic (no
-/// memory, no allocation) sized to `evaluate`'s median in the warm-up. On a VM whose host
-/// interrupts it about every millisecond, a call that spans an interruption takes tens of
-/// microseconds more, whatever the code; this line shows how much that adds at this duration
-/// during this run.
+/// memory, no allocation) sized to `evaluate`'s median (in the warm-up, then over each
+/// `RESIZE_EVERY` calls). On a VM whose host interrupts it about every millisecond, a call
+/// that spans an interruption takes tens of microseconds more, whatever the code; this line
+/// shows how much that adds at this duration during this run.
 fn spin(rounds: u64) -> u64 {
     let mut x = 1u64;
     for i in 0..rounds {
