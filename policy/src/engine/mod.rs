@@ -217,10 +217,10 @@ pub fn evaluate_object<'p>(
             &mut pod_cache,
             &mut found,
         );
-        findings.extend(found.drain(..).map(|(found, action)| PolicyFinding {
+        findings.extend(found.drain(..).map(|(pod_finding, action)| PolicyFinding {
             policy: policy.name.clone(),
             action,
-            finding: found.finding,
+            finding: pod_finding.finding,
         }));
     }
     findings.sort_by(|a, b| {

@@ -1,5 +1,6 @@
 //! Containers (regular, init and ephemeral share these fields) and their security context.
 
+use compact_str::ToCompactString;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -146,19 +147,13 @@ impl<'de> Deserialize<'de> for Quantity {
                 Ok(Quantity(v.into()))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Quantity, E> {
-                Ok(Quantity(compact_str::ToCompactString::to_compact_string(
-                    &v,
-                )))
+                Ok(Quantity(v.to_compact_string()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Quantity, E> {
-                Ok(Quantity(compact_str::ToCompactString::to_compact_string(
-                    &v,
-                )))
+                Ok(Quantity(v.to_compact_string()))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
-                Ok(Quantity(compact_str::ToCompactString::to_compact_string(
-                    &v,
-                )))
+                Ok(Quantity(v.to_compact_string()))
             }
         }
         deserializer.deserialize_any(QuantityVisitor)

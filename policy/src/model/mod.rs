@@ -2,6 +2,8 @@
 //! value, every default is explicit, and nothing here needs checking again. Build it from the
 //! proto with `Policy::try_from(&proto)`; the evaluation engine reads it as is.
 
+use std::sync::Arc;
+
 mod image;
 mod resource;
 mod scope;
@@ -18,8 +20,6 @@ pub use scope::{
     ImagePattern, Kind, LabelOperator, LabelRequirement, LabelSelector, NamespaceScope, Scope,
     Whitelist, WorkloadPattern,
 };
-use std::sync::Arc;
-
 pub use security::{
     IdRange, IdRule, IdRuleKind, ProcMountRule, ProcMountType, ProfileRule, ProfileType,
     SeLinuxOptions, SeLinuxRule,
