@@ -294,13 +294,13 @@ fn check_policy<'o, 'p>(
                         found.push((finding, action));
                     }
                 }
-                for (ordinal, entry) in pod_cache.images(pod).iter().enumerate() {
-                    let (path, written) = (entry.path, entry.subject.image);
-                    let at = |finding| PodFinding {
-                        container: Some(path),
-                        finding,
-                    };
-                    if reads_scans {
+                if reads_scans {
+                    for (ordinal, entry) in pod_cache.images(pod).iter().enumerate() {
+                        let (path, written) = (entry.path, entry.subject.image);
+                        let at = |finding| PodFinding {
+                            container: Some(path),
+                            finding,
+                        };
                         let scan = container_scans.get(pod, ordinal);
                         for (finding, most) in scans::check(image, written, scan, entry.field()) {
                             found.push((at(finding), weaker(action, most)));
