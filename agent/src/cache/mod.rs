@@ -15,7 +15,6 @@
 //! state whole; files and trees of snapshots that never committed are removed at open.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -33,7 +32,7 @@ use portcullis_policy::{
 use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings, SnapshotChunk};
 
 use crate::{
-    state::{AgentState, LoadedPolicy, insert_policy},
+    state::{AgentState, LoadedPolicy, policy_map},
     sync::apply::ScanWrite,
 };
 
@@ -270,7 +269,7 @@ impl Cache {
             .map(|bytes| ProtectionSettings::decode(bytes.as_ref()))
             .transpose()
             .map_err(|e| corrupt(format!("protection settings: {e}")))?;
-        let mut policies = BTreeMap::new();
+        let mut policies = Vec::new();
         for entry in self.policies.iter() {
             let (key, value) = entry?;
             let proto = Policy::decode(value.as_ref())
@@ -282,9 +281,9 @@ impl Cache {
                     proto.name
                 )));
             }
-            let loaded = LoadedPolicy::load(proto).map_err(corrupt)?;
-            insert_policy(&mut policies, loaded);
+            policies.push(LoadedPolicy::load(proto).map_err(corrupt)?);
         }
+        let policies = policy_map(policies);
         if epoch.is_empty() && !policies.is_empty() {
             return Err(corrupt("policies without an epoch".into()));
         }

@@ -2,8 +2,6 @@
 //! top of the current state. Pure: validation failures become errors (a NACK), never a
 //! half-applied state.
 
-use std::collections::BTreeMap;
-
 use prost::Message;
 
 use portcullis_policy::{
@@ -14,7 +12,7 @@ use portcullis_proto::v1::{
     Delta, ImageSummary, Policy, ProtectionSettings, SnapshotChunk, policy_change, scan_change,
 };
 
-use crate::state::{AgentState, LoadedPolicy, insert_policy};
+use crate::state::{AgentState, LoadedPolicy, insert_policy, policy_map};
 
 /// Why a revision could not be applied.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -64,16 +62,16 @@ pub fn snapshot(
     protection: Option<ProtectionSettings>,
     now_ms: i64,
 ) -> Result<AgentState, ApplyError> {
-    let mut loaded = BTreeMap::new();
-    for proto in policies {
-        let policy = LoadedPolicy::load(proto).map_err(ApplyError::Invalid)?;
-        insert_policy(&mut loaded, policy);
-    }
+    let loaded = policies
+        .into_iter()
+        .map(LoadedPolicy::load)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApplyError::Invalid)?;
     Ok(AgentState {
         epoch: epoch.to_owned(),
         revision,
         protection,
-        policies: loaded,
+        policies: policy_map(loaded),
         scans,
         applied_at_ms: now_ms,
     })

@@ -2,6 +2,7 @@
 //! value, every default is explicit, and nothing here needs checking again. Build it from the
 //! proto with `Policy::try_from(&proto)`; the evaluation engine reads it as is.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 mod image;
@@ -140,11 +141,32 @@ impl Policy {
     }
 }
 
-/// `Policy::share_rules` within a set: each policy shares with those before it.
-pub fn share_rules(policies: &mut [Policy]) {
-    for i in 1..policies.len() {
-        let (before, rest) = policies.split_at_mut(i);
-        rest[0].share_rules(before.iter());
+/// `Policy::share_rules` within a set: each policy shares with the first before it that has
+/// equal rules. Candidates are found by the rules' fingerprints, so a set of thousands of
+/// policies (an agent's snapshot) is shared in one pass.
+pub fn share_rules<'a>(policies: impl IntoIterator<Item = &'a mut Policy>) {
+    let mut resources = HashMap::new();
+    let mut images = HashMap::new();
+    for policy in policies {
+        let (rules, hashes) = (&mut policy.rules, policy.fingerprints);
+        share_section(&mut rules.resource, hashes.resource, &mut resources);
+        share_section(&mut rules.image, hashes.image, &mut images);
+    }
+}
+
+/// Replaces `section` by an equal one among `seen` (by fingerprint), or adds it there.
+fn share_section<R: PartialEq>(
+    section: &mut Option<Arc<R>>,
+    hash: u64,
+    seen: &mut HashMap<u64, Vec<Arc<R>>>,
+) {
+    let Some(rules) = section else {
+        return;
+    };
+    let same_hash = seen.entry(hash).or_default();
+    match same_hash.iter().find(|other| *other == rules) {
+        Some(other) => *rules = Arc::clone(other),
+        None => same_hash.push(Arc::clone(rules)),
     }
 }
 

@@ -123,7 +123,6 @@ pub fn validate_policy_set(policies: &[proto::Policy]) -> Result<Vec<Policy>, In
         }
     }
     if errors.is_empty() {
-        crate::model::share_rules(&mut valid);
         Ok(valid)
     } else {
         Err(InvalidPolicySet { errors })
