@@ -68,6 +68,7 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
     Json(json!({
         "cluster": admin.cluster,
         "ready": admin.ready(),
+        "listening": admin.listening.load(Ordering::Acquire),
         "epoch": state.epoch,
         "revision": state.revision,
         "policies": state.policies.keys().collect::<Vec<_>>(),

@@ -339,10 +339,19 @@ impl Agent {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         // The admin port answers before the webhook's certificate is written and its port
-        // bound (the agent writes the certificate first): wait for both, or a review sent
-        // right after a restart meets a closed port or the previous run's certificate.
+        // bound (the agent writes the certificate first), and both before the agent calls
+        // itself started (`listening`, part of readiness): wait for all three, or a review or
+        // a readiness probe sent right after a restart meets a closed port, the previous run's
+        // certificate or a start-up still in progress.
         let webhook_up = || std::net::TcpStream::connect(("127.0.0.1", self.webhook_port)).is_ok();
-        while http_get(self.admin_port, "/livez").is_none() || !webhook_up() {
+        let listening = || {
+            http_get(self.admin_port, "/state").is_some_and(|(code, body)| {
+                code == 200
+                    && serde_json::from_str::<serde_json::Value>(&body)
+                        .is_ok_and(|state| state["listening"] == true)
+            })
+        };
+        while http_get(self.admin_port, "/livez").is_none() || !webhook_up() || !listening() {
             assert!(
                 Instant::now() < deadline,
                 "agent admin or webhook port not up within 30 s"
