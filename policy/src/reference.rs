@@ -169,7 +169,8 @@ impl<'a> Parts<'a> {
     pub(crate) fn repository_path(&self) -> Cow<'a, str> {
         let verbatim = !self.official
             && self.name.len() == self.registry.len() + 1 + self.path.len()
-            && !self.name.bytes().any(|b| b.is_ascii_uppercase());
+            // The path is lower-case (parsing checked it); a host may not be.
+            && !self.registry.bytes().any(|b| b.is_ascii_uppercase());
         if verbatim {
             return Cow::Borrowed(self.name);
         }
@@ -347,39 +348,93 @@ fn is_valid_registry(registry: &str) -> bool {
             !address.is_empty() && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
         (address_ok, port)
     } else {
-        let (host, port) = match split_at_byte(registry, b':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (registry, None),
-        };
-        let mut components = host.as_bytes().split(|&b| b == b'.');
-        (components.all(is_domain_component), port)
+        // One pass over `host[:port]`: every `.`-separated component of the host starts and
+        // ends with a letter or digit and holds only those and `-`.
+        #[derive(Clone, Copy, PartialEq)]
+        enum At {
+            Start,
+            Alphanumeric,
+            Dash,
+        }
+        let bytes = registry.as_bytes();
+        let mut state = At::Start;
+        let mut port = None;
+        for (i, &b) in bytes.iter().enumerate() {
+            state = match (state, b) {
+                (_, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9') => At::Alphanumeric,
+                (At::Alphanumeric | At::Dash, b'-') => At::Dash,
+                (At::Alphanumeric, b'.') => At::Start,
+                (At::Alphanumeric, b':') => {
+                    port = Some(&registry[i + 1..]);
+                    break;
+                }
+                _ => return false,
+            };
+        }
+        (state == At::Alphanumeric, port)
     };
     host_ok && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn is_domain_component(b: &[u8]) -> bool {
-    b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
-}
-
+/// The repository path: not empty, lower-case (said first, whatever else is wrong), and then
+/// the first empty or invalid component, in one pass. A component is `[a-z0-9]+` runs joined
+/// by `.`, `_`, `__` or one or more `-`.
 fn validate_path(path: &str) -> Result<(), ReferenceError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum At {
+        /// A component's first byte is next.
+        Start,
+        Run,
+        Dot,
+        Underscore,
+        Underscores,
+        Dashes,
+    }
     if path.is_empty() {
         return Err(ReferenceError::MissingRepository);
     }
-    if path.bytes().any(|b| b.is_ascii_uppercase()) {
+    let mut state = At::Start;
+    let mut component = 0;
+    // The first bad component: where it starts, and whether it is empty.
+    let mut bad = None;
+    let mut uppercase = false;
+    for (i, &b) in path.as_bytes().iter().enumerate() {
+        state = match (state, b) {
+            (_, b'a'..=b'z' | b'0'..=b'9') => At::Run,
+            (At::Run, b'.') => At::Dot,
+            (At::Run, b'_') => At::Underscore,
+            (At::Underscore, b'_') => At::Underscores,
+            (At::Run | At::Dashes, b'-') => At::Dashes,
+            (_, b'/') => {
+                if bad.is_none() && state != At::Run {
+                    bad = Some((component, state == At::Start));
+                }
+                component = i + 1;
+                At::Start
+            }
+            _ => {
+                uppercase |= b.is_ascii_uppercase();
+                bad = bad.or(Some((component, false)));
+                state
+            }
+        };
+    }
+    if bad.is_none() && state != At::Run {
+        bad = Some((component, state == At::Start));
+    }
+    if uppercase {
         return Err(ReferenceError::UppercaseRepository(path.to_owned()));
     }
-    for component in path.as_bytes().split(|&b| b == b'/') {
-        if component.is_empty() {
-            return Err(ReferenceError::EmptyPathComponent);
-        }
-        if !is_path_component(component) {
-            let text = String::from_utf8_lossy(component).into_owned();
-            return Err(ReferenceError::InvalidPathComponent(text));
+    match bad {
+        None => Ok(()),
+        Some((_, true)) => Err(ReferenceError::EmptyPathComponent),
+        Some((start, false)) => {
+            let rest = &path.as_bytes()[start..];
+            let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            let text = String::from_utf8_lossy(&rest[..end]).into_owned();
+            Err(ReferenceError::InvalidPathComponent(text))
         }
     }
-    Ok(())
 }
 
 /// `s` split around its first `byte` (ASCII): `str::split_once` without the char-pattern
@@ -389,32 +444,100 @@ fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
     Some((&s[..at], &s[at + 1..]))
 }
 
-/// `[a-z0-9]+ (sep [a-z0-9]+)*` where `sep` is `.`, `_`, `__` or one or more `-`.
-fn is_path_component(component: &[u8]) -> bool {
-    let mut rest = component;
-    loop {
-        let run = rest
-            .iter()
-            .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            .count();
-        if run == 0 {
-            return false;
-        }
-        rest = &rest[run..];
-        let separator = match rest {
-            [] => return true,
-            [b'_', b'_', ..] => 2,
-            [b'.' | b'_', ..] => 1,
-            [b'-', ..] => rest.iter().take_while(|&&b| b == b'-').count(),
-            _ => return false,
-        };
-        rest = &rest[separator..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The validators as first written (a split per component), kept as the reference the
+    /// one-pass validators are compared with.
+    mod oracle {
+        use super::super::{ReferenceError, split_at_byte};
+
+        pub fn is_valid_registry(registry: &str) -> bool {
+            let (host, port) = match split_at_byte(registry, b':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (registry, None),
+            };
+            let component = |b: &[u8]| {
+                b.first().is_some_and(u8::is_ascii_alphanumeric)
+                    && b.last().is_some_and(u8::is_ascii_alphanumeric)
+                    && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
+            };
+            host.as_bytes().split(|&b| b == b'.').all(component)
+                && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        }
+
+        fn is_path_component(component: &[u8]) -> bool {
+            let mut rest = component;
+            loop {
+                let run = rest
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    .count();
+                if run == 0 {
+                    return false;
+                }
+                rest = &rest[run..];
+                let separator = match rest {
+                    [] => return true,
+                    [b'_', b'_', ..] => 2,
+                    [b'.' | b'_', ..] => 1,
+                    [b'-', ..] => rest.iter().take_while(|&&b| b == b'-').count(),
+                    _ => return false,
+                };
+                rest = &rest[separator..];
+            }
+        }
+
+        pub fn validate_path(path: &str) -> Result<(), ReferenceError> {
+            if path.is_empty() {
+                return Err(ReferenceError::MissingRepository);
+            }
+            if path.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(ReferenceError::UppercaseRepository(path.to_owned()));
+            }
+            for component in path.as_bytes().split(|&b| b == b'/') {
+                if component.is_empty() {
+                    return Err(ReferenceError::EmptyPathComponent);
+                }
+                if !is_path_component(component) {
+                    let text = String::from_utf8_lossy(component).into_owned();
+                    return Err(ReferenceError::InvalidPathComponent(text));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Every string of up to five bytes over an alphabet of each kind of byte the grammar
+    /// tells apart.
+    fn short_strings(alphabet: &[u8]) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..5 {
+            let next: Vec<String> = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |&b| format!("{s}{}", b as char)))
+                .collect();
+            all.extend(next.iter().cloned());
+            last = next;
+        }
+        all
+    }
+
+    #[test]
+    fn one_pass_validators_agree_with_the_split_validators() {
+        for s in short_strings(b"a0A._-/$") {
+            assert_eq!(validate_path(&s), oracle::validate_path(&s), "path {s:?}");
+        }
+        for s in short_strings(b"aZ9.-:_/") {
+            assert_eq!(
+                is_valid_registry(&s),
+                oracle::is_valid_registry(&s),
+                "registry {s:?}"
+            );
+        }
+    }
 
     const HEX: &str = "4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
 
