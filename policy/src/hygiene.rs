@@ -9,7 +9,7 @@
 use crate::Finding;
 use crate::glob::Glob;
 use crate::model::{ImageRules, RegistryRule};
-use crate::reference::{DEFAULT_TAG, Parts, ReferenceError};
+use crate::reference::{DEFAULT_TAG, MAX_NAME, Parts, ReferenceError};
 use std::borrow::Cow;
 
 /// Findings for one container image (`image` as written, at field `path`). A policy with no
@@ -34,8 +34,48 @@ pub(crate) struct Subject<'a> {
     pub parsed: Result<Parts<'a>, ReferenceError>,
     /// The normalised `registry/path`; empty when the reference does not parse.
     repository: Cow<'a, str>,
-    /// Byte offsets of the `/`s in `repository`.
-    cuts: Vec<usize>,
+    /// Where the components of `repository` end: the offsets of its `/`s.
+    cuts: Cuts,
+}
+
+/// The offsets of the `/`s in a repository path, held inline: a valid normalised name has at
+/// most `MAX_NAME` (255) bytes, so at most 127 of them are `/` and every offset fits a `u8`.
+struct Cuts {
+    at: [u8; MAX_NAME / 2],
+    len: u8,
+}
+
+impl Cuts {
+    fn of(repository: &str) -> Self {
+        let mut cuts = Self {
+            at: [0; MAX_NAME / 2],
+            len: 0,
+        };
+        for (i, b) in repository.bytes().enumerate() {
+            if b == b'/' {
+                // Only a parsed (so bounded) repository gets here; the guards keep a longer
+                // one from wrapping or overflowing, though none can reach them.
+                let (Ok(offset), Some(slot)) =
+                    (u8::try_from(i), cuts.at.get_mut(cuts.len as usize))
+                else {
+                    break;
+                };
+                *slot = offset;
+                cuts.len += 1;
+            }
+        }
+        cuts
+    }
+
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn get(&self, index: usize) -> Option<usize> {
+        self.at[..self.len()]
+            .get(index)
+            .map(|&offset| offset as usize)
+    }
 }
 
 impl<'a> Subject<'a> {
@@ -45,9 +85,7 @@ impl<'a> Subject<'a> {
             Ok(parts) => parts.repository_path(),
             Err(_) => Cow::Borrowed(""),
         };
-        let cuts = (repository.bytes().enumerate())
-            .filter_map(|(i, b)| (b == b'/').then_some(i))
-            .collect();
+        let cuts = Cuts::of(&repository);
         Self {
             image,
             parsed,
@@ -55,6 +93,28 @@ impl<'a> Subject<'a> {
             cuts,
         }
     }
+}
+
+/// Whether `check_subject` finds nothing: the same judgement without writing any finding,
+/// for the common case of an image every rule accepts.
+#[inline]
+pub(crate) fn passes(rules: &ImageRules, subject: &Subject<'_>) -> bool {
+    if !has_rules(rules) {
+        return true;
+    }
+    let Ok(parts) = &subject.parsed else {
+        return false;
+    };
+    let registries = &rules.registries;
+    let registry_ok = registries.is_empty()
+        || (!registries.deny.iter().any(|p| covers(p, subject))
+            && (registries.allow.is_empty()
+                || registries.allow.iter().any(|p| covers(p, subject))));
+    registry_ok
+        && parts
+            .effective_tag()
+            .is_none_or(|tag| !rules.disallowed_tags.iter().any(|t| t == tag))
+        && !(rules.require_digest && parts.digest.is_none())
 }
 
 /// `check` on an image prepared once for every policy (the engine's per-object cache); `path`
@@ -123,10 +183,10 @@ fn covers(pattern: &Glob, subject: &Subject<'_>) -> bool {
     let (p, repository, cuts) = (pattern.as_str(), subject.repository.as_ref(), &subject.cuts);
     let slashes = pattern.slashes();
     let candidate = if p.ends_with('/') {
-        cuts.get(slashes - 1).map(|&i| &repository[..=i])
+        cuts.get(slashes - 1).map(|i| &repository[..=i])
     } else {
         match cuts.get(slashes) {
-            Some(&i) => Some(&repository[..i]),
+            Some(i) => Some(&repository[..i]),
             None => (cuts.len() == slashes).then_some(repository),
         }
     };
@@ -179,10 +239,14 @@ mod tests {
     /// The rules of the findings for `image` (`@D` expands to a digest).
     fn rules_hit(rules: &ImageRules, image: &str) -> Vec<String> {
         let image = image.replace("@D", &format!("@{D}"));
-        check(rules, &image, PATH)
-            .into_iter()
-            .map(|f| f.rule)
-            .collect()
+        let findings = check(rules, &image, PATH);
+        // The engine's shortcut judges every case as the full check does.
+        assert_eq!(
+            passes(rules, &Subject::new(&image)),
+            findings.is_empty(),
+            "{image}"
+        );
+        findings.into_iter().map(|f| f.rule).collect()
     }
 
     fn allowed(allow: &[&str], image: &str) -> bool {

@@ -98,6 +98,9 @@ impl<'o, 'p> PodCache<'o, 'p> {
         self.hygiene.get_or_insert_with(hash, rules, || {
             let mut findings = Vec::new();
             for (ordinal, entry) in images.iter().enumerate() {
+                if hygiene::passes(rules, &entry.subject) {
+                    continue;
+                }
                 let found = hygiene::check_subject(rules, &entry.subject, || entry.field());
                 findings.extend(found.into_iter().map(|finding| (ordinal, finding)));
             }
