@@ -217,11 +217,13 @@ pub fn evaluate_object<'p>(
             &mut pod_cache,
             &mut found,
         );
-        findings.extend(found.drain(..).map(|(pod_finding, action)| PolicyFinding {
-            policy: policy.name.clone(),
-            action,
-            finding: pod_finding.finding,
-        }));
+        if !found.is_empty() {
+            findings.extend(found.drain(..).map(|(pod_finding, action)| PolicyFinding {
+                policy: policy.name.clone(),
+                action,
+                finding: pod_finding.finding,
+            }));
+        }
     }
     findings.sort_by(|a, b| {
         (&a.policy, &a.finding.path, &a.finding.rule).cmp(&(
