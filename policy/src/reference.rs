@@ -90,9 +90,10 @@ impl<'a> Parts<'a> {
         if input.len() > MAX_REFERENCE {
             return Err(ReferenceError::TooLong(input.len()));
         }
-        // One pass over the bytes: ASCII whitespace and controls are all at or below a space
-        // or DEL, and characters are decoded only for (always invalid) non-ASCII input.
-        if input.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        // ASCII whitespace and controls are all at or below a space or DEL, so one cheap
+        // pass finds any suspect byte; characters are decoded only for (always invalid)
+        // non-ASCII input.
+        if has_space_control_or_non_ascii(input.as_bytes()) {
             let blank = |c: char| c.is_whitespace() || c.is_control();
             if input
                 .bytes()
@@ -111,7 +112,8 @@ impl<'a> Parts<'a> {
         };
         let (written_registry, remainder) = match split_at_byte(name_and_tag, b'/') {
             Some((first, rest))
-                if first == "localhost" || first.bytes().any(|b| b == b'.' || b == b':') =>
+                if first == "localhost"
+                    || memchr::memchr2(b'.', b':', first.as_bytes()).is_some() =>
             {
                 (Some(first), rest)
             }
@@ -126,8 +128,8 @@ impl<'a> Parts<'a> {
             Some(r) if !r.eq_ignore_ascii_case(LEGACY_DOCKER_HUB) => r,
             _ => DOCKER_HUB,
         };
-        let official =
-            registry.eq_ignore_ascii_case(DOCKER_HUB) && !path.bytes().any(|b| b == b'/');
+        let official = registry.eq_ignore_ascii_case(DOCKER_HUB)
+            && memchr::memchr(b'/', path.as_bytes()).is_none();
         let parts = Self {
             name,
             registry,
@@ -437,11 +439,32 @@ fn validate_path(path: &str) -> Result<(), ReferenceError> {
     }
 }
 
-/// `s` split around its first `byte` (ASCII): `str::split_once` without the char-pattern
-/// searcher, whose setup costs more than the search on strings as short as image references.
+/// `s` split around its first `byte` (ASCII), found a word at a time: `str::split_once`'s
+/// char-pattern searcher and a byte loop both cost more than that on image references.
 fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
-    let at = s.bytes().position(|b| b == byte)?;
+    let at = memchr::memchr(byte, s.as_bytes())?;
     Some((&s[..at], &s[at + 1..]))
+}
+
+/// Whether any byte is at or below a space, DEL, or not ASCII; eight bytes at a time.
+fn has_space_control_or_non_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        // A byte below 0x21 sets its high bit in `low`; a byte of 0x7f or more has or gets
+        // it in `high`. Carries and borrows between bytes start only at such a byte, so they
+        // never make the answer wrong.
+        let low = word.wrapping_sub(ONES * 0x21) & !word;
+        let high = word.wrapping_add(ONES) | word;
+        if (low | high) & HIGH != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b <= b' ' || b >= 0x7f)
 }
 
 #[cfg(test)]
@@ -523,6 +546,40 @@ mod tests {
             last = next;
         }
         all
+    }
+
+    #[test]
+    fn the_word_scan_finds_every_suspect_byte_wherever_it_is() {
+        let by_byte = |bytes: &[u8]| bytes.iter().any(|&b| b <= b' ' || b >= 0x7f);
+        for length in [1, 7, 8, 9, 16, 17, 24] {
+            for at in 0..length {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; length];
+                    bytes[at] = b;
+                    assert_eq!(
+                        has_space_control_or_non_ascii(&bytes),
+                        by_byte(&bytes),
+                        "byte {b:#x} at {at} of {length}"
+                    );
+                }
+            }
+        }
+        // Neighbours that a carry or borrow could reach.
+        for pair in [
+            [0x20, 0x21],
+            [0x7e, 0x7f],
+            [0xff, 0x00],
+            [0x00, 0xff],
+            [0x21, 0x7e],
+        ] {
+            let mut bytes = [b'a'; 16];
+            bytes[7..9].copy_from_slice(&pair);
+            assert_eq!(
+                has_space_control_or_non_ascii(&bytes),
+                by_byte(&bytes),
+                "{pair:?}"
+            );
+        }
     }
 
     #[test]
