@@ -687,16 +687,46 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A key as bytes (struct fields are matched on bytes, so no `str` boundaries are
+    /// checked): a string without escapes, the quotes consumed.
+    fn key_bytes(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let (length, b'"') = self.scan_string()? else {
+            return None;
+        };
+        self.at += length + 1;
+        self.bytes.get(start..start + length)
+    }
+
+    /// The `:` after a key: in compact JSON the very next byte.
+    fn colon(&mut self) -> Option<()> {
+        if self.bytes.get(self.at) == Some(&b':') {
+            self.at += 1;
+            return Some(());
+        }
+        self.eat(b':')
+    }
+
     /// An object's members, each handed to `member` with its key (which reads the value).
-    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    fn members(&mut self, member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.object(Self::plain_string, member)
+    }
+
+    /// An object's members with keys read by `key`.
+    fn object<K>(
+        &mut self,
+        key: impl Fn(&mut Self) -> Option<K>,
+        mut member: impl FnMut(&mut Self, K) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
         loop {
-            let key = self.plain_string()?;
-            self.eat(b':')?;
+            let key = key(self)?;
+            self.colon()?;
             member(self, key)?;
             match self.peek()? {
                 b',' => self.at += 1,
@@ -716,7 +746,7 @@ impl<'a> Reader<'a> {
         mut field: impl FnMut(&mut Self, &'a [u8], &mut u32) -> Option<()>,
     ) -> Option<()> {
         let mut seen = 0u32;
-        self.members(|r, key| field(r, key.as_bytes(), &mut seen))
+        self.object(Self::key_bytes, |r, key| field(r, key, &mut seen))
     }
 
     /// Reads field number `bit` with `read`, unless it was seen before.
