@@ -45,12 +45,16 @@ pub(crate) struct PodCache<'o, 'p> {
 /// held once, see `Policy::share_rules`) or else by comparing the rules themselves.
 struct PerRuleSet<'p, R, T> {
     entries: Vec<(u64, &'p R, T)>,
+    /// Bit `hash % 64` of every held hash: a rule set whose bit is clear is new, and its
+    /// search is skipped (with many distinct rule sets, most lookups are of new ones).
+    seen: u64,
 }
 
 impl<R, T> Default for PerRuleSet<'_, R, T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
+            seen: 0,
         }
     }
 }
@@ -58,10 +62,14 @@ impl<R, T> Default for PerRuleSet<'_, R, T> {
 impl<'p, R: PartialEq, T> PerRuleSet<'p, R, T> {
     /// The result for `rules` (whose hash is `hash`), computed by `compute` the first time.
     fn get_or_insert_with(&mut self, hash: u64, rules: &'p R, compute: impl FnOnce() -> T) -> &T {
-        let found = self
-            .entries
-            .iter()
-            .position(|(h, r, _)| *h == hash && (std::ptr::eq(*r, rules) || *r == rules));
+        let bit = 1u64 << (hash % 64);
+        let found = if self.seen & bit == 0 {
+            None
+        } else {
+            (self.entries.iter())
+                .position(|(h, r, _)| *h == hash && (std::ptr::eq(*r, rules) || *r == rules))
+        };
+        self.seen |= bit;
         let index = match found {
             Some(index) => index,
             None => {
@@ -141,4 +149,47 @@ fn container_images(pod: &PodTemplate) -> Vec<ContainerImage<'_>> {
             subject: Subject::new(container.image.as_str()),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PerRuleSet;
+    use std::cell::Cell;
+
+    /// Looks `rules` up under `hash`, counting how often the result had to be computed.
+    fn get<'p>(
+        set: &mut PerRuleSet<'p, String, String>,
+        hash: u64,
+        rules: &'p String,
+        computed: &Cell<u32>,
+    ) -> String {
+        set.get_or_insert_with(hash, rules, || {
+            computed.set(computed.get() + 1);
+            format!("result of {rules}")
+        })
+        .clone()
+    }
+
+    #[test]
+    fn each_distinct_rule_set_is_computed_once_whatever_its_hash_shares() {
+        let (a, b, c) = ("a".to_owned(), "b".to_owned(), "c".to_owned());
+        let a_again = a.clone();
+        let computed = Cell::new(0);
+        let mut set = PerRuleSet::default();
+        // `a` and `b` share a hash; `c`'s hash differs but falls on the same bit (mod 64).
+        assert_eq!(get(&mut set, 7, &a, &computed), "result of a");
+        assert_eq!(get(&mut set, 7, &b, &computed), "result of b");
+        assert_eq!(get(&mut set, 7 + 64, &c, &computed), "result of c");
+        assert_eq!(computed.get(), 3);
+        // Found again: by address, and by value for an equal set held elsewhere.
+        assert_eq!(get(&mut set, 7, &a, &computed), "result of a");
+        assert_eq!(get(&mut set, 7, &a_again, &computed), "result of a");
+        assert_eq!(get(&mut set, 7, &b, &computed), "result of b");
+        assert_eq!(get(&mut set, 7 + 64, &c, &computed), "result of c");
+        assert_eq!(computed.get(), 3);
+        // Equal rules under another hash are another entry (hashes come from the rules, so
+        // this does not happen in the engine; the cache still answers correctly).
+        assert_eq!(get(&mut set, 8, &a, &computed), "result of a");
+        assert_eq!(computed.get(), 4);
+    }
 }
