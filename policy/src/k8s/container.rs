@@ -5,6 +5,8 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
+use smallvec::SmallVec;
+
 use super::{Map, Text, nullable};
 
 /// `corev1.Container`, reduced to what policies read.
@@ -16,11 +18,11 @@ pub struct Container {
     #[serde(deserialize_with = "nullable")]
     pub image: Text,
     #[serde(deserialize_with = "nullable")]
-    pub ports: Vec<ContainerPort>,
+    pub ports: SmallVec<[ContainerPort; 2]>,
     #[serde(deserialize_with = "nullable")]
     pub security_context: SecurityContext,
     #[serde(deserialize_with = "nullable")]
-    pub volume_mounts: Vec<VolumeMount>,
+    pub volume_mounts: SmallVec<[VolumeMount; 2]>,
     #[serde(deserialize_with = "nullable")]
     pub resources: ResourceRequirements,
     pub liveness_probe: Option<Handler>,
@@ -105,9 +107,9 @@ pub struct SecurityContext {
 #[serde(default)]
 pub struct Capabilities {
     #[serde(deserialize_with = "nullable")]
-    pub add: Vec<Text>,
+    pub add: SmallVec<[Text; 1]>,
     #[serde(deserialize_with = "nullable")]
-    pub drop: Vec<Text>,
+    pub drop: SmallVec<[Text; 1]>,
 }
 
 /// A volume mounted into a container.
@@ -215,7 +217,7 @@ mod tests {
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.run_as_user, Some(0));
         assert_eq!(sc.proc_mount.as_deref(), Some("Unmasked"));
-        assert_eq!(sc.capabilities.add, vec!["NET_ADMIN"]);
+        assert_eq!(sc.capabilities.add.as_slice(), ["NET_ADMIN"]);
         assert!(c.volume_mounts[0].read_only);
         assert_eq!(c.resources.limits["cpu"], Quantity("1".into()));
         assert!(parse::<Quantity>(&json!(true)).is_err());

@@ -21,6 +21,7 @@ use super::volume::Volume;
 use super::workload::{PodTemplate, TemplatePaths, Workload};
 use super::{Map, Text};
 use crate::{Kind, VolumeType};
+use smallvec::SmallVec;
 
 /// The workload of `kind` in `raw`, when this reader can read it (see the module).
 pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Workload> {
@@ -421,6 +422,33 @@ fn one_string_field(r: &mut Reader<'_>, name: &[u8]) -> Option<Text> {
     Some(value)
 }
 
+/// A list the reader fills: a `Vec`, or a `SmallVec` for lists that usually hold an item or
+/// two.
+trait List<T> {
+    fn clear(&mut self);
+    fn push(&mut self, item: T);
+}
+
+impl<T> List<T> for Vec<T> {
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+
+    fn push(&mut self, item: T) {
+        Vec::push(self, item);
+    }
+}
+
+impl<T, const N: usize> List<T> for SmallVec<[T; N]> {
+    fn clear(&mut self) {
+        SmallVec::clear(self);
+    }
+
+    fn push(&mut self, item: T) {
+        SmallVec::push(self, item);
+    }
+}
+
 /// A cursor over the JSON text. Every method answers `None` for what it does not read.
 /// Strings are cut at their (ASCII) quotes, so every slice of `text` is on a char boundary.
 struct Reader<'a> {
@@ -647,7 +675,7 @@ impl<'a> Reader<'a> {
     fn nullable_list<T>(
         &mut self,
         mut read: impl FnMut(&mut Self) -> Option<T>,
-        out: &mut Vec<T>,
+        out: &mut impl List<T>,
     ) -> Option<()> {
         out.clear();
         if self.null() {

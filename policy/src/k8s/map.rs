@@ -10,18 +10,20 @@ use std::ops::Index;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use smallvec::SmallVec;
+
 use super::Text;
 
 /// String keys to `V`, in key order; a key is held once.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Map<V> {
-    entries: Vec<(Text, V)>,
+    entries: SmallVec<[(Text, V); 2]>,
 }
 
 impl<V> Default for Map<V> {
     fn default() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: SmallVec::new_const(),
         }
     }
 }
@@ -29,7 +31,7 @@ impl<V> Default for Map<V> {
 impl<V> Map<V> {
     pub const fn new() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: SmallVec::new_const(),
         }
     }
 
