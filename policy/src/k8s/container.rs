@@ -3,10 +3,9 @@
 use compact_str::ToCompactString;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
-
-use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
 use smallvec::SmallVec;
 
+use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
 use super::{Map, Text, nullable};
 
 /// `corev1.Container`, reduced to what policies read.

@@ -9,6 +9,8 @@
 //! with serde, which gives the same model or the error naming the field. So an object reads
 //! the same either way; tests compare both readers on every fixture and on damaged copies.
 
+use smallvec::SmallVec;
+
 use super::container::{
     Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
     ResourceRequirements, SecurityContext, VolumeMount,
@@ -21,7 +23,6 @@ use super::volume::Volume;
 use super::workload::{PodTemplate, TemplatePaths, Workload};
 use super::{Map, Text};
 use crate::{Kind, VolumeType};
-use smallvec::SmallVec;
 
 /// The workload of `kind` in `raw`, when this reader can read it (see the module).
 pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Workload> {

@@ -1,7 +1,9 @@
-//! The maps of an object (labels, annotations, resource limits): entries kept in a `Vec` sorted
-//! by key. Objects carry a handful of entries, usually already in key order (the API server
-//! writes map keys sorted), and a `Vec` is cheaper to fill, search and drop than a `BTreeMap`
-//! at that size; admission reads every object once, so that cost is on the hot path.
+//! The maps of an object (labels, annotations, resource limits): entries kept in a small vector
+//! sorted by key, the first two inline. Objects carry a handful of entries, usually already in
+//! key order (the API server writes map keys sorted), and a vector is cheaper to fill, search
+//! and drop than a `BTreeMap` at that size (and a map of one or two entries, such as a
+//! container's limits, costs no allocation at all); admission reads every object once, so that
+//! cost is on the hot path.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -9,7 +11,6 @@ use std::ops::Index;
 
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-
 use smallvec::SmallVec;
 
 use super::Text;
