@@ -548,6 +548,14 @@ impl<'a> Reader<'a> {
 
     /// A string without escapes (keys), the quotes consumed.
     fn plain_string(&mut self) -> Option<&'a str> {
+        let text = self.plain_span()?;
+        self.text.get(text)
+    }
+
+    /// Where the text of a string without escapes is; the quotes consumed. Always inlined:
+    /// as a call, handing the range back costs ~1,000 instructions per Deployment.
+    #[inline(always)]
+    fn plain_span(&mut self) -> Option<std::ops::Range<usize>> {
         self.eat(b'"')?;
         let start = self.at;
         // Escapes and raw control characters: serde decides.
@@ -555,7 +563,7 @@ impl<'a> Reader<'a> {
             return None;
         };
         self.at += length + 1;
-        self.text.get(start..start + length)
+        Some(start..start + length)
     }
 
     fn string(&mut self) -> Option<Text> {
@@ -719,13 +727,8 @@ impl<'a> Reader<'a> {
     /// A key as bytes (struct fields are matched on bytes, so no `str` boundaries are
     /// checked): a string without escapes, the quotes consumed.
     fn key_bytes(&mut self) -> Option<&'a [u8]> {
-        self.eat(b'"')?;
-        let start = self.at;
-        let (length, b'"') = self.scan_string()? else {
-            return None;
-        };
-        self.at += length + 1;
-        self.bytes.get(start..start + length)
+        let text = self.plain_span()?;
+        self.bytes.get(text)
     }
 
     /// The `:` after a key: in compact JSON the very next byte.
