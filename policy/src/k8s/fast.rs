@@ -9,8 +9,6 @@
 //! with serde, which gives the same model or the error naming the field. So an object reads
 //! the same either way; tests compare both readers on every fixture and on damaged copies.
 
-use smallvec::SmallVec;
-
 use super::container::{
     Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
     ResourceRequirements, SecurityContext, VolumeMount,
@@ -423,33 +421,6 @@ fn one_string_field(r: &mut Reader<'_>, name: &[u8]) -> Option<Text> {
     Some(value)
 }
 
-/// A list the reader fills: a `Vec`, or a `SmallVec` for lists that usually hold an item or
-/// two.
-trait List<T> {
-    fn clear(&mut self);
-    fn push(&mut self, item: T);
-}
-
-impl<T> List<T> for Vec<T> {
-    fn clear(&mut self) {
-        Vec::clear(self);
-    }
-
-    fn push(&mut self, item: T) {
-        Vec::push(self, item);
-    }
-}
-
-impl<T, const N: usize> List<T> for SmallVec<[T; N]> {
-    fn clear(&mut self) {
-        SmallVec::clear(self);
-    }
-
-    fn push(&mut self, item: T) {
-        SmallVec::push(self, item);
-    }
-}
-
 /// A cursor over the JSON text. Every method answers `None` for what it does not read.
 /// Strings are cut at their (ASCII) quotes, so every slice of `text` is on a char boundary.
 struct Reader<'a> {
@@ -681,12 +652,13 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
-    fn nullable_list<T>(
+    /// A list (a `Vec`, or a `SmallVec` for lists that usually hold an item or two).
+    fn nullable_list<T, L: Default + Extend<T>>(
         &mut self,
         mut read: impl FnMut(&mut Self) -> Option<T>,
-        out: &mut impl List<T>,
+        out: &mut L,
     ) -> Option<()> {
-        out.clear();
+        *out = L::default();
         if self.null() {
             return Some(());
         }
@@ -696,7 +668,7 @@ impl<'a> Reader<'a> {
             return Some(());
         }
         loop {
-            out.push(read(self)?);
+            out.extend(std::iter::once(read(self)?));
             match self.peek()? {
                 b',' => self.at += 1,
                 b']' => {
