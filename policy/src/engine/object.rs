@@ -19,7 +19,7 @@ impl Object {
     pub fn parse(kind: Kind, raw: &str) -> Result<Self, K8sError> {
         // The direct reader takes the usual workload; serde reads the rest and names errors.
         if let Some(workload) = k8s::fast_workload(kind, raw) {
-            return Ok(Object::Workload(Box::new(workload)));
+            return Ok(Object::Workload(workload));
         }
         Self::from_source(kind, raw)
     }

@@ -22,8 +22,10 @@ use super::workload::{PodTemplate, TemplatePaths, Workload};
 use super::{Map, Text};
 use crate::{Kind, VolumeType};
 
-/// The workload of `kind` in `raw`, when this reader can read it (see the module).
-pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Workload> {
+/// The workload of `kind` in `raw`, when this reader can read it (see the module). Read into
+/// its box in place: a container is 856 bytes, and handing each value back up the readers
+/// copied the containers three times.
+pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Box<Workload>> {
     let paths = TemplatePaths::of(kind)?;
     let mut r = Reader {
         text: raw,
@@ -31,98 +33,81 @@ pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Workload> {
         at: 0,
         depth: 0,
     };
-    let (metadata, pod) = match kind {
+    let mut w = Box::new(Workload {
+        kind,
+        metadata: ObjectMeta::default(),
+        pod: PodTemplate {
+            paths,
+            ..PodTemplate::default()
+        },
+    });
+    let Workload { metadata, pod, .. } = &mut *w;
+    match kind {
         Kind::Pod => {
-            let (metadata, spec) = pod_shape(&mut r)?;
-            (metadata.clone(), (metadata, spec))
+            pod_shape(&mut r, pod)?;
+            *metadata = pod.metadata.clone();
         }
         Kind::CronJob => {
             // {metadata, spec: {jobTemplate: {spec: {template: pod}}}}
-            let mut metadata = None;
-            let mut pod = None;
             r.fields(|r, key, seen| match key {
-                b"metadata" => r.once(seen, 0, |r| r.option(object_meta, &mut metadata)),
+                b"metadata" => r.once(seen, 0, |r| r.nullable_in(object_meta, metadata)),
                 b"spec" => r.once(seen, 1, |r| {
-                    r.option(
-                        |r| {
-                            let mut job = None;
+                    r.nullable_in(
+                        |r, pod| {
                             r.fields(|r, key, seen| match key {
                                 b"jobTemplate" => r.once(seen, 0, |r| {
-                                    r.option(
-                                        |r| {
-                                            let mut holder = None;
+                                    r.nullable_in(
+                                        |r, pod| {
                                             r.fields(|r, key, seen| match key {
                                                 b"spec" => r.once(seen, 0, |r| {
-                                                    r.option(template_holder, &mut holder)
+                                                    r.nullable_in(template_holder, pod)
                                                 }),
                                                 _ => r.skip_value(),
-                                            })?;
-                                            Some(holder.unwrap_or_default())
+                                            })
                                         },
-                                        &mut job,
+                                        pod,
                                     )
                                 }),
                                 _ => r.skip_value(),
-                            })?;
-                            Some(job.unwrap_or_default())
+                            })
                         },
-                        &mut pod,
+                        pod,
                     )
                 }),
                 _ => r.skip_value(),
             })?;
-            (metadata.unwrap_or_default(), pod.unwrap_or_default())
         }
         _ => {
             // {metadata, spec: {template: pod}}
-            let mut metadata = None;
-            let mut pod = None;
             r.fields(|r, key, seen| match key {
-                b"metadata" => r.once(seen, 0, |r| r.option(object_meta, &mut metadata)),
-                b"spec" => r.once(seen, 1, |r| r.option(template_holder, &mut pod)),
+                b"metadata" => r.once(seen, 0, |r| r.nullable_in(object_meta, metadata)),
+                b"spec" => r.once(seen, 1, |r| r.nullable_in(template_holder, pod)),
                 _ => r.skip_value(),
             })?;
-            (metadata.unwrap_or_default(), pod.unwrap_or_default())
         }
-    };
+    }
     r.end()?;
-    let (pod_metadata, spec) = pod;
-    Some(Workload {
-        kind,
-        metadata,
-        pod: PodTemplate {
-            metadata: pod_metadata,
-            spec,
-            paths,
-        },
+    Some(w)
+}
+
+/// `{template: pod}`.
+fn template_holder(r: &mut Reader<'_>, pod: &mut PodTemplate) -> Option<()> {
+    r.fields(|r, key, seen| match key {
+        b"template" => r.once(seen, 0, |r| r.nullable_in(pod_shape, pod)),
+        _ => r.skip_value(),
     })
 }
 
-type Pod = (ObjectMeta, PodSpec);
-
-/// `{template: pod}`.
-fn template_holder(r: &mut Reader<'_>) -> Option<Pod> {
-    let mut pod = None;
+/// `{metadata, spec}` of a Pod or a pod template (its `paths` are left as they are).
+fn pod_shape(r: &mut Reader<'_>, pod: &mut PodTemplate) -> Option<()> {
     r.fields(|r, key, seen| match key {
-        b"template" => r.once(seen, 0, |r| r.option(pod_shape, &mut pod)),
+        b"metadata" => r.once(seen, 0, |r| r.nullable_in(object_meta, &mut pod.metadata)),
+        b"spec" => r.once(seen, 1, |r| r.nullable_in(pod_spec, &mut pod.spec)),
         _ => r.skip_value(),
-    })?;
-    Some(pod.unwrap_or_default())
+    })
 }
 
-/// `{metadata, spec}` of a Pod or a pod template.
-fn pod_shape(r: &mut Reader<'_>) -> Option<Pod> {
-    let (mut metadata, mut spec) = (None, None);
-    r.fields(|r, key, seen| match key {
-        b"metadata" => r.once(seen, 0, |r| r.option(object_meta, &mut metadata)),
-        b"spec" => r.once(seen, 1, |r| r.option(pod_spec, &mut spec)),
-        _ => r.skip_value(),
-    })?;
-    Some((metadata.unwrap_or_default(), spec.unwrap_or_default()))
-}
-
-fn object_meta(r: &mut Reader<'_>) -> Option<ObjectMeta> {
-    let mut m = ObjectMeta::default();
+fn object_meta(r: &mut Reader<'_>, m: &mut ObjectMeta) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"name" => r.once(seen, 0, |r| r.nullable_string(&mut m.name)),
         b"generateName" => r.once(seen, 1, |r| r.nullable_string(&mut m.generate_name)),
@@ -132,45 +117,37 @@ fn object_meta(r: &mut Reader<'_>) -> Option<ObjectMeta> {
             r.nullable_map(&mut m.annotations, Reader::string)
         }),
         _ => r.skip_value(),
-    })?;
-    Some(m)
+    })
 }
 
-fn pod_spec(r: &mut Reader<'_>) -> Option<PodSpec> {
-    let mut s = PodSpec::default();
+fn pod_spec(r: &mut Reader<'_>, s: &mut PodSpec) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"hostNetwork" => r.once(seen, 0, |r| r.nullable_bool(&mut s.host_network)),
         b"hostPID" => r.once(seen, 1, |r| r.nullable_bool(&mut s.host_pid)),
         b"hostIPC" => r.once(seen, 2, |r| r.nullable_bool(&mut s.host_ipc)),
         b"hostUsers" => r.once(seen, 3, |r| r.option(Reader::bool, &mut s.host_users)),
         b"securityContext" => r.once(seen, 4, |r| {
-            r.nullable_into(pod_security_context, &mut s.security_context)
+            r.nullable_in(pod_security_context, &mut s.security_context)
         }),
-        b"containers" => r.once(seen, 5, |r| r.nullable_list(container, &mut s.containers)),
-        b"initContainers" => r.once(seen, 6, |r| {
-            r.nullable_list(container, &mut s.init_containers)
-        }),
+        b"containers" => r.once(seen, 5, |r| r.list_in(container, &mut s.containers)),
+        b"initContainers" => r.once(seen, 6, |r| r.list_in(container, &mut s.init_containers)),
         b"ephemeralContainers" => r.once(seen, 7, |r| {
-            r.nullable_list(container, &mut s.ephemeral_containers)
+            r.list_in(container, &mut s.ephemeral_containers)
         }),
         b"volumes" => r.once(seen, 8, |r| r.nullable_list(volume, &mut s.volumes)),
-        b"os" => r.once(seen, 9, |r| r.option(pod_os, &mut s.os)),
+        b"os" => r.once(seen, 9, |r| r.option_in(pod_os, &mut s.os)),
         _ => r.skip_value(),
-    })?;
-    Some(s)
+    })
 }
 
-fn pod_os(r: &mut Reader<'_>) -> Option<PodOs> {
-    let mut os = PodOs::default();
+fn pod_os(r: &mut Reader<'_>, os: &mut PodOs) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"name" => r.once(seen, 0, |r| r.nullable_string(&mut os.name)),
         _ => r.skip_value(),
-    })?;
-    Some(os)
+    })
 }
 
-fn pod_security_context(r: &mut Reader<'_>) -> Option<PodSecurityContext> {
-    let mut c = PodSecurityContext::default();
+fn pod_security_context(r: &mut Reader<'_>, c: &mut PodSecurityContext) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"runAsUser" => r.once(seen, 0, |r| r.option(Reader::i64, &mut c.run_as_user)),
         b"runAsGroup" => r.once(seen, 1, |r| r.option(Reader::i64, &mut c.run_as_group)),
@@ -179,101 +156,85 @@ fn pod_security_context(r: &mut Reader<'_>) -> Option<PodSecurityContext> {
         b"supplementalGroups" => r.once(seen, 4, |r| {
             r.nullable_list(Reader::i64, &mut c.supplemental_groups)
         }),
-        b"seccompProfile" => r.once(seen, 5, |r| r.option(profile, &mut c.seccomp_profile)),
-        b"appArmorProfile" => r.once(seen, 6, |r| r.option(profile, &mut c.app_armor_profile)),
+        b"seccompProfile" => r.once(seen, 5, |r| r.option_in(profile, &mut c.seccomp_profile)),
+        b"appArmorProfile" => r.once(seen, 6, |r| r.option_in(profile, &mut c.app_armor_profile)),
         b"seLinuxOptions" => r.once(seen, 7, |r| {
-            r.option(se_linux_options, &mut c.se_linux_options)
+            r.option_in(se_linux_options, &mut c.se_linux_options)
         }),
-        b"sysctls" => r.once(seen, 8, |r| r.nullable_list(sysctl, &mut c.sysctls)),
+        b"sysctls" => r.once(seen, 8, |r| r.list_in(sysctl, &mut c.sysctls)),
         b"windowsOptions" => r.once(seen, 9, |r| {
-            r.nullable_into(windows_options, &mut c.windows_options)
+            r.nullable_in(windows_options, &mut c.windows_options)
         }),
         _ => r.skip_value(),
-    })?;
-    Some(c)
+    })
 }
 
-fn profile(r: &mut Reader<'_>) -> Option<Profile> {
-    let mut p = Profile::default();
+fn profile(r: &mut Reader<'_>, p: &mut Profile) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"type" => r.once(seen, 0, |r| r.nullable_string(&mut p.type_)),
         b"localhostProfile" => r.once(seen, 1, |r| {
             r.option(Reader::string, &mut p.localhost_profile)
         }),
         _ => r.skip_value(),
-    })?;
-    Some(p)
+    })
 }
 
-fn se_linux_options(r: &mut Reader<'_>) -> Option<SeLinuxOptions> {
-    let mut o = SeLinuxOptions::default();
+fn se_linux_options(r: &mut Reader<'_>, o: &mut SeLinuxOptions) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"user" => r.once(seen, 0, |r| r.nullable_string(&mut o.user)),
         b"role" => r.once(seen, 1, |r| r.nullable_string(&mut o.role)),
         b"type" => r.once(seen, 2, |r| r.nullable_string(&mut o.type_)),
         b"level" => r.once(seen, 3, |r| r.nullable_string(&mut o.level)),
         _ => r.skip_value(),
-    })?;
-    Some(o)
+    })
 }
 
-fn sysctl(r: &mut Reader<'_>) -> Option<Sysctl> {
-    let mut s = Sysctl::default();
+fn sysctl(r: &mut Reader<'_>, s: &mut Sysctl) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"name" => r.once(seen, 0, |r| r.nullable_string(&mut s.name)),
         b"value" => r.once(seen, 1, |r| r.nullable_string(&mut s.value)),
         _ => r.skip_value(),
-    })?;
-    Some(s)
+    })
 }
 
-fn windows_options(r: &mut Reader<'_>) -> Option<WindowsOptions> {
-    let mut w = WindowsOptions::default();
+fn windows_options(r: &mut Reader<'_>, w: &mut WindowsOptions) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"hostProcess" => r.once(seen, 0, |r| r.option(Reader::bool, &mut w.host_process)),
         _ => r.skip_value(),
-    })?;
-    Some(w)
+    })
 }
 
-fn container(r: &mut Reader<'_>) -> Option<Container> {
-    let mut c = Container::default();
+fn container(r: &mut Reader<'_>, c: &mut Container) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"name" => r.once(seen, 0, |r| r.nullable_string(&mut c.name)),
         b"image" => r.once(seen, 1, |r| r.nullable_string(&mut c.image)),
-        b"ports" => r.once(seen, 2, |r| r.nullable_list(container_port, &mut c.ports)),
+        b"ports" => r.once(seen, 2, |r| r.list_in(container_port, &mut c.ports)),
         b"securityContext" => r.once(seen, 3, |r| {
-            r.nullable_into(security_context, &mut c.security_context)
+            r.nullable_in(security_context, &mut c.security_context)
         }),
-        b"volumeMounts" => r.once(seen, 4, |r| {
-            r.nullable_list(volume_mount, &mut c.volume_mounts)
-        }),
-        b"resources" => r.once(seen, 5, |r| r.nullable_into(resources, &mut c.resources)),
-        b"livenessProbe" => r.once(seen, 6, |r| r.option(handler, &mut c.liveness_probe)),
-        b"readinessProbe" => r.once(seen, 7, |r| r.option(handler, &mut c.readiness_probe)),
-        b"startupProbe" => r.once(seen, 8, |r| r.option(handler, &mut c.startup_probe)),
-        b"lifecycle" => r.once(seen, 9, |r| r.nullable_into(lifecycle, &mut c.lifecycle)),
+        b"volumeMounts" => r.once(seen, 4, |r| r.list_in(volume_mount, &mut c.volume_mounts)),
+        b"resources" => r.once(seen, 5, |r| r.nullable_in(resources, &mut c.resources)),
+        b"livenessProbe" => r.once(seen, 6, |r| r.option_in(handler, &mut c.liveness_probe)),
+        b"readinessProbe" => r.once(seen, 7, |r| r.option_in(handler, &mut c.readiness_probe)),
+        b"startupProbe" => r.once(seen, 8, |r| r.option_in(handler, &mut c.startup_probe)),
+        b"lifecycle" => r.once(seen, 9, |r| r.nullable_in(lifecycle, &mut c.lifecycle)),
         _ => r.skip_value(),
-    })?;
-    Some(c)
+    })
 }
 
-fn container_port(r: &mut Reader<'_>) -> Option<ContainerPort> {
-    let mut p = ContainerPort::default();
+fn container_port(r: &mut Reader<'_>, p: &mut ContainerPort) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"hostPort" => r.once(seen, 0, |r| r.nullable_i32(&mut p.host_port)),
         b"containerPort" => r.once(seen, 1, |r| r.nullable_i32(&mut p.container_port)),
         _ => r.skip_value(),
-    })?;
-    Some(p)
+    })
 }
 
-fn security_context(r: &mut Reader<'_>) -> Option<SecurityContext> {
-    let mut c = SecurityContext::default();
+fn security_context(r: &mut Reader<'_>, c: &mut SecurityContext) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"privileged" => r.once(seen, 0, |r| r.option(Reader::bool, &mut c.privileged)),
         b"capabilities" => r.once(seen, 1, |r| {
-            r.nullable_into(capabilities, &mut c.capabilities)
+            r.nullable_in(capabilities, &mut c.capabilities)
         }),
         b"allowPrivilegeEscalation" => r.once(seen, 2, |r| {
             r.option(Reader::bool, &mut c.allow_privilege_escalation)
@@ -284,48 +245,41 @@ fn security_context(r: &mut Reader<'_>) -> Option<SecurityContext> {
         b"runAsUser" => r.once(seen, 4, |r| r.option(Reader::i64, &mut c.run_as_user)),
         b"runAsGroup" => r.once(seen, 5, |r| r.option(Reader::i64, &mut c.run_as_group)),
         b"runAsNonRoot" => r.once(seen, 6, |r| r.option(Reader::bool, &mut c.run_as_non_root)),
-        b"seccompProfile" => r.once(seen, 7, |r| r.option(profile, &mut c.seccomp_profile)),
-        b"appArmorProfile" => r.once(seen, 8, |r| r.option(profile, &mut c.app_armor_profile)),
+        b"seccompProfile" => r.once(seen, 7, |r| r.option_in(profile, &mut c.seccomp_profile)),
+        b"appArmorProfile" => r.once(seen, 8, |r| r.option_in(profile, &mut c.app_armor_profile)),
         b"seLinuxOptions" => r.once(seen, 9, |r| {
-            r.option(se_linux_options, &mut c.se_linux_options)
+            r.option_in(se_linux_options, &mut c.se_linux_options)
         }),
         b"procMount" => r.once(seen, 10, |r| r.option(Reader::string, &mut c.proc_mount)),
         b"windowsOptions" => r.once(seen, 11, |r| {
-            r.nullable_into(windows_options, &mut c.windows_options)
+            r.nullable_in(windows_options, &mut c.windows_options)
         }),
         _ => r.skip_value(),
-    })?;
-    Some(c)
+    })
 }
 
-fn capabilities(r: &mut Reader<'_>) -> Option<Capabilities> {
-    let mut c = Capabilities::default();
+fn capabilities(r: &mut Reader<'_>, c: &mut Capabilities) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"add" => r.once(seen, 0, |r| r.nullable_list(Reader::string, &mut c.add)),
         b"drop" => r.once(seen, 1, |r| r.nullable_list(Reader::string, &mut c.drop)),
         _ => r.skip_value(),
-    })?;
-    Some(c)
+    })
 }
 
-fn volume_mount(r: &mut Reader<'_>) -> Option<VolumeMount> {
-    let mut m = VolumeMount::default();
+fn volume_mount(r: &mut Reader<'_>, m: &mut VolumeMount) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"name" => r.once(seen, 0, |r| r.nullable_string(&mut m.name)),
         b"readOnly" => r.once(seen, 1, |r| r.nullable_bool(&mut m.read_only)),
         b"mountPath" => r.once(seen, 2, |r| r.nullable_string(&mut m.mount_path)),
         _ => r.skip_value(),
-    })?;
-    Some(m)
+    })
 }
 
-fn resources(r: &mut Reader<'_>) -> Option<ResourceRequirements> {
-    let mut q = ResourceRequirements::default();
+fn resources(r: &mut Reader<'_>, q: &mut ResourceRequirements) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"limits" => r.once(seen, 0, |r| r.nullable_map(&mut q.limits, quantity)),
         _ => r.skip_value(),
-    })?;
-    Some(q)
+    })
 }
 
 /// A quantity as a string, or a plain integer kept as its text (as serde reads it: an integer
@@ -341,33 +295,27 @@ fn quantity(r: &mut Reader<'_>) -> Option<Quantity> {
     }
 }
 
-fn lifecycle(r: &mut Reader<'_>) -> Option<Lifecycle> {
-    let mut l = Lifecycle::default();
+fn lifecycle(r: &mut Reader<'_>, l: &mut Lifecycle) -> Option<()> {
     r.fields(|r, key, seen| match key {
-        b"postStart" => r.once(seen, 0, |r| r.option(handler, &mut l.post_start)),
-        b"preStop" => r.once(seen, 1, |r| r.option(handler, &mut l.pre_stop)),
+        b"postStart" => r.once(seen, 0, |r| r.option_in(handler, &mut l.post_start)),
+        b"preStop" => r.once(seen, 1, |r| r.option_in(handler, &mut l.pre_stop)),
         _ => r.skip_value(),
-    })?;
-    Some(l)
+    })
 }
 
-fn handler(r: &mut Reader<'_>) -> Option<Handler> {
-    let mut h = Handler::default();
+fn handler(r: &mut Reader<'_>, h: &mut Handler) -> Option<()> {
     r.fields(|r, key, seen| match key {
-        b"httpGet" => r.once(seen, 0, |r| r.option(host_target, &mut h.http_get)),
-        b"tcpSocket" => r.once(seen, 1, |r| r.option(host_target, &mut h.tcp_socket)),
+        b"httpGet" => r.once(seen, 0, |r| r.option_in(host_target, &mut h.http_get)),
+        b"tcpSocket" => r.once(seen, 1, |r| r.option_in(host_target, &mut h.tcp_socket)),
         _ => r.skip_value(),
-    })?;
-    Some(h)
+    })
 }
 
-fn host_target(r: &mut Reader<'_>) -> Option<HostTarget> {
-    let mut t = HostTarget::default();
+fn host_target(r: &mut Reader<'_>, t: &mut HostTarget) -> Option<()> {
     r.fields(|r, key, seen| match key {
         b"host" => r.once(seen, 0, |r| r.nullable_string(&mut t.host)),
         _ => r.skip_value(),
-    })?;
-    Some(t)
+    })
 }
 
 /// A volume, as `Volume`'s own serde reader takes it: a repeated `name` or source is not an
@@ -652,11 +600,62 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
+    /// A struct field read in place, `null` leaving it as it is. Only for a field still at its
+    /// default: the struct it belongs to was just made, and `once` lets each field be read
+    /// one time.
+    fn nullable_in<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self, &mut T) -> Option<()>,
+        out: &mut T,
+    ) -> Option<()> {
+        if self.null() {
+            return Some(());
+        }
+        read(self, out)
+    }
+
+    /// An optional struct field (`null` is `None`), read in place as `nullable_in`.
+    fn option_in<T: Default>(
+        &mut self,
+        read: impl FnOnce(&mut Self, &mut T) -> Option<()>,
+        out: &mut Option<T>,
+    ) -> Option<()> {
+        if self.null() {
+            *out = None;
+            return Some(());
+        }
+        read(self, out.insert(T::default()))
+    }
+
+    /// A list of structs, each read in place at the end of the list (as `nullable_list`).
+    fn list_in<T: Default, L: Default + Extend<T> + AsMut<[T]>>(
+        &mut self,
+        mut read: impl FnMut(&mut Self, &mut T) -> Option<()>,
+        out: &mut L,
+    ) -> Option<()> {
+        self.list(out, |r, out| {
+            out.extend(std::iter::once(T::default()));
+            read(r, out.as_mut().last_mut()?)
+        })
+    }
+
     /// A list (a `Vec`, or a `SmallVec` for lists that usually hold an item or two).
     fn nullable_list<T, L: Default + Extend<T>>(
         &mut self,
         mut read: impl FnMut(&mut Self) -> Option<T>,
         out: &mut L,
+    ) -> Option<()> {
+        self.list(out, |r, out| {
+            out.extend(std::iter::once(read(r)?));
+            Some(())
+        })
+    }
+
+    /// A list or `null` (empty), each item added to `out` by `item`.
+    fn list<L: Default>(
+        &mut self,
+        out: &mut L,
+        mut item: impl FnMut(&mut Self, &mut L) -> Option<()>,
     ) -> Option<()> {
         *out = L::default();
         if self.null() {
@@ -668,7 +667,7 @@ impl<'a> Reader<'a> {
             return Some(());
         }
         loop {
-            out.extend(std::iter::once(read(self)?));
+            item(self, out)?;
             match self.peek()? {
                 b',' => self.at += 1,
                 b']' => {
@@ -931,7 +930,7 @@ mod tests {
             return Ok(false);
         };
         match pod_template(kind, raw) {
-            Ok(Some(serde)) if serde == fast => Ok(true),
+            Ok(Some(serde)) if serde == *fast => Ok(true),
             other => Err(format!(
                 "{kind:?} {raw}\n direct: {fast:?}\n serde: {other:?}"
             )),
