@@ -8,9 +8,13 @@
 
 use crate::Finding;
 use crate::glob::Glob;
+use crate::hash::FastHasher;
 use crate::model::{ImageRules, RegistryRule};
-use crate::reference::{DEFAULT_TAG, MAX_NAME, Parts, ReferenceError};
+use crate::reference::{DEFAULT_TAG, MAX_NAME, Parts, ReferenceError, Spans, span_in};
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::hash::Hasher;
+use std::rc::Rc;
 
 /// Findings for one container image (`image` as written, at field `path`). A policy with no
 /// hygiene rule returns nothing without parsing; otherwise an unparsable reference is one
@@ -33,13 +37,31 @@ pub(crate) struct Subject<'a> {
     pub image: &'a str,
     pub parsed: Result<Parts<'a>, ReferenceError>,
     /// The normalised `registry/path`; empty when the reference does not parse.
-    repository: Cow<'a, str>,
+    repository: Repository<'a>,
     /// Where the components of `repository` end: the offsets of its `/`s.
     cuts: Cuts,
 }
 
+/// A normalised repository path: the image's own text when it is written that way (the usual
+/// case for fully qualified images), else built once and shared through the memo.
+#[derive(Clone)]
+enum Repository<'a> {
+    Written(&'a str),
+    Normalised(Rc<str>),
+}
+
+impl Repository<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Repository::Written(text) => text,
+            Repository::Normalised(text) => text,
+        }
+    }
+}
+
 /// The offsets of the `/`s in a repository path, held inline: a valid normalised name has at
 /// most `MAX_NAME` (255) bytes, so at most 127 of them are `/` and every offset fits a `u8`.
+#[derive(Clone, Copy)]
 struct Cuts {
     at: [u8; MAX_NAME / 2],
     len: u8,
@@ -79,19 +101,116 @@ impl Cuts {
 }
 
 impl<'a> Subject<'a> {
+    /// `image` prepared: taken from this thread's memo when an equal text was prepared
+    /// recently (the same images come back admission after admission: a Deployment, its
+    /// ReplicaSet, every one of its pods), else parsed and kept there.
     pub(crate) fn new(image: &'a str) -> Self {
+        MEMO.with_borrow_mut(|memo| memo.subject(image))
+    }
+
+    /// `image` parsed and normalised, without the memo.
+    fn prepare(image: &'a str) -> Self {
         let parsed = Parts::parse(image);
         let repository = match &parsed {
-            Ok(parts) => parts.repository_path(),
-            Err(_) => Cow::Borrowed(""),
+            Ok(parts) => match parts.repository_path() {
+                Cow::Borrowed(text) => Repository::Written(text),
+                Cow::Owned(text) => Repository::Normalised(text.into()),
+            },
+            Err(_) => Repository::Written(""),
         };
-        let cuts = Cuts::of(&repository);
+        let cuts = Cuts::of(repository.as_str());
         Self {
             image,
             parsed,
             repository,
             cuts,
         }
+    }
+}
+
+thread_local! {
+    static MEMO: RefCell<Memo> = const { RefCell::new(Memo { slots: Vec::new() }) };
+}
+
+/// Slots of the memo, per thread.
+const MEMO_SLOTS: usize = 256;
+
+/// Recently prepared images, per thread: a direct-mapped table (an image's hash picks its one
+/// slot, a newer image in the same slot replaces it), so a lookup is one hash and one
+/// comparison, memory is bounded (256 images of at most 526 bytes), and no choice of image
+/// names can make lookups slower than a miss. Only references that parse are kept.
+struct Memo {
+    slots: Vec<Option<Kept>>,
+}
+
+/// A prepared image without borrows: its text, and where the pieces are in it.
+struct Kept {
+    image: Box<str>,
+    spans: Spans,
+    /// `None`: the repository path is written in the image, at `written`.
+    normalised: Option<Rc<str>>,
+    written: (u16, u16),
+    cuts: Cuts,
+}
+
+impl Memo {
+    fn slot_of(image: &str) -> usize {
+        let mut hasher = FastHasher::default();
+        hasher.write(image.as_bytes());
+        (hasher.finish() % MEMO_SLOTS as u64) as usize
+    }
+
+    fn subject<'a>(&mut self, image: &'a str) -> Subject<'a> {
+        if self.slots.is_empty() {
+            self.slots.resize_with(MEMO_SLOTS, || None);
+        }
+        let slot = &mut self.slots[Memo::slot_of(image)];
+        if let Some(kept) = slot.as_ref().filter(|kept| *kept.image == *image)
+            && let Some(subject) = kept.subject(image)
+        {
+            return subject;
+        }
+        let subject = Subject::prepare(image);
+        if let Some(kept) = Kept::of(&subject) {
+            *slot = Some(kept);
+        }
+        subject
+    }
+}
+
+impl Kept {
+    /// `subject` kept, when its reference parsed.
+    fn of(subject: &Subject<'_>) -> Option<Self> {
+        let image = subject.image;
+        let spans = subject.parsed.as_ref().ok()?.spans(image)?;
+        let (normalised, written) = match &subject.repository {
+            Repository::Written(text) => (None, span_in(image, text)?),
+            Repository::Normalised(text) => (Some(Rc::clone(text)), (0, 0)),
+        };
+        Some(Self {
+            image: image.into(),
+            spans,
+            normalised,
+            written,
+            cuts: subject.cuts,
+        })
+    }
+
+    /// The kept preparation, for `image` (an equal text).
+    fn subject<'a>(&self, image: &'a str) -> Option<Subject<'a>> {
+        let repository = match &self.normalised {
+            Some(text) => Repository::Normalised(Rc::clone(text)),
+            None => {
+                let (start, end) = self.written;
+                Repository::Written(image.get(usize::from(start)..usize::from(end))?)
+            }
+        };
+        Some(Subject {
+            image,
+            parsed: Ok(Parts::from_spans(image, &self.spans)?),
+            repository,
+            cuts: self.cuts,
+        })
     }
 }
 
@@ -154,7 +273,7 @@ pub(crate) fn check_subject<'p>(
 /// Why the image's normalised repository breaks the rule, if it does: a `deny` match wins
 /// over any `allow`; a non-empty `allow` list must match.
 fn registry_violation(rule: &RegistryRule, subject: &Subject<'_>) -> Option<String> {
-    let repository = subject.repository.as_ref();
+    let repository = subject.repository.as_str();
     let allowed = || match rule.allow.as_slice() {
         [] => String::new(),
         allow => format!("; allowed are {}", quoted(allow)),
@@ -180,7 +299,7 @@ fn registry_violation(rule: &RegistryRule, subject: &Subject<'_>) -> Option<Stri
 /// `/` of the text meets a literal `/` of the pattern: `*` cannot reach across components,
 /// so `*.example.com` never matches `evil.com/x.example.com`.
 fn covers(pattern: &Glob, subject: &Subject<'_>) -> bool {
-    let (p, repository, cuts) = (pattern.as_str(), subject.repository.as_ref(), &subject.cuts);
+    let (p, repository, cuts) = (pattern.as_str(), subject.repository.as_str(), &subject.cuts);
     let slashes = pattern.slashes();
     let candidate = if p.ends_with('/') {
         cuts.get(slashes - 1).map(|i| &repository[..=i])
@@ -251,6 +370,74 @@ mod tests {
 
     fn allowed(allow: &[&str], image: &str) -> bool {
         rules_hit(&mk_rules(allow, &[], &[], false), image).is_empty()
+    }
+
+    /// The parts of a preparation that checks read, comparable.
+    fn seen<'a>(subject: &Subject<'a>) -> (Result<Parts<'a>, ReferenceError>, String, Vec<usize>) {
+        let cuts = (0..subject.cuts.len())
+            .map(|i| subject.cuts.get(i).unwrap())
+            .collect();
+        (
+            subject.parsed.clone(),
+            subject.repository.as_str().to_owned(),
+            cuts,
+        )
+    }
+
+    const MEMO_CASES: [&str; 14] = [
+        "nginx",
+        "nginx:1.25",
+        "library/nginx@D",
+        "docker.io/library/nginx:1.25",
+        "index.docker.io/team/app:v1",
+        "Registry.Example.COM:5000/shop/web:1.4.2",
+        "registry.example.com/shop/web:1.4.2@D",
+        "localhost/app",
+        "[::1]:5000/a/b/c/d:tag",
+        "ghcr.io/org/team/tool",
+        // Never kept: they do not parse.
+        "",
+        "UPPER/case",
+        "registry.example.com/shop/web:bad tag",
+        "a//b",
+    ];
+
+    #[test]
+    fn the_memo_gives_what_preparing_afresh_gives() {
+        for image in MEMO_CASES {
+            let image = image.replace("@D", &format!("@{D}"));
+            let fresh = Subject::prepare(&image);
+            // The first may be kept (a miss), the second comes from the memo if it was.
+            for _ in 0..2 {
+                // A new copy of the text each time: the memo matches text, not addresses.
+                let copy = image.clone();
+                assert_eq!(seen(&Subject::new(&copy)), seen(&fresh), "{image}");
+            }
+            let kept = MEMO.with_borrow(|memo| {
+                memo.slots[Memo::slot_of(&image)]
+                    .as_ref()
+                    .is_some_and(|kept| *kept.image == *image)
+            });
+            assert_eq!(kept, fresh.parsed.is_ok(), "{image}");
+        }
+    }
+
+    #[test]
+    fn images_sharing_a_memo_slot_replace_each_other_and_stay_correct() {
+        // Two valid images whose hashes pick the same slot.
+        let first = "registry.example.com/app-0:1";
+        let slot = Memo::slot_of(first);
+        let second = (1..)
+            .map(|i| format!("docker.io/team/app-{i}"))
+            .find(|image| Memo::slot_of(image) == slot)
+            .unwrap();
+        for _ in 0..3 {
+            for image in [first, second.as_str()] {
+                let fresh = Subject::prepare(image);
+                assert_eq!(seen(&Subject::new(image)), seen(&fresh), "{image}");
+                assert_eq!(seen(&Subject::new(image)), seen(&fresh), "{image}");
+            }
+        }
     }
 
     #[test]

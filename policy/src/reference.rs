@@ -71,7 +71,7 @@ pub enum ReferenceError {
 /// A reference split into borrowed pieces, already validated. The registry is `docker.io` or
 /// the host as written (compare it ASCII-case-insensitively); `official` means `library/` was
 /// added in front of `path`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Parts<'a> {
     name: &'a str,
     registry: &'a str,
@@ -79,6 +79,26 @@ pub(crate) struct Parts<'a> {
     path: &'a str,
     pub(crate) tag: Option<&'a str>,
     pub(crate) digest: Option<&'a str>,
+}
+
+/// Where the pieces of a parsed reference are in its text (start and end offsets), so that a
+/// parse can be kept without borrowing the text and given out again for an equal text
+/// (`hygiene`'s memo). `registry` is `None` for the default registry, which is not written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spans {
+    name: (u16, u16),
+    registry: Option<(u16, u16)>,
+    official: bool,
+    path: (u16, u16),
+    tag: Option<(u16, u16)>,
+    digest: Option<(u16, u16)>,
+}
+
+/// Where `piece` is inside `text`, if it is a slice of it.
+pub(crate) fn span_in(text: &str, piece: &str) -> Option<(u16, u16)> {
+    let start = (piece.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start.checked_add(piece.len())?;
+    (end <= text.len()).then_some((u16::try_from(start).ok()?, u16::try_from(end).ok()?))
 }
 
 impl<'a> Parts<'a> {
@@ -149,6 +169,44 @@ impl<'a> Parts<'a> {
             return Err(ReferenceError::InvalidTag(t.to_owned()));
         }
         Ok(parts)
+    }
+
+    /// Where the pieces are in `input`, the text this was parsed from (`None` for any other
+    /// text).
+    pub(crate) fn spans(&self, input: &str) -> Option<Spans> {
+        let optional = |piece: Option<&str>| match piece {
+            Some(piece) => span_in(input, piece).map(Some),
+            None => Some(None),
+        };
+        Some(Spans {
+            name: span_in(input, self.name)?,
+            // The default registry is a constant, not a slice of the input.
+            registry: span_in(input, self.registry),
+            official: self.official,
+            path: span_in(input, self.path)?,
+            tag: optional(self.tag)?,
+            digest: optional(self.digest)?,
+        })
+    }
+
+    /// The parse of `input` whose pieces are at `spans` (`spans` of an equal text).
+    pub(crate) fn from_spans(input: &'a str, spans: &Spans) -> Option<Self> {
+        let piece = |(start, end): (u16, u16)| input.get(usize::from(start)..usize::from(end));
+        let optional = |span: Option<(u16, u16)>| match span {
+            Some(span) => piece(span).map(Some),
+            None => Some(None),
+        };
+        Some(Self {
+            name: piece(spans.name)?,
+            registry: match spans.registry {
+                Some(span) => piece(span)?,
+                None => DOCKER_HUB,
+            },
+            official: spans.official,
+            path: piece(spans.path)?,
+            tag: optional(spans.tag)?,
+            digest: optional(spans.digest)?,
+        })
     }
 
     /// Length of the normalised `registry/path`.
@@ -546,6 +604,32 @@ mod tests {
             last = next;
         }
         all
+    }
+
+    #[test]
+    fn spans_give_the_same_parse_back_for_an_equal_text_only() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for image in [
+            "nginx".to_owned(),
+            "index.docker.io/nginx:1.25".to_owned(),
+            "docker.io/library/nginx".to_owned(),
+            format!("registry.example.com:5000/a/b:t@{digest}"),
+            format!("app@{digest}"),
+            "[::1]/x".to_owned(),
+        ] {
+            let parts = Parts::parse(&image).unwrap();
+            let spans = parts.spans(&image).unwrap();
+            // Another copy of the same text: the same parse, from the spans alone.
+            let copy = image.clone();
+            assert_eq!(Parts::from_spans(&copy, &spans), Some(parts), "{image}");
+            assert_eq!(Parts::from_spans(&copy, &spans), Parts::parse(&copy).ok());
+            // Spans are only taken against the text that was parsed.
+            assert_eq!(parts.spans(&copy), None, "{image}");
+        }
+        // Spans past the end of a (wrongly) shorter text give nothing, not a panic.
+        let long = "registry.example.com/shop/web:1.4.2";
+        let spans = Parts::parse(long).unwrap().spans(long).unwrap();
+        assert_eq!(Parts::from_spans("nginx", &spans), None);
     }
 
     #[test]
