@@ -2,7 +2,8 @@
 //! (mixed Pod Security, individual controls and image hygiene; ten of each kind, policies of a
 //! kind with the same rules). Prints p50 / p99 / p99.9 of single calls, for the whole
 //! `evaluate` (parse + decide), for parsing and for the decision on an already parsed object,
-//! and `evaluate` again with 50 distinct rule sets (nothing shared between policies).
+//! `evaluate` again with 50 distinct rule sets (nothing shared between policies), and with
+//! images the engine's per-thread memo of prepared images has not seen (new tags each call).
 //! The last line times plain arithmetic of `evaluate`'s median duration in the same loop: the
 //! machine's own tail at that duration. `PORTCULLIS_BENCH_SHAPE=1` also prints more percentiles. Run:
 //! `cargo bench -p portcullis-policy --bench evaluate`.
@@ -79,7 +80,8 @@ fn mk_policies(distinct: bool) -> Vec<Policy> {
     policies
 }
 
-fn deployment() -> String {
+/// The benchmark's Deployment; `suffix` is appended to every image's tag.
+fn deployment(suffix: &str) -> String {
     let container = |name: &str, image: &str| {
         format!(
             r#"{{"name":"{name}","image":"{image}","ports":[{{"containerPort":8080}}],
@@ -96,10 +98,19 @@ fn deployment() -> String {
         "spec":{{"securityContext":{{"runAsUser":10001,"seccompProfile":{{"type":"RuntimeDefault"}}}},
         "containers":[{},{},{}],"initContainers":[{}],
         "volumes":[{{"name":"config","configMap":{{"name":"web"}}}}]}}}}}}}}"#,
-        container("web", "registry.example.com/shop/web:1.4.2"),
-        container("proxy", "docker.io/library/nginx:1.25"),
-        container("metrics", "registry.example.com/base/exporter:2.0"),
-        container("migrate", "registry.example.com/shop/migrate:1.4.2"),
+        container(
+            "web",
+            &format!("registry.example.com/shop/web:1.4.2{suffix}")
+        ),
+        container("proxy", &format!("docker.io/library/nginx:1.25{suffix}")),
+        container(
+            "metrics",
+            &format!("registry.example.com/base/exporter:2.0{suffix}")
+        ),
+        container(
+            "migrate",
+            &format!("registry.example.com/shop/migrate:1.4.2{suffix}")
+        ),
     )
 }
 
@@ -137,7 +148,12 @@ fn main() {
     );
     // No policy here reads scan results, so an empty index changes nothing.
     let scans = ScanIndex::default();
-    let raw = deployment();
+    let raw = deployment("");
+    // Far more distinct images than the memo's 256 slots, cycled: each call's own images
+    // (four per Deployment) have been pushed out of the memo since they were last seen.
+    let unseen: Vec<String> = (0..COLD_VARIANTS)
+        .map(|i| deployment(&format!("-{i}")))
+        .collect();
     let input = AdmissionInput {
         operation: Operation::Create,
         kind: "Deployment",
@@ -193,6 +209,7 @@ fn main() {
     let mut parse = Vec::with_capacity(iterations);
     let mut whole_distinct = Vec::with_capacity(iterations);
     let mut machine = Vec::with_capacity(iterations);
+    let mut whole_unseen = Vec::with_capacity(iterations);
     for i in 0..iterations {
         // The machine changes speed during a run: keep the arithmetic's median on
         // `evaluate`'s over the last stretch of calls.
@@ -232,11 +249,25 @@ fn main() {
             &scans,
         ));
         whole_distinct.push(start.elapsed().as_nanos() as u64);
+
+        let unseen_input = AdmissionInput {
+            object: Some(&unseen[i % COLD_VARIANTS]),
+            ..input
+        };
+        let start = Instant::now();
+        black_box(engine::evaluate(
+            black_box(&unseen_input),
+            "prod-eu-1",
+            &policies,
+            &scans,
+        ));
+        whole_unseen.push(start.elapsed().as_nanos() as u64);
     }
     report("evaluate (parse + decide)", whole);
     report("parse the Deployment", parse);
     report("decide (50 policies, parsed object)", decide);
     report("evaluate, 50 distinct rule sets", whole_distinct);
+    report("evaluate, images new to the memo", whole_unseen);
     report("machine: arithmetic, evaluate's median", machine);
 }
 
@@ -245,6 +276,9 @@ fn percentile(samples: &[u64], p: f64) -> u64 {
     sorted.sort_unstable();
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
+
+/// Deployments with images of their own for the cold-memo line (four each).
+const COLD_VARIANTS: usize = 2_000;
 
 /// How often (in calls) the arithmetic is resized to `evaluate`'s recent median.
 const RESIZE_EVERY: usize = 1_000;
