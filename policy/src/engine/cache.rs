@@ -1,8 +1,10 @@
 //! Work done once per admitted pod and shared by every policy that needs it: Pod Security
 //! results per (level, version), each container's image reference parsed and normalised once
-//! with its field path, and the findings of each distinct resource rule set and image hygiene
-//! rule set (policies often share rules and differ in scope or action). Fifty policies on a
-//! four-container pod otherwise parse the same images and run the same checks dozens of times.
+//! with its field path (from the thread's memo of recently prepared images, see
+//! `hygiene::Subject::new`, when the image was seen before), and the findings of each distinct
+//! resource rule set and image hygiene rule set (policies often share rules and differ in scope
+//! or action). Fifty policies on a four-container pod otherwise parse the same images and run
+//! the same checks dozens of times.
 
 use std::cell::OnceCell;
 
