@@ -1,8 +1,10 @@
-//! The one fast non-cryptographic hasher of the scan index and the vulnerability id interner:
-//! FxHash's multiply-rotate over eight bytes at a time, finished with murmur3's 64-bit
-//! avalanche. Keys (image references, vulnerability ids) come from the control plane, not from
-//! admission requests, and requests only read, so there is no collision flood to defend
-//! against; SipHash cost more than the rest of a lookup.
+//! The one fast non-cryptographic hasher of the scan index, the vulnerability id interner and
+//! the engine's memo of prepared images: FxHash's multiply-rotate over eight bytes at a time,
+//! finished with murmur3's 64-bit avalanche. The index's and the interner's keys (image
+//! references, vulnerability ids) come from the control plane, not from admission requests,
+//! and requests only read, so there is no collision flood to defend against; SipHash cost more
+//! than the rest of a lookup. The memo does hash images from requests, but it is direct-mapped
+//! (one slot per hash, no probing), so colliding names only cost misses.
 //!
 //! The avalanche matters: keys differ mostly in their last bytes (`CVE-2019-01234`,
 //! `…/app-81234`), and a product's low bits depend only on its operands' low bits, so FxHash

@@ -261,8 +261,9 @@ fn outcome_of(findings: &[PolicyFinding]) -> Outcome {
 }
 
 /// Every finding of one applicable policy with its action, without those about whitelisted
-/// containers, into `found` (empty on entry). Always inlined into the loop over policies: as a call, saving and restoring its registers
-/// for each of fifty policies cost ~2,400 instructions per admission.
+/// containers, into `found` (empty on entry). Always inlined into the loop over policies: as
+/// a call, saving and restoring its registers for each of fifty policies cost ~2,400
+/// instructions per admission.
 #[inline(always)]
 fn check_policy<'o, 'p>(
     policy: &'p Policy,

@@ -1075,6 +1075,24 @@ mod tests {
         ] {
             assert!(agrees(Kind::Pod, raw).is_ok(), "{raw}");
         }
+        // A workload's levels above the pod may be null or missing: an empty pod, still at
+        // the workload's own field paths.
+        for (kind, raw) in [
+            (Kind::CronJob, r#"{"spec":null}"#),
+            (Kind::CronJob, r#"{"spec":{"jobTemplate":null}}"#),
+            (
+                Kind::CronJob,
+                r#"{"spec":{"jobTemplate":{"spec":{"template":null}}}}"#,
+            ),
+            (
+                Kind::CronJob,
+                r#"{"metadata":null,"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"i"}]}}}}}}"#,
+            ),
+            (Kind::Deployment, r#"{"spec":{"template":null}}"#),
+            (Kind::Job, r#"{"metadata":{"name":"j"},"spec":null}"#),
+        ] {
+            assert_eq!(agrees(kind, raw), Ok(true), "{raw}");
+        }
         // Read directly where nothing is unusual.
         assert_eq!(
             agrees(
