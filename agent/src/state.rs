@@ -28,22 +28,13 @@ impl LoadedPolicy {
 }
 
 /// The policies of a snapshot or of the cache by name (a repeated name keeps the last), with
-/// equal rule sets held once (see `Policy::share_rules`: the engine then checks them once).
+/// equal rule sets held once (see `SharedRules`: the engine then checks them once).
 pub fn policy_map(mut loaded: Vec<LoadedPolicy>) -> BTreeMap<String, Arc<LoadedPolicy>> {
     portcullis_policy::share_rules(loaded.iter_mut().map(|p| &mut p.policy));
     let named = loaded
         .into_iter()
         .map(|p| (p.proto.name.clone(), Arc::new(p)));
     named.collect()
-}
-
-/// Adds (or replaces) `policy` in `policies`, sharing its rule sets with an enforced policy
-/// that has equal ones (see `Policy::share_rules`: the engine then checks them once).
-pub fn insert_policy(policies: &mut BTreeMap<String, Arc<LoadedPolicy>>, mut policy: LoadedPolicy) {
-    policy
-        .policy
-        .share_rules(policies.values().map(|p| &p.policy));
-    policies.insert(policy.proto.name.clone(), Arc::new(policy));
 }
 
 /// One applied revision of the control plane's state, as it concerns this cluster.

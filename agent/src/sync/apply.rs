@@ -2,9 +2,12 @@
 //! top of the current state. Pure: validation failures become errors (a NACK), never a
 //! half-applied state.
 
+use std::sync::Arc;
+
 use prost::Message;
 
 use portcullis_policy::{
+    SharedRules,
     engine::ScanIndex,
     scan::{ScanSummary, VulnerabilityDictionary},
 };
@@ -12,7 +15,7 @@ use portcullis_proto::v1::{
     Delta, ImageSummary, Policy, ProtectionSettings, SnapshotChunk, policy_change, scan_change,
 };
 
-use crate::state::{AgentState, LoadedPolicy, insert_policy, policy_map};
+use crate::state::{AgentState, LoadedPolicy, policy_map};
 
 /// Why a revision could not be applied.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -91,11 +94,24 @@ pub fn delta(
         });
     }
     let mut next = current.clone();
+    // Rule sets of the enforced policies by fingerprint, made once for the whole delta (and
+    // only if it puts a policy): each put shares its rule sets with an equal enforced one (the
+    // engine then checks them once) in one lookup, however many policies the delta holds.
+    let mut shared: Option<SharedRules> = None;
     for change in delta.changes {
         match change.change {
             Some(policy_change::Change::Put(proto)) => {
-                let policy = LoadedPolicy::load(proto).map_err(ApplyError::Invalid)?;
-                insert_policy(&mut next.policies, policy);
+                let mut loaded = LoadedPolicy::load(proto).map_err(ApplyError::Invalid)?;
+                let shared = shared.get_or_insert_with(|| {
+                    let mut shared = SharedRules::default();
+                    for enforced in next.policies.values() {
+                        shared.record(&enforced.policy);
+                    }
+                    shared
+                });
+                shared.share(&mut loaded.policy);
+                next.policies
+                    .insert(loaded.proto.name.clone(), Arc::new(loaded));
             }
             Some(policy_change::Change::Deleted(name)) => {
                 next.policies.remove(&name);
@@ -129,7 +145,6 @@ pub fn delta(
 mod tests {
     use super::*;
     use portcullis_proto::v1::{PolicyChange, ResourceRules, Rules};
-    use std::sync::Arc;
 
     fn mk_policy(name: &str) -> Policy {
         Policy {
@@ -190,6 +205,60 @@ mod tests {
         };
         assert!(Arc::ptr_eq(&resource(&state, "a"), &resource(&state, "b")));
         assert!(Arc::ptr_eq(&resource(&next, "b"), &resource(&next, "c")));
+    }
+
+    #[test]
+    fn a_delta_of_many_puts_shares_rule_sets_with_the_enforced_ones_and_among_its_own() {
+        let state = snapshot("e", 1, vec![mk_policy("a")], ScanIndex::default(), None, 1).unwrap();
+        let other_rules = |name: &str| Policy {
+            rules: Some(Rules {
+                resource: Some(ResourceRules {
+                    read_only_root_filesystem: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..mk_policy(name)
+        };
+        // Thousands of puts: half with the enforced policy's rules, half with others.
+        let mut changes = Vec::new();
+        for i in 0..2_000 {
+            let name = format!("p-{i:04}");
+            let policy = if i % 2 == 0 {
+                mk_policy(&name)
+            } else {
+                other_rules(&name)
+            };
+            changes.push(PolicyChange {
+                change: Some(policy_change::Change::Put(policy)),
+            });
+        }
+        // A put replacing the enforced policy itself, with the other rules.
+        changes.push(PolicyChange {
+            change: Some(policy_change::Change::Put(other_rules("a"))),
+        });
+        let change = Delta {
+            prev_revision: 1,
+            revision: 2,
+            changes,
+            ..Default::default()
+        };
+        let next = delta(&state, change, 2).unwrap().0;
+        assert_eq!(next.policies.len(), 2_001);
+        let resource = |state: &AgentState, name: &str| {
+            Arc::clone(state.policies[name].policy.rules.resource.as_ref().unwrap())
+        };
+        let enforced = resource(&state, "a");
+        let other = resource(&next, "p-0001");
+        assert!(!Arc::ptr_eq(&enforced, &other));
+        for i in 0..2_000 {
+            let held = resource(&next, &format!("p-{i:04}"));
+            let expected = if i % 2 == 0 { &enforced } else { &other };
+            assert!(Arc::ptr_eq(&held, expected), "p-{i:04}");
+        }
+        assert!(Arc::ptr_eq(&resource(&next, "a"), &other));
+        // The state it was applied to still enforces its own rules.
+        assert!(Arc::ptr_eq(&resource(&state, "a"), &enforced));
     }
 
     fn mk_summary(id: &str, cve: &str) -> ImageSummary {

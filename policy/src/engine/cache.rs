@@ -44,7 +44,7 @@ pub(crate) struct PodCache<'o, 'p> {
 }
 
 /// Results per distinct rule set, found by the rules' hash and confirmed by address (rule sets
-/// held once, see `Policy::share_rules`) or else by comparing the rules themselves.
+/// held once, see `SharedRules`) or else by comparing the rules themselves.
 struct PerRuleSet<'p, R, T> {
     entries: Vec<(u64, &'p R, T)>,
     /// Bit `hash % 64` of every held hash: a rule set whose bit is clear is new, and its

@@ -111,46 +111,42 @@ impl RuleFingerprints {
     }
 }
 
-impl Policy {
-    /// Takes each rule section from the first of `others` whose section is equal, so both
-    /// policies hold the same value. The engine checks a rule set once per admission for every
-    /// policy that has it; a shared value is recognised by its address, an equal copy only by
-    /// comparing the two (which costs more than some of the checks it saves).
-    pub fn share_rules<'a>(&mut self, others: impl IntoIterator<Item = &'a Policy>) {
-        let mut resource_done = self.rules.resource.is_none();
-        let mut image_done = self.rules.image.is_none();
-        for other in others {
-            if resource_done && image_done {
-                return;
-            }
-            if !resource_done
-                && other.fingerprints.resource == self.fingerprints.resource
-                && other.rules.resource == self.rules.resource
-            {
-                self.rules.resource.clone_from(&other.rules.resource);
-                resource_done = true;
-            }
-            if !image_done
-                && other.fingerprints.image == self.fingerprints.image
-                && other.rules.image == self.rules.image
-            {
-                self.rules.image.clone_from(&other.rules.image);
-                image_done = true;
-            }
-        }
+/// The distinct rule sections seen so far, by fingerprint. `share` makes a policy hold the
+/// seen value equal to each of its sections (or records its own), so policies with equal rules
+/// hold the same values. The engine checks a rule set once per admission for every policy that
+/// has it; a shared value is recognised by its address, an equal copy only by comparing the two
+/// (which costs more than some of the checks it saves).
+#[derive(Default)]
+pub struct SharedRules {
+    resources: HashMap<u64, Vec<Arc<ResourceRules>>>,
+    images: HashMap<u64, Vec<Arc<ImageRules>>>,
+}
+
+impl SharedRules {
+    /// Records the sections of `policy` (already held elsewhere, so not changed) for later
+    /// policies to share.
+    pub fn record(&mut self, policy: &Policy) {
+        self.share_sections(&mut policy.rules.clone(), policy.fingerprints);
+    }
+
+    /// Replaces each section of `policy` by a recorded equal one, or records it.
+    pub fn share(&mut self, policy: &mut Policy) {
+        self.share_sections(&mut policy.rules, policy.fingerprints);
+    }
+
+    fn share_sections(&mut self, rules: &mut Rules, hashes: RuleFingerprints) {
+        share_section(&mut rules.resource, hashes.resource, &mut self.resources);
+        share_section(&mut rules.image, hashes.image, &mut self.images);
     }
 }
 
-/// `Policy::share_rules` within a set: each policy shares with the first before it that has
+/// `SharedRules::share` within a set: each policy shares with the first before it that has
 /// equal rules. Candidates are found by the rules' fingerprints, so a set of thousands of
 /// policies (an agent's snapshot) is shared in one pass.
 pub fn share_rules<'a>(policies: impl IntoIterator<Item = &'a mut Policy>) {
-    let mut resources = HashMap::new();
-    let mut images = HashMap::new();
+    let mut shared = SharedRules::default();
     for policy in policies {
-        let (rules, hashes) = (&mut policy.rules, policy.fingerprints);
-        share_section(&mut rules.resource, hashes.resource, &mut resources);
-        share_section(&mut rules.image, hashes.image, &mut images);
+        shared.share(policy);
     }
 }
 
@@ -234,5 +230,34 @@ mod tests {
         assert!(all[2].rules.image.is_none() && all[3].rules.resource.is_none());
         // Sharing changes no policy's value.
         assert_eq!(all, before);
+    }
+
+    #[test]
+    fn recorded_policies_stay_as_they_are_and_later_ones_share_with_them() {
+        let held = policies(
+            "---\nname: a\nrules: {resource: {privileged: {}}, image: {disallowedTags: [latest]}}\n",
+        );
+        let mut incoming = policies(
+            "---\nname: b\nrules: {resource: {privileged: {}}}\n\
+             ---\nname: c\nrules: {image: {disallowedTags: [latest]}, resource: {hostNamespaces: {}}}\n\
+             ---\nname: d\nrules: {resource: {hostNamespaces: {}}}\n",
+        );
+        let before = held.clone();
+        let mut shared = SharedRules::default();
+        shared.record(&held[0]);
+        for policy in &mut incoming {
+            shared.share(policy);
+        }
+        let resource = |p: &Policy| Arc::clone(p.rules.resource.as_ref().unwrap());
+        let image = |p: &Policy| Arc::clone(p.rules.image.as_ref().unwrap());
+        assert!(Arc::ptr_eq(&resource(&incoming[0]), &resource(&held[0])));
+        assert!(Arc::ptr_eq(&image(&incoming[1]), &image(&held[0])));
+        // New sections are recorded as they come: `d` shares with `c`.
+        assert!(Arc::ptr_eq(
+            &resource(&incoming[2]),
+            &resource(&incoming[1])
+        ));
+        assert!(!Arc::ptr_eq(&resource(&incoming[1]), &resource(&held[0])));
+        assert_eq!(held, before);
     }
 }
