@@ -8,12 +8,12 @@
 
 use crate::Finding;
 use crate::glob::Glob;
-use crate::hash::FastHasher;
+use crate::hash::FastHash;
 use crate::model::{ImageRules, RegistryRule};
 use crate::reference::{DEFAULT_TAG, MAX_NAME, Parts, ReferenceError, Spans, span_in};
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::hash::Hasher;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
 /// Findings for one container image (`image` as written, at field `path`). A policy with no
@@ -147,17 +147,19 @@ struct Memo {
 struct Kept {
     image: Box<str>,
     spans: Spans,
-    /// `None`: the repository path is written in the image, at `written`.
-    normalised: Option<Rc<str>>,
-    written: (u16, u16),
+    repository: KeptRepository,
     cuts: Cuts,
+}
+
+/// `Repository` without the borrow: where the image spells it, or the shared normalised path.
+enum KeptRepository {
+    Written((u16, u16)),
+    Normalised(Rc<str>),
 }
 
 impl Memo {
     fn slot_of(image: &str) -> usize {
-        let mut hasher = FastHasher::default();
-        hasher.write(image.as_bytes());
-        (hasher.finish() % MEMO_SLOTS as u64) as usize
+        (FastHash.hash_one(image) % MEMO_SLOTS as u64) as usize
     }
 
     fn subject<'a>(&mut self, image: &'a str) -> Subject<'a> {
@@ -183,26 +185,24 @@ impl Kept {
     fn of(subject: &Subject<'_>) -> Option<Self> {
         let image = subject.image;
         let spans = subject.parsed.as_ref().ok()?.spans(image)?;
-        let (normalised, written) = match &subject.repository {
-            Repository::Written(text) => (None, span_in(image, text)?),
-            Repository::Normalised(text) => (Some(Rc::clone(text)), (0, 0)),
+        let repository = match &subject.repository {
+            Repository::Written(text) => KeptRepository::Written(span_in(image, text)?),
+            Repository::Normalised(text) => KeptRepository::Normalised(Rc::clone(text)),
         };
         Some(Self {
             image: image.into(),
             spans,
-            normalised,
-            written,
+            repository,
             cuts: subject.cuts,
         })
     }
 
     /// The kept preparation, for `image` (an equal text).
     fn subject<'a>(&self, image: &'a str) -> Option<Subject<'a>> {
-        let repository = match &self.normalised {
-            Some(text) => Repository::Normalised(Rc::clone(text)),
-            None => {
-                let (start, end) = self.written;
-                Repository::Written(image.get(usize::from(start)..usize::from(end))?)
+        let repository = match &self.repository {
+            KeptRepository::Normalised(text) => Repository::Normalised(Rc::clone(text)),
+            KeptRepository::Written((start, end)) => {
+                Repository::Written(image.get(usize::from(*start)..usize::from(*end))?)
             }
         };
         Some(Subject {
