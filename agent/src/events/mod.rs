@@ -169,8 +169,10 @@ pub fn build(
     for finding in &decision.findings {
         let fresh = events.last().is_none_or(|e| e.policy != finding.policy);
         if fresh {
-            let stamp =
-                uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+            // Ids sort as the events list (newest first): the time below the millisecond goes
+            // into the id too, so two admissions in one millisecond keep their order.
+            let precise = uuid::ContextV7::new().with_additional_precision();
+            let stamp = uuid::Timestamp::from_unix(&precise, since.as_secs(), since.subsec_nanos());
             events.push(Event {
                 id: uuid::Uuid::new_v7(stamp).to_string(),
                 time: Some(time),

@@ -50,6 +50,28 @@ const POLICIES: &str = "name: no-privileged\nrules: {resource: {privileged: {}}}
     name: unrelated\nrules: {resource: {hostNamespaces: {}}}\n";
 
 #[test]
+fn ids_of_admissions_in_one_millisecond_sort_by_time() {
+    let body = fixture("pod-create-privileged.json");
+    let request = review::parse(&body).unwrap();
+    let state = mk_state(POLICIES);
+    let decision = decide(&request, &state);
+    let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+    // Twenty admissions 10 us apart, all in the same millisecond (with the millisecond alone
+    // and random bits below it, each pair would sort by chance).
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            let now = start + Duration::from_micros(10 * i);
+            build("c1", &RequestInfo::of(&request), &decision, &state, now)[0]
+                .id
+                .clone()
+        })
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+}
+
+#[test]
 fn one_event_per_policy_with_its_findings() {
     let body = fixture("pod-create-privileged.json");
     let request = review::parse(&body).unwrap();
