@@ -125,20 +125,19 @@ fn profiles(out: &mut Out, rule: &ProfileRule, control: &ProfileControl) {
             set = true;
             judge.check(out, || at.field(&field()), Setting::from_field(profile));
         }
-        let annotations = annotated
+        // The container's own annotation, found by its key (a scan of every annotation per
+        // container would be quadratic in a hostile pod of many of both).
+        let annotation = annotated
             .then(|| {
-                pod.metadata
-                    .annotations_with_prefix(control.container_prefix)
+                let key = format!("{}{}", control.container_prefix, c.name);
+                pod.metadata.annotations.get_key_value(&key)
             })
-            .into_iter()
             .flatten();
-        for (key, name, value) in annotations {
-            // An empty annotation sets no profile (Pod Security Admission reads it so too).
-            if name == c.name && !value.is_empty() {
-                set = true;
-                let setting = Setting::from_annotation(value);
-                judge.check(out, || pod.annotation_path(key), setting);
-            }
+        // An empty annotation sets no profile (Pod Security Admission reads it so too).
+        if let Some((key, value)) = annotation.filter(|(_, value)| !value.is_empty()) {
+            set = true;
+            let setting = Setting::from_annotation(value);
+            judge.check(out, || pod.annotation_path(key), setting);
         }
         if set {
             continue;

@@ -1,8 +1,10 @@
 //! Pod-level controls: volume sources, hostPath prefixes, and sysctls.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use super::{Out, describe_list};
+use crate::k8s::{Container, ContainerPath};
 use crate::{HostPathAllow, HostPathRule, SysctlsRule, VolumeType, VolumesRule};
 
 pub(super) fn volume_types(out: &mut Out, rule: &VolumesRule) {
@@ -41,6 +43,9 @@ pub(super) fn volume_types(out: &mut Out, rule: &VolumesRule) {
 /// `readOnly`, each mount of the volume must be read-only; those findings name the container.
 pub(super) fn host_path(out: &mut Out, rule: &HostPathRule) {
     let pod = out.pod;
+    // Mounts by volume name, gathered at the first read-only volume that needs them: one pass
+    // over every container's mounts, not one per volume.
+    let mut mounts: Option<HashMap<&str, Vec<(ContainerPath, usize, &Container)>>> = None;
     for (i, volume) in pod.spec.volumes.iter().enumerate() {
         let Some(path) = &volume.host_path else {
             continue;
@@ -62,17 +67,27 @@ pub(super) fn host_path(out: &mut Out, rule: &HostPathRule) {
         if !first.read_only || covering.any(|a| !a.read_only) {
             continue;
         }
-        for (at, c) in pod.containers() {
-            for (j, mount) in c.volume_mounts.iter().enumerate() {
-                if mount.name == volume.name && !mount.read_only {
-                    let message = format!(
-                        "container {:?} must mount hostPath volume {:?} ({path}) read-only",
-                        c.name, volume.name
-                    );
-                    let field = at.field(&format!("volumeMounts[{j}].readOnly"));
-                    out.push("hostPath", Some(at), field, "false", message);
+        let writable = mounts.get_or_insert_with(|| {
+            let mut by_volume: HashMap<&str, Vec<_>> = HashMap::new();
+            for (at, c) in pod.containers() {
+                for (j, mount) in c.volume_mounts.iter().enumerate() {
+                    if !mount.read_only {
+                        by_volume
+                            .entry(mount.name.as_str())
+                            .or_default()
+                            .push((at, j, c));
+                    }
                 }
             }
+            by_volume
+        });
+        for &(at, j, c) in writable.get(volume.name.as_str()).into_iter().flatten() {
+            let message = format!(
+                "container {:?} must mount hostPath volume {:?} ({path}) read-only",
+                c.name, volume.name
+            );
+            let field = at.field(&format!("volumeMounts[{j}].readOnly"));
+            out.push("hostPath", Some(at), field, "false", message);
         }
     }
 }

@@ -235,8 +235,11 @@ pub fn evaluate_object<'p>(
     let outcome = outcome_of(&findings);
     let mut images = Vec::new();
     if let (false, Object::Workload(workload)) = (findings.is_empty(), object) {
+        // Once each, in pod-spec order: a set of those seen, not a scan of the list per image
+        // (a hostile pod may hold tens of thousands).
+        let mut seen = std::collections::HashSet::new();
         for (_, container) in workload.pod.containers() {
-            if !images.iter().any(|i| *i == container.image) {
+            if seen.insert(container.image.as_str()) {
                 images.push(container.image.to_string());
             }
         }

@@ -689,10 +689,13 @@ impl<'a> Reader<'a> {
         if self.null() {
             return Some(());
         }
+        let mut entries = smallvec::SmallVec::new();
         self.members(|r, key| {
-            out.insert(Text::from(key), read(r)?);
+            entries.push((Text::from(key), read(r)?));
             Some(())
-        })
+        })?;
+        *out = Map::from_entries(entries);
+        Some(())
     }
 
     /// A key as bytes (struct fields are matched on bytes, so no `str` boundaries are

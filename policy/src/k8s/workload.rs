@@ -84,6 +84,16 @@ impl PodTemplate {
         })
     }
 
+    /// The first container of each name (names are unique in a valid pod; a hostile object
+    /// may repeat them), for lookups by name without a scan of every container per lookup.
+    pub fn containers_by_name(&self) -> std::collections::HashMap<&str, ContainerPath> {
+        let mut by_name = std::collections::HashMap::new();
+        for (at, c) in self.containers() {
+            by_name.entry(c.name.as_str()).or_insert(at);
+        }
+        by_name
+    }
+
     /// A field path under the pod spec (`spec.template.spec.hostNetwork`).
     pub fn spec_field(&self, field: &str) -> String {
         format!("{}.{field}", self.paths.spec)

@@ -165,6 +165,9 @@ fn app_armor(ctx: &mut Ctx) {
         pod_profile,
         |sc| sc.app_armor_profile.as_ref(),
     );
+    // Built at the first annotation that needs it: one pass over the containers, not one per
+    // annotation.
+    let mut names = None;
     for (key, name, value) in pod
         .metadata
         .annotations_with_prefix(APPARMOR_ANNOTATION_PREFIX)
@@ -175,7 +178,10 @@ fn app_armor(ctx: &mut Ctx) {
             let message = format!(
                 "AppArmor annotation for container {name:?} must be runtime/default or localhost/<profile>, not {value:?}"
             );
-            let container = container_named(ctx, name);
+            let container = names
+                .get_or_insert_with(|| pod.containers_by_name())
+                .get(name)
+                .copied();
             ctx.report(
                 CheckId::AppArmorProfile,
                 container,
@@ -320,12 +326,14 @@ fn seccomp_annotations(ctx: &mut Ctx) {
             message,
         );
     }
+    let mut names = None;
     for (key, name, value) in pod
         .metadata
         .annotations_with_prefix(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
     {
         // Only annotations naming an existing container apply.
-        let Some(container) = container_named(ctx, name) else {
+        let names = names.get_or_insert_with(|| pod.containers_by_name());
+        let Some(container) = names.get(name).copied() else {
             continue;
         };
         if !valid(value) {
@@ -408,12 +416,4 @@ fn host_probes(ctx: &mut Ctx) {
             }
         }
     }
-}
-
-/// The first container with that name (names are unique in a valid pod).
-fn container_named(ctx: &Ctx, name: &str) -> Option<ContainerPath> {
-    let pod = ctx.pod;
-    pod.containers()
-        .find(|(_, c)| c.name == name)
-        .map(|(at, _)| at)
 }
