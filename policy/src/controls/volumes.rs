@@ -39,13 +39,16 @@ pub(super) fn volume_types(out: &mut Out, rule: &VolumesRule) {
     }
 }
 
+/// A writable volume mount: its container, its index in the container's mounts.
+type WritableMount<'a> = (ContainerPath, usize, &'a Container);
+
 /// A hostPath volume must lie under an allowed prefix. When every prefix it lies under is
 /// `readOnly`, each mount of the volume must be read-only; those findings name the container.
 pub(super) fn host_path(out: &mut Out, rule: &HostPathRule) {
     let pod = out.pod;
     // Mounts by volume name, gathered at the first read-only volume that needs them: one pass
     // over every container's mounts, not one per volume.
-    let mut mounts: Option<HashMap<&str, Vec<(ContainerPath, usize, &Container)>>> = None;
+    let mut mounts: Option<HashMap<&str, Vec<WritableMount>>> = None;
     for (i, volume) in pod.spec.volumes.iter().enumerate() {
         let Some(path) = &volume.host_path else {
             continue;
