@@ -15,7 +15,7 @@ use crate::model::{
     ImagePattern, Kind, LabelOperator, LabelRequirement, LabelSelector, Policy, Whitelist,
     WorkloadPattern,
 };
-use crate::reference::{ImageReference, Parts};
+use crate::reference::Parts;
 
 /// The object being admitted, as the webhook sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ fn whitelisted<'a>(
     let pattern = w
         .workloads
         .iter()
-        .find(|w| w.namespace.matches(t.namespace) && w.name.matches(t.name))?;
+        .find(|w| w.matches(t.namespace, t.kind, t.name))?;
     Some(Reason::WhitelistedWorkload {
         namespace: t.namespace,
         name: t.name,
@@ -216,11 +216,10 @@ pub fn image_whitelisted(policy: &Policy, cluster: &str, image: &str) -> bool {
     whitelisted_image_pattern(policy, cluster, image).is_some()
 }
 
-/// The whitelist entry that exempts `image`, for `explain`. A pattern matches the image as
-/// written or its normalised form; a literal pattern is also compared as a reference
-/// (`nginx:1.25` matches `docker.io/library/nginx:1.25`), and one with a digest matches that
-/// repository at that digest whatever the tag. Literals cost no allocation; the normalised
-/// text is built once, and only when a glob needs it.
+/// The whitelist entry that exempts `image`, for `explain`. Patterns match the parsed
+/// reference's parts (see `pattern`): an image that does not parse is never exempt (no runtime
+/// can pull it, and its text must not satisfy a glob by its spelling). The normalised
+/// repository is built once per image, and only for patterns that need it.
 pub fn whitelisted_image_pattern<'p>(
     policy: &'p Policy,
     cluster: &str,
@@ -231,32 +230,12 @@ pub fn whitelisted_image_pattern<'p>(
         return None;
     }
     active(whitelist, cluster)?;
-    if let Some(pattern) = whitelist.images.iter().find(|p| p.glob().matches(image)) {
-        return Some(pattern);
-    }
     let parts = Parts::parse(image).ok()?;
-    let mut normalized: Option<ImageReference> = None;
-    whitelist.images.iter().find(|p| {
-        if p.glob().is_literal() {
-            same_image(p.as_str(), &parts)
-        } else {
-            let reference = normalized.get_or_insert_with(|| parts.to_reference());
-            p.glob().matches(reference.normalized())
-        }
-    })
-}
-
-/// A literal pattern names the image: same repository, and the same digest when the pattern
-/// has one, else the same effective tag and no digest (a digest could be any content).
-fn same_image(pattern: &str, image: &Parts<'_>) -> bool {
-    let Ok(pattern) = Parts::parse(pattern) else {
-        return false;
-    };
-    pattern.same_repository(image)
-        && match pattern.digest {
-            Some(digest) => image.digest == Some(digest),
-            None => image.digest.is_none() && pattern.effective_tag() == image.effective_tag(),
-        }
+    let repository = parts.repository_path();
+    whitelist
+        .images
+        .iter()
+        .find(|p| p.matches(&parts, &repository))
 }
 
 impl fmt::Display for Reason<'_> {
@@ -579,7 +558,11 @@ mod tests {
 
     fn workload(namespace: &str, name: &str) -> WorkloadPattern {
         let (namespace, name) = (Glob::new(namespace).unwrap(), Glob::new(name).unwrap());
-        WorkloadPattern { namespace, name }
+        WorkloadPattern {
+            namespace,
+            kinds: crate::WorkloadKinds::Controllers,
+            name,
+        }
     }
 
     #[test]
@@ -602,6 +585,12 @@ mod tests {
             r#"workload "payments/legacy-batch" is whitelisted by whitelist.workloads entry "payments/legacy-*""#
         );
         assert_eq!(why_ns(&policy, "payments"), None);
+        // `namespace/name` names workload controllers: a bare Pod with the name is not exempt.
+        let pod = Target {
+            kind: Kind::Pod,
+            ..legacy
+        };
+        assert_eq!(why(&policy, pod), None);
         // Scope reasons come first.
         policy.scope.namespaces.exclude = globs(&["sandbox-*"]);
         assert!(
@@ -629,7 +618,7 @@ mod tests {
 
     fn with_images(patterns: &[&str], clusters: &[&str]) -> Policy {
         let mut policy = mk_policy();
-        let pattern = |p: &&str| ImagePattern::new(Glob::new(&expand(p)).unwrap());
+        let pattern = |p: &&str| ImagePattern::parse(Glob::new(&expand(p)).unwrap()).unwrap();
         policy.whitelist.images = patterns.iter().map(pattern).collect();
         policy.whitelist.clusters = globs(clusters);
         policy
@@ -645,25 +634,45 @@ mod tests {
     }
 
     #[test]
-    fn image_patterns_match_as_written_or_normalised() {
+    fn image_patterns_match_the_parsed_reference() {
         #[rustfmt::skip]
         let cases = [
             ("registry.example.com/base/*", "registry.example.com/base/alpine:3.20", true),
-            ("registry.example.com/base/*", "registry.example.com/base/a/b@D", true),
+            ("registry.example.com/base/*", "registry.example.com/base/alpine@D", true),
+            // `*` stays inside a component; `**` spans components.
+            ("registry.example.com/base/*", "registry.example.com/base/a/b@D", false),
+            ("registry.example.com/base/**", "registry.example.com/base/a/b@D", true),
             ("registry.example.com/base/*", "registry.example.com/other:1", false),
-            // Normalised: `nginx` is also docker.io/library/nginx:latest.
+            ("*.corp.example.com/*", "evil.com/x.corp.example.com/tool:1", false),
+            ("*.corp.example.com/*", "registry.corp.example.com/tool:1", true),
+            ("*.corp.example.com/*", "evil.com:443/x.corp.example.com/tool:1", false),
+            // Both sides normalised: `nginx` is docker.io/library/nginx:latest.
             ("docker.io/library/nginx:*", "nginx", true),
+            ("nginx:*", "docker.io/library/nginx:1.25", true),
+            ("nginx:*", "registry-1.docker.io/library/nginx:1.25", true),
             ("docker.io/library/*", "nginx:1.25", true),
             ("docker.io/library/nginx:latest", "nginx", true),
             ("*/nginx:1.25", "nginx:1.25", true),
             ("docker.io/library/nginx:*", "nginx@D", false),
-            // As written, even when it does not parse.
             ("nginx*", "nginx-unprivileged:1", true),
-            ("Foo*", "Foo:1", true),
+            ("nginx*", "evil.example.com/nginx:1", false),
+            ("**/nginx:*", "evil.example.com/team/nginx:1", true),
+            ("**", "anything.example.com/at/all:1", true),
+            ("registry.example.com:443/*", "registry.example.com/app:1", true),
+            ("registry.example.com/*", "registry.example.com:443/app:1", true),
+            ("registry.example.com/*", "registry.example.com:5000/app:1", false),
+            // An image that does not parse is never exempt.
+            ("Foo*", "Foo:1", false),
             ("docker.io/*", "Foo:1", false),
+            // Tag and digest parts of a glob pattern.
+            ("registry.example.com/*:1.*", "registry.example.com/app:1.2", true),
+            ("registry.example.com/*:1.*", "registry.example.com/app:2.0", false),
+            ("registry.example.com/*@D", "registry.example.com/app:9@D", true),
+            ("registry.example.com/*@D", "registry.example.com/app:9", false),
             // Literals compare as references.
             ("nginx:1.25", "docker.io/library/nginx:1.25", true),
             ("nginx", "index.docker.io/library/nginx:latest", true),
+            ("nginx", "registry-1.docker.io/nginx", true),
             ("Registry.Example.com/app:1", "registry.example.com/app:1", true),
             ("nginx", "nginx:1.25", false),
             ("nginx:1.25", "nginx:1.26", false),

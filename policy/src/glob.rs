@@ -77,6 +77,43 @@ impl Glob {
     }
 }
 
+impl Glob {
+    /// Whether `text` matches the pattern component by component (`/` separates components,
+    /// as in image and registry patterns): `*` and `?` stay inside one component, and a whole
+    /// component `**` matches any number of components (none included). So
+    /// `*.corp.example.com/*` never matches `evil.com/x.corp.example.com/tool`, and
+    /// `registry.example.com/base/**` covers everything under `base`.
+    ///
+    /// Work is O(pattern components × text components) component matches, each bounded as
+    /// `matches` is; no allocation for up to 16 text components.
+    pub fn matches_components(&self, text: &str) -> bool {
+        if self.literal {
+            return self.source == text;
+        }
+        let texts: smallvec::SmallVec<[&str; 16]> = text.split('/').collect();
+        // reachable[j]: the pattern's components so far match the first j text components.
+        let mut reachable: smallvec::SmallVec<[bool; 17]> =
+            smallvec::smallvec![false; texts.len() + 1];
+        reachable[0] = true;
+        for component in self.source.split('/') {
+            if component == "**" {
+                let mut any = false;
+                for slot in reachable.iter_mut() {
+                    any |= *slot;
+                    *slot = any;
+                }
+                continue;
+            }
+            for j in (0..texts.len()).rev() {
+                reachable[j + 1] =
+                    reachable[j] && wildcard_match(component.as_bytes(), texts[j].as_bytes());
+            }
+            reachable[0] = false;
+        }
+        reachable[texts.len()]
+    }
+}
+
 impl fmt::Display for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
@@ -175,6 +212,73 @@ mod tests {
         assert!(glob("a*b*c").matches("axxbyyc"));
         assert!(!glob("a*b*c").matches("axxbyy"));
         assert!(glob("**").matches("x"));
+    }
+
+    #[test]
+    fn component_matching_keeps_stars_inside_a_component() {
+        let cases = [
+            (
+                "*.corp.example.com/*",
+                "registry.corp.example.com/tool",
+                true,
+            ),
+            (
+                "*.corp.example.com/*",
+                "evil.com/x.corp.example.com/tool",
+                false,
+            ),
+            ("*.corp.example.com/*", "a.corp.example.com/b/tool", false),
+            (
+                "registry.example.com/base/*",
+                "registry.example.com/base/app",
+                true,
+            ),
+            (
+                "registry.example.com/base/*",
+                "registry.example.com/base/a/b",
+                false,
+            ),
+            (
+                "registry.example.com/base/**",
+                "registry.example.com/base/a/b",
+                true,
+            ),
+            (
+                "registry.example.com/base/**",
+                "registry.example.com/base",
+                true,
+            ),
+            (
+                "registry.example.com/base/**",
+                "registry.example.com/basement/a",
+                false,
+            ),
+            ("**/nginx", "docker.io/library/nginx", true),
+            ("**/nginx", "nginx", true),
+            ("**", "a/b/c", true),
+            ("a/**/z", "a/z", true),
+            ("a/**/z", "a/b/c/z", true),
+            ("a/**/z", "a/b/c/y", false),
+            ("a?c/d", "a/c/d", false),
+            ("docker.io/*/app", "docker.io/library/app", true),
+            ("x/**y", "x/a/y", false),
+            ("exact/name", "exact/name", true),
+            ("exact/name", "exact/names", false),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(
+                glob(pattern).matches_components(text),
+                expected,
+                "{pattern} vs {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn component_matching_is_linear_in_components() {
+        let text = "a/".repeat(10_000) + "b";
+        assert!(!glob("**/a/**/a/**/c").matches_components(&text));
+        assert!(glob("**/a/**/b").matches_components(&text));
     }
 
     #[test]

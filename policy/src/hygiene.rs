@@ -490,6 +490,31 @@ mod tests {
     }
 
     #[test]
+    fn registries_are_compared_by_identity_not_spelling() {
+        let rules = mk_rules(
+            &[],
+            &["evil.example.com", "docker.io/library/nginx"],
+            &[],
+            false,
+        );
+        for image in [
+            "evil.example.com/x",
+            "evil.example.com:443/x",
+            "EVIL.example.com:443/x:1",
+            "nginx",
+            "registry-1.docker.io/library/nginx",
+            "registry-1.docker.io/nginx:1",
+            "index.docker.io/nginx",
+            "docker.io:443/nginx",
+            "registry.hub.docker.com/library/nginx",
+        ] {
+            assert_eq!(rules_hit(&rules, image), ["registries"], "{image}");
+        }
+        // Another port is another endpoint.
+        assert!(rules_hit(&rules, "evil.example.com:5000/x").is_empty());
+    }
+
+    #[test]
     fn deny_wins_over_allow() {
         let rules = mk_rules(&["docker.io"], &["docker.io/library/nginx"], &[], false);
         assert_eq!(rules_hit(&rules, "redis"), Vec::<String>::new());

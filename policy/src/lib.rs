@@ -12,6 +12,7 @@ mod hash;
 pub mod hygiene;
 pub mod k8s;
 mod model;
+mod pattern;
 pub mod pss;
 pub mod reference;
 pub mod scan;

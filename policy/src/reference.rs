@@ -15,7 +15,30 @@ use std::str::FromStr;
 
 /// Docker Hub, the registry of names written without one.
 pub const DOCKER_HUB: &str = "docker.io";
-const LEGACY_DOCKER_HUB: &str = "index.docker.io";
+/// Other names of Docker Hub's registry: `index.docker.io` (the legacy index, which Docker
+/// itself normalises), `registry-1.docker.io` (the endpoint `docker.io` resolves to) and
+/// `registry.hub.docker.com`. An image written with any of them is pulled from Docker Hub, so
+/// it is judged as `docker.io` (official images included: `library/` is added the same way).
+const DOCKER_HUB_ALIASES: [&str; 3] = [
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+/// The port a registry is reached on when none is written (HTTPS): `host:443` is `host`.
+const DEFAULT_PORT_SUFFIX: &str = ":443";
+
+/// The registry a written host names, as rules and scans compare it: the default port
+/// dropped (`evil.example.com:443` is `evil.example.com`, so a deny list cannot be dodged by
+/// spelling the port), Docker Hub's aliases as `docker.io`. The result is a slice of `host`
+/// or `DOCKER_HUB`; case is left as written (compare ASCII-case-insensitively).
+pub(crate) fn canonical_registry(host: &str) -> &str {
+    let host = host.strip_suffix(DEFAULT_PORT_SUFFIX).unwrap_or(host);
+    let hub = host.eq_ignore_ascii_case(DOCKER_HUB)
+        || DOCKER_HUB_ALIASES
+            .iter()
+            .any(|alias| host.eq_ignore_ascii_case(alias));
+    if hub { DOCKER_HUB } else { host }
+}
 const OFFICIAL_PREFIX: &str = "library/";
 /// The tag of a reference written with neither tag nor digest.
 pub const DEFAULT_TAG: &str = "latest";
@@ -144,10 +167,7 @@ impl<'a> Parts<'a> {
             None => (remainder, None),
         };
         let name = &name_and_tag[..name_and_tag.len() - tag.map_or(0, |t| t.len() + 1)];
-        let registry = match written_registry {
-            Some(r) if !r.eq_ignore_ascii_case(LEGACY_DOCKER_HUB) => r,
-            _ => DOCKER_HUB,
-        };
+        let registry = written_registry.map_or(DOCKER_HUB, canonical_registry);
         let official = registry.eq_ignore_ascii_case(DOCKER_HUB)
             && memchr::memchr(b'/', path.as_bytes()).is_none();
         let parts = Self {
@@ -180,7 +200,7 @@ impl<'a> Parts<'a> {
         };
         Some(Spans {
             name: span_in(input, self.name)?,
-            // The default registry is a constant, not a slice of the input.
+            // Docker Hub is a constant, not a slice of the input.
             registry: span_in(input, self.registry),
             official: self.official,
             path: span_in(input, self.path)?,
@@ -698,6 +718,16 @@ mod tests {
         ("docker.io/docker/docker", "docker.io/docker/docker:latest"),
         ("index.docker.io/nginx", "docker.io/library/nginx:latest"),
         ("INDEX.DOCKER.IO/user/app:v1", "docker.io/user/app:v1"),
+        // Docker Hub's other names, and the default port, name the same registry.
+        ("registry-1.docker.io/library/nginx", "docker.io/library/nginx:latest"),
+        ("registry-1.docker.io/nginx:1", "docker.io/library/nginx:1"),
+        ("Registry.Hub.Docker.com/user/app", "docker.io/user/app:latest"),
+        ("docker.io:443/nginx", "docker.io/library/nginx:latest"),
+        ("evil.example.com:443/x", "evil.example.com/x:latest"),
+        ("EVIL.example.com:443/x:1", "evil.example.com/x:1"),
+        ("[::1]:443/repo", "[::1]/repo:latest"),
+        ("evil.example.com:4430/x", "evil.example.com:4430/x:latest"),
+        ("evil.example.com:8443/x", "evil.example.com:8443/x:latest"),
         ("localhost/app", "localhost/app:latest"),
         ("localhost:5000/app:1.0", "localhost:5000/app:1.0"),
         ("registry:5000/app", "registry:5000/app:latest"),

@@ -405,3 +405,24 @@ fn a_large_report_imports() {
     assert_eq!(scan.counts_by_severity()[Severity::Medium], 5_000);
     assert_eq!(scan.summary().vulnerabilities().len(), 1_000);
 }
+
+/// A Grype report of an image scanned without a name (its target has no tag and no repo
+/// digest, only `manifestDigest`, as for an OCI layout) is identified by that digest, and a pod
+/// pinning it finds the report.
+#[test]
+fn grype_manifest_digest_alone_identifies_the_image() {
+    let digest = "sha256:ca738abb87a8d58f112d3400ebb079b61ceae7dc290beb34bda735be4b1941d5";
+    let scan = parse_report(ReportFormat::Grype, &read("grype/image.json"), None, LIMIT)
+        .expect("a manifest digest is an identity");
+    assert_eq!(scan.image.digests, [digest]);
+    assert_eq!(scan.image.repository, "");
+    assert!(scan.image.tags.is_empty());
+    let mut index = portcullis_policy::engine::ScanIndex::default();
+    index.insert(&scan);
+    assert!(
+        index
+            .lookup(&format!("registry.example.com/app@{digest}"))
+            .is_some()
+    );
+    assert!(index.lookup("registry.example.com/app:1").is_none());
+}

@@ -117,11 +117,14 @@ fn read_report(path: &PathBuf) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading report {}", path.display()))
 }
 
-/// How a scan's image reads in a table: `repository:tag`, else `repository@digest`.
+/// How a scan's image reads in a table: `repository:tag`, else `repository@digest` (or the
+/// digest alone).
 fn image_name(scan: &ImageScan) -> String {
     let identity = scan.image.clone().unwrap_or_default();
     match (identity.tags.first(), identity.digests.first()) {
         (Some(tag), _) => format!("{}:{tag}", identity.repository),
+        // An image known only by its digest (scanned from an OCI layout) shows the digest.
+        (None, Some(digest)) if identity.repository.is_empty() => digest.clone(),
         (None, Some(digest)) => format!("{}@{digest}", identity.repository),
         (None, None) => identity.repository,
     }

@@ -76,10 +76,13 @@ impl Store {
         let Ok(reference) = ImageReference::parse(image) else {
             return self.scan_by_id(image);
         };
-        if let Some(digest) = reference.digest()
-            && let Some(id) = self.scan_key(digest)?
-        {
-            return self.scan_by_id(&id);
+        // A digest is what runs: only its own report describes the image (as agents judge
+        // it), never the report of the tag beside it.
+        if let Some(digest) = reference.digest() {
+            return match self.scan_key(digest)? {
+                Some(id) => self.scan_by_id(&id),
+                None => Ok(None),
+            };
         }
         let key = reference
             .effective_tag()
@@ -166,13 +169,20 @@ impl Writer<'_> {
 /// Every digest, then every normalised `repository:tag` of `identity` (tags that do not form a
 /// valid reference are skipped: no pod could name them).
 fn index_keys(identity: &ImageIdentity) -> Result<Vec<String>, StoreError> {
-    if identity.repository.is_empty() {
+    // A digest alone identifies an image (one scanned from an OCI layout has no name); tags
+    // need the repository they belong to.
+    if identity.repository.is_empty() && identity.digests.is_empty() {
         return Err(StoreError::Invalid {
-            what: "image.repository: required".into(),
+            what: "image: a repository or a digest is required".into(),
         });
     }
     let mut keys: Vec<String> = identity.digests.clone();
-    for tag in &identity.tags {
+    let tags = if identity.repository.is_empty() {
+        &[][..]
+    } else {
+        &identity.tags[..]
+    };
+    for tag in tags {
         if let Ok(reference) = ImageReference::parse(&format!("{}:{tag}", identity.repository))
             && reference.digest().is_none()
         {

@@ -15,7 +15,7 @@ use crate::{
     pss,
 };
 
-/// One container's image: where it is, and parsed.
+/// One image the pod pulls (a container's, or an image volume's): where it is, and parsed.
 pub(crate) struct ContainerImage<'o> {
     pub path: ContainerPath,
     /// `…containers[i].image`, written out when a finding needs it.
@@ -25,9 +25,10 @@ pub(crate) struct ContainerImage<'o> {
 }
 
 impl ContainerImage<'_> {
-    /// The image's field path (`…containers[i].image`).
+    /// The image's field path (`…containers[i].image`, `…volumes[i].image.reference`).
     pub fn field(&self) -> &str {
-        self.field.get_or_init(|| self.path.field("image"))
+        self.field
+            .get_or_init(|| self.path.field(self.path.kind.image_field()))
     }
 }
 
@@ -142,18 +143,18 @@ impl<'o, 'p> PodCache<'o, 'p> {
         &self.pod_security[index].1
     }
 
-    /// Every container's image, parsed once (in container order).
+    /// Every image of the pod, parsed once (in `PodTemplate::images` order).
     pub fn images(&mut self, pod: &'o PodTemplate) -> &[ContainerImage<'o>] {
         self.images.get_or_insert_with(|| container_images(pod))
     }
 }
 
 fn container_images(pod: &PodTemplate) -> Vec<ContainerImage<'_>> {
-    pod.containers()
-        .map(|(path, container)| ContainerImage {
+    pod.images()
+        .map(|(path, image)| ContainerImage {
             path,
             field: OnceCell::new(),
-            subject: Subject::new(container.image.as_str()),
+            subject: Subject::new(image),
         })
         .collect()
 }

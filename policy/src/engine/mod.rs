@@ -238,9 +238,9 @@ pub fn evaluate_object<'p>(
         // Once each, in pod-spec order: a set of those seen, not a scan of the list per image
         // (a hostile pod may hold tens of thousands).
         let mut seen = std::collections::HashSet::new();
-        for (_, container) in workload.pod.containers() {
-            if seen.insert(container.image.as_str()) {
-                images.push(container.image.to_string());
+        for (_, image) in workload.pod.images() {
+            if seen.insert(image) {
+                images.push(image.to_owned());
             }
         }
     }
@@ -317,12 +317,18 @@ fn check_policy<'o, 'p>(
                 }
             }
             if !policy.whitelist.images.is_empty() && !found.is_empty() {
-                let exempt: Vec<ContainerPath> = pod
-                    .containers()
-                    .filter(|(_, c)| applicability::image_whitelisted(policy, cluster, &c.image))
+                // Sorted for a binary search per finding (a hostile pod may have thousands of
+                // both).
+                let mut exempt: Vec<ContainerPath> = pod
+                    .images()
+                    .filter(|(_, image)| applicability::image_whitelisted(policy, cluster, image))
                     .map(|(path, _)| path)
                     .collect();
-                found.retain(|(f, _)| f.container.is_none_or(|c| !exempt.contains(&c)));
+                exempt.sort_unstable();
+                found.retain(|(f, _)| {
+                    f.container
+                        .is_none_or(|c| exempt.binary_search(&c).is_err())
+                });
             }
         }
         Object::Service(service) => {

@@ -439,3 +439,76 @@ fn a_real_report_through_insert() {
         )]
     );
 }
+
+/// An image volume (`volumes[].image.reference`) is pulled by the kubelet like a container's
+/// image: every image rule judges it, a whitelist entry exempts it, and the decision lists it.
+#[test]
+fn image_volumes_are_judged_as_container_images() {
+    let pod = |reference: &str| {
+        format!(
+            r#"{{"metadata":{{"name":"p","namespace":"demo"}},"spec":{{
+            "containers":[{{"name":"a","image":"registry.example.com/app:1"}}],
+            "volumes":[{{"name":"cfg","configMap":{{"name":"x"}}}},
+                       {{"name":"payload","image":{{"reference":"{reference}","pullPolicy":"Always"}}}}]}}}}"#
+        )
+    };
+    let decide_pod = |body: &str, policies: &[Policy], scans: &ScanIndex| {
+        let input = AdmissionInput {
+            operation: Operation::Create,
+            kind: "Pod",
+            sub_resource: "",
+            namespace: "demo",
+            name: "p",
+            object: Some(body),
+            old_object: None,
+        };
+        evaluate(&input, "c1", policies, scans)
+    };
+    let rules = "registries: {allow: [registry.example.com]}, disallowedTags: [latest], \
+                 vulnerabilities: {severity: high}, unscanned: block";
+    let mut scans = mk_index(
+        "registry.example.com/app",
+        "1",
+        mk_summary(&[("CVE-0", Low, true)]),
+    );
+    let nginx = ImageIdentity {
+        repository: "docker.io/library/nginx".into(),
+        tags: vec!["1.25".into()],
+        digests: Vec::new(),
+        image_id: None,
+    };
+    scans.insert_summary(&nginx, mk_summary(&[("CVE-1", Critical, true)]));
+    let body = pod("evil.example.com/payload");
+    let decision = decide_pod(&body, &block(rules), &scans);
+    let rules_at: Vec<(&str, &str)> = decision
+        .findings
+        .iter()
+        .map(|f| (f.finding.rule.as_str(), f.finding.path.as_str()))
+        .collect();
+    assert_eq!(
+        rules_at,
+        [
+            ("disallowedTags", "spec.volumes[1].image.reference"),
+            ("registries", "spec.volumes[1].image.reference"),
+            ("unscanned", "spec.volumes[1].image.reference"),
+        ]
+    );
+    assert_eq!(decision.outcome, Outcome::Block);
+    assert_eq!(
+        decision.images,
+        ["registry.example.com/app:1", "evil.example.com/payload"]
+    );
+    // Scan rules read the volume image's report.
+    let body = pod("nginx:1.25");
+    let decision = decide_pod(&body, &block("vulnerabilities: {severity: high}"), &scans);
+    assert_eq!(found(&decision)[0].0, "vulnerabilities");
+    assert_eq!(
+        decision.findings[0].finding.path,
+        "spec.volumes[1].image.reference"
+    );
+    // A whitelisted volume image is exempt, as a container's would be.
+    let yaml = "name: p\nwhitelist: {images: [\"nginx:1.25\"]}\n\
+                rules: {image: {vulnerabilities: {severity: high}}}\n";
+    let decision = decide_pod(&body, &mk_policies(yaml), &scans);
+    assert_eq!(decision.outcome, Outcome::Allow);
+}

@@ -1,5 +1,5 @@
 //! Image blocking from scan results: the `ScanIndex` that finds an image's `ScanSummary` (by
-//! digest first, then by normalised `repository:tag`), and the checks of `vulnerabilities`,
+//! digest when the image names one, else by normalised `repository:tag`), and the checks of `vulnerabilities`,
 //! `maliciousFiles`, `baselineFailures` and `unscanned` on one container image. Each finding
 //! carries the most it may do: `unscanned: alert` only alerts, even in a `block` policy.
 
@@ -24,8 +24,9 @@ const SHARDS: usize = 64;
 
 /// The scan results an agent or the CLI holds, found by the image as a pod spec writes it.
 ///
-/// A digest names content, so it is looked up first and matches whatever repository the scan
-/// came from; tags are mutable and only a fallback (`nginx` means `docker.io/library/nginx:latest`).
+/// A digest names content, so an image pinned by digest is found by it alone, whatever
+/// repository the scan came from; an image without one is found by its tag (tags are mutable;
+/// `nginx` means `docker.io/library/nginx:latest`).
 /// Every key of a scan's identity points to the scan; a later put under the same key wins.
 ///
 /// Cloning is cheap and copy-on-write: the maps are split into shards behind `Arc`s, so an
@@ -116,9 +117,9 @@ impl ScanIndex {
         self.ids.len()
     }
 
-    /// The scan of `image` as written in a pod spec: by its digest when the index has it,
-    /// else by its repository and tag (no tag means `latest`; a digest-only reference has no
-    /// tag to fall back on). `None` for an image never scanned or not a valid reference.
+    /// The scan of `image` as written in a pod spec: by its digest when it has one (and only
+    /// by it: a tag beside a digest says nothing of what runs), else by its repository and tag
+    /// (no tag means `latest`). `None` for an image never scanned or not a valid reference.
     ///
     /// O(1): one parse of the reference and at most two hash lookups. It allocates only to
     /// normalise a Docker Hub short name (`nginx:1.25`) or an upper-case registry; the key is
@@ -133,10 +134,10 @@ impl ScanIndex {
             return None;
         }
         let parts = Parts::parse(image).ok()?;
-        if let Some(digest) = parts.digest
-            && let Some(scan) = self.keys.get(digest)
-        {
-            return Some(scan);
+        // The runtime pulls the digest and ignores the tag beside it, so only a report for that
+        // digest may judge the image: a clean tag's report must not vouch for any digest.
+        if let Some(digest) = parts.digest {
+            return self.keys.get(digest).map(|s| &**s);
         }
         let tag = parts.effective_tag()?;
         let repository = parts.repository_path();
@@ -240,7 +241,7 @@ impl KeyBuffer {
     }
 }
 
-/// The scan of each container image of one object, looked up once (on the first policy that
+/// The scan of each image of one object (containers' and image volumes'), looked up once (on the first policy that
 /// reads scans) and shared by every policy.
 pub(super) struct ContainerScans<'s> {
     index: &'s ScanIndex,
@@ -252,15 +253,11 @@ impl<'s> ContainerScans<'s> {
         Self { index, found: None }
     }
 
-    /// The scan of the `ordinal`-th container of `pod.containers()`.
+    /// The scan of the `ordinal`-th image of `pod.images()`.
     pub(super) fn get(&mut self, pod: &PodTemplate, ordinal: usize) -> Option<&'s ScanSummary> {
         let index = self.index;
         self.found
-            .get_or_insert_with(|| {
-                pod.containers()
-                    .map(|(_, c)| index.lookup(&c.image))
-                    .collect()
-            })
+            .get_or_insert_with(|| pod.images().map(|(_, image)| index.lookup(image)).collect())
             .get(ordinal)
             .copied()
             .flatten()
@@ -469,11 +466,10 @@ mod tests {
             found(&index, &format!("other.io/x@{D1}")).as_deref(),
             Some("BY-DIGEST")
         );
-        // An unknown digest falls back to the tag; a digest-only reference has none.
-        assert_eq!(
-            found(&index, &format!("nginx:1.25@{D2}")).as_deref(),
-            Some("BY-TAG")
-        );
+        // An unknown digest never falls back to the tag beside it: the runtime pulls the
+        // digest, whatever the tag's report says.
+        assert_eq!(found(&index, &format!("nginx:1.25@{D2}")), None);
+        assert_eq!(found(&index, "nginx:1.25").as_deref(), Some("BY-TAG"));
         assert_eq!(found(&index, &format!("nginx@{D2}")), None);
     }
 

@@ -342,6 +342,7 @@ fn volume(r: &mut Reader<'_>) -> Option<Volume> {
             VolumeType::FlexVolume => {
                 v.flex_volume_driver = Some(one_string_field(r, b"driver")?);
             }
+            VolumeType::Image => v.image = Some(one_string_field(r, b"reference")?),
             _ => {
                 (r.peek()? == b'{').then_some(())?;
                 r.skip_value()?;
@@ -1074,6 +1075,7 @@ mod tests {
             r#"{"spec":{"hostNetwork":null,"securityContext":null,"containers":null,"volumes":[{"name":"v","hostPath":null}]}}"#,
             r#"{"spec":{"containers":[{"resources":{"limits":{"cpu":1,"memory":"1Gi","x":-2}},"ports":[{"hostPort":80,"containerPort":null}]}]}}"#,
             r#"{"spec":{"volumes":[{"name":"a","name":"b","hostPath":{"path":"/x"},"configMap":{"name":"c"}}]}}"#,
+            r#"{"spec":{"volumes":[{"name":"a","image":{"reference":"evil.example.com/x:1","pullPolicy":"Always"}},{"name":"b","image":null},{"name":"c","image":{}}]}}"#,
             r#"{"spec":{"unknown":[1,-2.5e3,true,false,null,{"a":"\ud83d\ude00"}],"os":{"name":"windows"}}}"#,
         ] {
             assert!(agrees(Kind::Pod, raw).is_ok(), "{raw}");
@@ -1096,6 +1098,16 @@ mod tests {
         ] {
             assert_eq!(agrees(kind, raw), Ok(true), "{raw}");
         }
+        // An image volume's reference is read by both readers (a reader that skipped it would
+        // let the image past every image rule).
+        let raw =
+            r#"{"spec":{"volumes":[{"name":"a","image":{"reference":"evil.example.com/x:1"}}]}}"#;
+        assert_eq!(agrees(Kind::Pod, raw), Ok(true));
+        let direct = workload(Kind::Pod, raw).unwrap();
+        assert_eq!(
+            direct.pod.spec.volumes[0].image.as_deref(),
+            Some("evil.example.com/x:1")
+        );
         // Read directly where nothing is unusual.
         assert_eq!(
             agrees(

@@ -1,5 +1,5 @@
 //! Pod volumes: which source each volume uses, plus the source fields policies read (the
-//! hostPath path and the flexVolume driver). A volume without a source is an `emptyDir`, as
+//! hostPath path, the flexVolume driver and an image volume's reference). A volume without a source is an `emptyDir`, as
 //! the API server defaults it.
 
 use std::fmt;
@@ -20,6 +20,9 @@ pub struct Volume {
     pub host_path: Option<Text>,
     /// `flexVolume.driver`, when the volume is a flexVolume.
     pub flex_volume_driver: Option<Text>,
+    /// `image.reference`, when the volume is an image volume: an image the kubelet pulls, so
+    /// every image rule judges it as it judges a container's.
+    pub image: Option<Text>,
 }
 
 /// A set of volume sources, one bit per `VolumeType`, so checks iterate without allocating.
@@ -72,6 +75,14 @@ struct FlexVolumeSource {
     driver: String,
 }
 
+/// `image`, reduced to its reference.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ImageSource {
+    #[serde(deserialize_with = "super::nullable")]
+    reference: String,
+}
+
 /// Any other source: only checked to be an object.
 #[derive(Deserialize)]
 struct OtherSource {}
@@ -111,6 +122,10 @@ impl<'de> Visitor<'de> for VolumeVisitor {
                 VolumeType::FlexVolume => map
                     .next_value::<Option<FlexVolumeSource>>()?
                     .map(|s| volume.flex_volume_driver = Some(s.driver.into()))
+                    .is_some(),
+                VolumeType::Image => map
+                    .next_value::<Option<ImageSource>>()?
+                    .map(|s| volume.image = Some(s.reference.into()))
                     .is_some(),
                 _ => map.next_value::<Option<OtherSource>>()?.is_some(),
             };

@@ -84,6 +84,28 @@ impl PodTemplate {
         })
     }
 
+    /// Every image the pod pulls, with where it is named: each container's (in
+    /// `containers()` order), then each image volume's reference.
+    pub fn images(&self) -> impl Iterator<Item = (ContainerPath, &str)> {
+        let spec = self.paths.spec;
+        let volumes = self
+            .spec
+            .volumes
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, v)| {
+                let path = ContainerPath {
+                    spec,
+                    kind: ContainerKind::ImageVolume,
+                    index,
+                };
+                v.image.as_deref().map(|image| (path, image))
+            });
+        self.containers()
+            .map(|(path, c)| (path, c.image.as_str()))
+            .chain(volumes)
+    }
+
     /// The first container of each name (names are unique in a valid pod; a hostile object
     /// may repeat them), for lookups by name without a scan of every container per lookup.
     pub fn containers_by_name(&self) -> std::collections::HashMap<&str, ContainerPath> {
@@ -105,12 +127,15 @@ impl PodTemplate {
     }
 }
 
-/// The three container lists of a pod spec.
+/// The three container lists of a pod spec, and its image volumes: every place an image the
+/// kubelet pulls is named. `pod.containers()` yields containers only; `pod.images()` all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ContainerKind {
     Container,
     InitContainer,
     EphemeralContainer,
+    /// A volume with an `image` source (`spec.volumes[i]`).
+    ImageVolume,
 }
 
 impl ContainerKind {
@@ -120,6 +145,15 @@ impl ContainerKind {
             Self::Container => "containers",
             Self::InitContainer => "initContainers",
             Self::EphemeralContainer => "ephemeralContainers",
+            Self::ImageVolume => "volumes",
+        }
+    }
+
+    /// The field naming the image: `image`, or an image volume's `image.reference`.
+    pub const fn image_field(self) -> &'static str {
+        match self {
+            Self::ImageVolume => "image.reference",
+            _ => "image",
         }
     }
 }

@@ -19,7 +19,7 @@ pub use resource::{
 };
 pub use scope::{
     ImagePattern, Kind, LabelOperator, LabelRequirement, LabelSelector, NamespaceScope, Scope,
-    Whitelist, WorkloadPattern,
+    Whitelist, WorkloadKinds, WorkloadPattern,
 };
 pub use security::{
     IdRange, IdRule, IdRuleKind, ProcMountRule, ProcMountType, ProfileRule, ProfileType,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::named_enum;
 use crate::glob::Glob;
+pub use crate::pattern::ImagePattern;
 
 /// Which objects a policy looks at. An object is in scope when every part matches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,40 +79,53 @@ pub struct Whitelist {
     pub clusters: Vec<Glob>,
 }
 
-/// An image reference pattern (exact reference, glob, or `name@digest`). The engine matches it
-/// against the reference as written and against its normalised form
-/// (`nginx` = `docker.io/library/nginx:latest`), which is why it is not a bare `Glob`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ImagePattern(Glob);
-
-impl ImagePattern {
-    /// Wraps a validated glob.
-    pub fn new(glob: Glob) -> Self {
-        Self(glob)
-    }
-
-    /// The glob to match reference strings with.
-    pub fn glob(&self) -> &Glob {
-        &self.0
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-/// A workload written `namespace/name`, each part a glob, so a whole family of workloads can be
-/// exempted at once.
+/// A whitelisted workload: `namespace/kind/name` (the kind exact, as in `scope.kinds`, or `*`
+/// for any kind), or `namespace/name` for the workload controllers only (Deployment,
+/// ReplicaSet, StatefulSet, DaemonSet, Job, CronJob): never a bare Pod or a Service, so an
+/// object of another kind cannot borrow a whitelisted workload's name. Namespace and name are
+/// globs, so a whole family of workloads can be exempted at once.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadPattern {
     pub namespace: Glob,
+    pub kinds: WorkloadKinds,
     pub name: Glob,
+}
+
+/// Which kinds a `WorkloadPattern` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkloadKinds {
+    /// `namespace/name`: the workload controllers.
+    Controllers,
+    /// `namespace/Kind/name`.
+    Exactly(Kind),
+    /// `namespace/*/name`.
+    Any,
+}
+
+impl WorkloadKinds {
+    pub fn covers(self, kind: Kind) -> bool {
+        match self {
+            Self::Controllers => !matches!(kind, Kind::Pod | Kind::Service),
+            Self::Exactly(named) => named == kind,
+            Self::Any => true,
+        }
+    }
+}
+
+impl WorkloadPattern {
+    /// Whether the pattern names this object.
+    pub fn matches(&self, namespace: &str, kind: Kind, name: &str) -> bool {
+        self.kinds.covers(kind) && self.namespace.matches(namespace) && self.name.matches(name)
+    }
 }
 
 impl std::fmt::Display for WorkloadPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        match self.kinds {
+            WorkloadKinds::Controllers => write!(f, "{}/{}", self.namespace, self.name),
+            WorkloadKinds::Exactly(kind) => write!(f, "{}/{kind}/{}", self.namespace, self.name),
+            WorkloadKinds::Any => write!(f, "{}/*/{}", self.namespace, self.name),
+        }
     }
 }
 
@@ -129,10 +143,22 @@ mod tests {
 
     #[test]
     fn workload_pattern_displays_as_written() {
-        let w = WorkloadPattern {
+        let mut w = WorkloadPattern {
             namespace: Glob::new("payments").unwrap(),
+            kinds: WorkloadKinds::Controllers,
             name: Glob::new("legacy-*").unwrap(),
         };
         assert_eq!(w.to_string(), "payments/legacy-*");
+        assert!(w.matches("payments", Kind::Deployment, "legacy-batch"));
+        assert!(w.matches("payments", Kind::CronJob, "legacy-batch"));
+        assert!(!w.matches("payments", Kind::Pod, "legacy-batch"));
+        assert!(!w.matches("payments", Kind::Service, "legacy-batch"));
+        w.kinds = WorkloadKinds::Exactly(Kind::Pod);
+        assert_eq!(w.to_string(), "payments/Pod/legacy-*");
+        assert!(w.matches("payments", Kind::Pod, "legacy-batch"));
+        assert!(!w.matches("payments", Kind::Deployment, "legacy-batch"));
+        w.kinds = WorkloadKinds::Any;
+        assert_eq!(w.to_string(), "payments/*/legacy-*");
+        assert!(w.matches("payments", Kind::Service, "legacy-batch"));
     }
 }

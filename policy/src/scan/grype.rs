@@ -341,6 +341,17 @@ mod tests {
     fn sources_naming_no_image_need_an_override() {
         let mut report = mk_report(json!([]));
         report["source"]["target"]["userInput"] = json!("docker-archive:app.tar");
+        // The manifest digest alone identifies the image (what a pod pinning it pulls).
+        let scan = parse_value(&report, None).unwrap();
+        assert_eq!(
+            (scan.image.repository.as_str(), &scan.image.digests[..]),
+            ("", &[DIGEST.to_owned()][..])
+        );
+        // Without it, nothing does.
+        report["source"]["target"]
+            .as_object_mut()
+            .unwrap()
+            .remove("manifestDigest");
         let error = parse_value(&report, None).unwrap_err();
         assert!(
             matches!(error, ScanError::NoImageIdentity { .. }),

@@ -125,10 +125,15 @@ impl IdentityBuilder {
         self.image_id = image_id.filter(|id| !id.is_empty());
     }
 
-    /// The identity, or `None` when nothing named a repository.
+    /// The identity, or `None` when nothing named a repository or a digest. A digest alone is
+    /// an identity (an image scanned from an OCI layout has no name, only its manifest
+    /// digest, which is what a pod pinning it pulls); its repository is then empty.
     pub(crate) fn finish(self) -> Option<ImageIdentity> {
+        if self.repository.is_none() && self.digests.is_empty() {
+            return None;
+        }
         Some(ImageIdentity {
-            repository: self.repository?,
+            repository: self.repository.unwrap_or_default(),
             tags: self.tags,
             digests: self.digests,
             image_id: self.image_id,

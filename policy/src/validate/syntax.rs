@@ -3,7 +3,7 @@
 //! Each check returns the domain value or a lower-case reason naming the offending text.
 
 use crate::glob::{Glob, GlobError};
-use crate::model::{ImagePattern, WorkloadPattern};
+use crate::model::{ImagePattern, Kind, WorkloadKinds, WorkloadPattern};
 
 /// Longest DNS label (RFC 1123), Kubernetes label name and label value.
 const MAX_LABEL: usize = 63;
@@ -186,26 +186,41 @@ fn reject_scheme(what: &str, pattern: &str) -> Result<(), String> {
     }
 }
 
-/// A whitelisted image: exact reference, glob, or `name@digest`.
+/// A whitelisted image: exact reference, glob, or `name@digest` (see `pattern`).
 pub(crate) fn image_pattern(pattern: &str) -> Result<ImagePattern, String> {
     let parsed = glob("image pattern", pattern)?;
     reject_scheme("image pattern", pattern)?;
-    Ok(ImagePattern::new(parsed))
+    ImagePattern::parse(parsed)
 }
 
-/// A registry or repository pattern (`registry.example.com`, `docker.io/library`).
+/// A registry or repository pattern (`registry.example.com`, `docker.io/library`), in
+/// canonical form (see `pattern`).
 pub(crate) fn registry_pattern(pattern: &str) -> Result<Glob, String> {
-    let parsed = glob("registry pattern", pattern)?;
+    glob("registry pattern", pattern)?;
     reject_scheme("registry pattern", pattern)?;
-    Ok(parsed)
+    let canonical = crate::pattern::canonical_registry_pattern(pattern)?;
+    glob("registry pattern", &canonical)
 }
 
-/// A workload `namespace/name`, each part a glob.
+/// A workload `namespace/name` (the workload controllers) or `namespace/kind/name` (`kind` as
+/// in `scope.kinds`, or `*`); namespace and name are globs.
 pub(crate) fn workload_pattern(pattern: &str) -> Result<WorkloadPattern, String> {
-    let Some((namespace, name)) = pattern.split_once('/') else {
-        return Err(format!(
-            "invalid workload {pattern:?}: expected \"namespace/name\""
-        ));
+    let expected = "expected \"namespace/name\" or \"namespace/Kind/name\"";
+    let parts: Vec<&str> = pattern.split('/').collect();
+    let (namespace, kinds, name) = match parts.as_slice() {
+        [namespace, name] => (*namespace, WorkloadKinds::Controllers, *name),
+        [namespace, "*", name] => (*namespace, WorkloadKinds::Any, *name),
+        [namespace, kind, name] => match Kind::from_name(kind) {
+            Some(kind) => (*namespace, WorkloadKinds::Exactly(kind), *name),
+            None => {
+                return Err(format!(
+                    "invalid workload {pattern:?}: unknown kind {kind:?} (expected one of {}, \
+                     or *)",
+                    Kind::NAMES.join(", ")
+                ));
+            }
+        },
+        _ => return Err(format!("invalid workload {pattern:?}: {expected}")),
     };
     let name_char = |c: char| is_dns_char(c) || c == '.';
     Ok(WorkloadPattern {
@@ -216,6 +231,7 @@ pub(crate) fn workload_pattern(pattern: &str) -> Result<WorkloadPattern, String>
             "a-z, 0-9, '-'",
         )
         .map_err(|e| format!("in workload {pattern:?}: {e}"))?,
+        kinds,
         name: charset_glob("workload name", name, name_char, "a-z, 0-9, '-', '.'")
             .map_err(|e| format!("in workload {pattern:?}: {e}"))?,
     })
@@ -304,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn workloads_are_namespace_slash_name() {
+    fn workloads_are_namespace_slash_name_with_an_optional_kind() {
         let w = workload_pattern("payments/legacy-*").unwrap();
         assert_eq!(w.namespace.as_str(), "payments");
         assert_eq!(w.name.as_str(), "legacy-*");
@@ -323,14 +339,45 @@ mod tests {
                 .unwrap_err()
                 .contains("empty workload name")
         );
-        assert!(workload_pattern("a/b/c").is_err());
+        assert!(
+            workload_pattern("a/b/c")
+                .unwrap_err()
+                .contains(r#"unknown kind "b""#)
+        );
+        assert!(workload_pattern("a/b/c/d").is_err());
         assert!(workload_pattern("A/b").is_err());
+        let w = workload_pattern("payments/Deployment/legacy-*").unwrap();
+        assert_eq!(w.kinds, WorkloadKinds::Exactly(Kind::Deployment));
+        assert_eq!(w.to_string(), "payments/Deployment/legacy-*");
+        assert_eq!(
+            workload_pattern("payments/*/x").unwrap().kinds,
+            WorkloadKinds::Any
+        );
+        assert_eq!(
+            workload_pattern("payments/x").unwrap().kinds,
+            WorkloadKinds::Controllers
+        );
+        // Kinds are spelled as in `scope.kinds`.
+        assert!(workload_pattern("payments/deployment/x").is_err());
     }
 
     #[test]
     fn image_patterns_reject_blanks_and_schemes() {
-        assert!(image_pattern("nginx@sha256:4c0f").is_ok());
+        // A literal is a reference, so a truncated digest (which could never match) is an error.
+        assert!(
+            image_pattern("nginx@sha256:4c0f")
+                .unwrap_err()
+                .contains("invalid image reference")
+        );
+        assert!(image_pattern(&format!("nginx@sha256:{}", "4c".repeat(32))).is_ok());
         assert!(image_pattern("registry.example.com/base/*").is_ok());
+        assert!(registry_pattern("docker.io/**").is_err());
+        assert_eq!(
+            registry_pattern("Registry-1.Docker.io:443/library")
+                .unwrap()
+                .as_str(),
+            "docker.io/library"
+        );
         assert_eq!(image_pattern("").unwrap_err(), "empty image pattern");
         assert!(
             image_pattern("nginx latest")
