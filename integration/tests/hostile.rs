@@ -1,0 +1,242 @@
+//! The hostile-input campaign kept as tests: each probe an attacker tried against the built
+//! binaries, with the answer a security control must give. Each test fails if its defect
+//! comes back.
+
+use std::{path::Path, process::Command};
+
+use portcullis_integration::bin_dir;
+
+const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+/// The manifest digest of the Grype fixture (`policy/tests/scans/grype/image.json`).
+const GRYPE_DIGEST: &str =
+    "sha256:ca738abb87a8d58f112d3400ebb079b61ceae7dc290beb34bda735be4b1941d5";
+
+/// A native report for `registry.example.com/repo:clean` with no findings.
+const CLEAN_REPORT: &str = r#"{"format": "portcullis-scan/v1",
+  "image": {"repository": "registry.example.com/repo", "tags": ["clean"]},
+  "scanner": {"name": "probe"}}"#;
+
+fn pod(name: &str, privileged: bool, image: &str, extra_spec: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"payments"}},
+        "spec":{{"containers":[{{"name":"c","image":"{image}","securityContext":{{"privileged":{privileged}}}}}]{extra_spec}}}}}"#
+    )
+}
+
+fn deployment(name: &str, image: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}","namespace":"payments"}},
+        "spec":{{"template":{{"spec":{{"containers":[{{"name":"c","image":"{image}","securityContext":{{"privileged":true}}}}]}}}}}}}}"#
+    )
+}
+
+/// One probe: the policy, the object, the scan reports the CLI reads, and the decision.
+struct Probe {
+    what: &'static str,
+    policy: String,
+    object: String,
+    scans: Vec<(&'static str, String)>,
+    expected: &'static str,
+}
+
+fn probe(what: &'static str, policy: &str, object: String, expected: &'static str) -> Probe {
+    Probe {
+        what,
+        policy: policy.to_owned(),
+        object,
+        scans: Vec::new(),
+        expected,
+    }
+}
+
+/// `portcullis test` on the probe's files: the decision for its one object.
+fn decide(probe: &Probe) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let object = dir.path().join("object.json");
+    std::fs::write(&policy, &probe.policy).unwrap();
+    std::fs::write(&object, &probe.object).unwrap();
+    let mut command = Command::new(bin_dir().join("portcullis"));
+    command.args(["test", "-p"]).arg(&policy).arg("-f").arg(&object);
+    for (i, (format, report)) in probe.scans.iter().enumerate() {
+        let file = dir.path().join(format!("scan-{i}.json"));
+        std::fs::write(&file, report).unwrap();
+        command.arg("--scan").arg(&file).args(["--scan-format", format]);
+    }
+    let out = command.args(["-o", "json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: {stdout} {}",
+            probe.what,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    results[0]["decision"].as_str().unwrap_or("").to_owned()
+}
+
+/// The policy-semantics campaign: each reference or object, the policy, the decision.
+#[test]
+fn policy_semantics_probes() {
+    let grype_fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/scans/grype/image.json"),
+    )
+    .unwrap();
+    let unscanned_block = "name: scanned\naction: block\nrules: {image: {unscanned: block}}\n";
+    let deny_evil = "name: deny\naction: block\nrules: {image: {registries: \
+                     {deny: [evil.example.com, docker.io/library/nginx]}}}\n";
+    let whitelisted_glob = "name: priv\naction: block\n\
+                            whitelist: {images: [\"*.corp.example.com/*\"]}\n\
+                            rules: {resource: {privileged: {}}}\n";
+    let allow_registry = "name: allow\naction: block\n\
+                          rules: {image: {registries: {allow: [registry.example.com]}}}\n";
+    let whitelisted_workload = "name: priv\naction: block\n\
+                                whitelist: {workloads: [payments/legacy-batch]}\n\
+                                rules: {resource: {privileged: {}}}\n";
+    let image_volume = r#","volumes":[{"name":"payload","image":{"reference":"evil.example.com/payload:1"}}]"#;
+    let with_clean = |mut p: Probe| {
+        p.scans.push(("native", CLEAN_REPORT.to_owned()));
+        p
+    };
+    let with_grype = |mut p: Probe| {
+        p.scans.push(("grype", grype_fixture.clone()));
+        p
+    };
+    let probes = [
+        // 8. A digest behind a clean tag: only a report for the digest may judge it.
+        with_clean(probe(
+            "clean tag, scanned",
+            unscanned_block,
+            pod("p", false, "registry.example.com/repo:clean", ""),
+            "allow",
+        )),
+        with_clean(probe(
+            "clean tag with an unscanned digest",
+            unscanned_block,
+            pod(
+                "p",
+                false,
+                &format!("registry.example.com/repo:clean@{DIGEST_A}"),
+                "",
+            ),
+            "block",
+        )),
+        // 9. Ports and Docker Hub's aliases do not dodge a deny list.
+        probe(
+            "denied registry",
+            deny_evil,
+            pod("p", false, "evil.example.com/x", ""),
+            "block",
+        ),
+        probe(
+            "denied registry with its default port",
+            deny_evil,
+            pod("p", false, "evil.example.com:443/x", ""),
+            "block",
+        ),
+        probe(
+            "denied registry in upper case with its port",
+            deny_evil,
+            pod("p", false, "EVIL.example.com:443/x:1", ""),
+            "block",
+        ),
+        probe(
+            "Docker Hub by registry-1.docker.io",
+            deny_evil,
+            pod("p", false, "registry-1.docker.io/library/nginx", ""),
+            "block",
+        ),
+        probe(
+            "Docker Hub by registry.hub.docker.com, short name",
+            deny_evil,
+            pod("p", false, "registry.hub.docker.com/nginx:1", ""),
+            "block",
+        ),
+        probe(
+            "another port is another registry",
+            deny_evil,
+            pod("p", false, "evil.example.com:5000/x", ""),
+            "allow",
+        ),
+        // 10. An image whitelist glob does not cross `/`.
+        probe(
+            "whitelist glob across a path component",
+            whitelisted_glob,
+            pod("p", true, "evil.com/x.corp.example.com/tool:1", ""),
+            "block",
+        ),
+        probe(
+            "whitelist glob on the registry",
+            whitelisted_glob,
+            pod("p", true, "registry.corp.example.com/tool:1", ""),
+            "allow",
+        ),
+        // 11. Image volumes are judged.
+        probe(
+            "image volume from a registry not allowed",
+            allow_registry,
+            pod("p", false, "registry.example.com/app:1", image_volume),
+            "block",
+        ),
+        probe(
+            "no image volume",
+            allow_registry,
+            pod("p", false, "registry.example.com/app:1", ""),
+            "allow",
+        ),
+        // 12. A Grype report known by its manifest digest only.
+        with_grype(probe(
+            "pinned to the Grype report's manifest digest",
+            unscanned_block,
+            pod(
+                "p",
+                false,
+                &format!("registry.example.com/app@{GRYPE_DIGEST}"),
+                "",
+            ),
+            "allow",
+        )),
+        with_grype(probe(
+            "pinned to another digest",
+            unscanned_block,
+            pod(
+                "p",
+                false,
+                &format!("registry.example.com/app@{DIGEST_B}"),
+                "",
+            ),
+            "block",
+        )),
+        // 13. A workload whitelist entry names workload kinds, not a bare Pod.
+        probe(
+            "bare privileged Pod named like the whitelisted workload",
+            whitelisted_workload,
+            pod("legacy-batch", true, "registry.example.com/app:1", ""),
+            "block",
+        ),
+        probe(
+            "the whitelisted Deployment",
+            whitelisted_workload,
+            deployment("legacy-batch", "registry.example.com/app:1"),
+            "allow",
+        ),
+        probe(
+            "a Pod whitelisted by kind",
+            &whitelisted_workload.replace("payments/legacy-batch", "payments/Pod/legacy-batch"),
+            pod("legacy-batch", true, "registry.example.com/app:1", ""),
+            "allow",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for probe in &probes {
+        let decision = decide(probe);
+        if decision != probe.expected {
+            wrong.push(format!(
+                "{}: {decision}, expected {}",
+                probe.what, probe.expected
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
