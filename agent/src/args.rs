@@ -62,6 +62,22 @@ pub struct UninstallArgs {
     pub lease_name: String,
 }
 
+/// A control plane URL: `https://` only, so the agent's token is never sent in cleartext.
+fn https_url(text: &str) -> Result<String, String> {
+    if text
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        && text.len() > 8
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an https:// URL: the control plane only speaks TLS, and the \
+             agent's token must not travel in cleartext"
+        ))
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// Run without Kubernetes (no webhook configuration or certificates are programmed).
@@ -70,8 +86,8 @@ pub struct RunArgs {
     /// This agent's cluster, as registered on the control plane.
     #[arg(long, env = "PORTCULLIS_CLUSTER")]
     pub cluster: String,
-    /// Control plane URL.
-    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE")]
+    /// Control plane URL: `https://` only (the agent's token never travels in cleartext).
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE", value_parser = https_url)]
     pub control_plane: String,
     /// File holding the cluster's agent token (re-read at every reconnect).
     #[arg(long, env = "PORTCULLIS_TOKEN_FILE")]
@@ -286,6 +302,34 @@ mod tests {
             "system:serviceaccount:portcullis-system:portcullis-agent"
         );
         assert_eq!(args.webhook_listen.port(), 8443);
+    }
+
+    #[test]
+    fn a_cleartext_control_plane_is_refused() {
+        let parse = |url: &str| {
+            Cli::try_parse_from([
+                "portcullis-agent",
+                "run",
+                "--standalone",
+                "--cluster",
+                "c",
+                "--control-plane",
+                url,
+                "--token-file",
+                "t",
+            ])
+        };
+        for bad in [
+            "http://cp.example.com:8443",
+            "cp.example.com:8443",
+            "https://",
+            "",
+        ] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("is not an https:// URL"), "{bad}: {error}");
+        }
+        assert!(parse("https://cp.example.com:8443").is_ok());
+        assert!(parse("HTTPS://cp.example.com").is_ok());
     }
 
     #[test]

@@ -58,11 +58,18 @@ fn decide(probe: &Probe) -> String {
     std::fs::write(&policy, &probe.policy).unwrap();
     std::fs::write(&object, &probe.object).unwrap();
     let mut command = Command::new(bin_dir().join("portcullis"));
-    command.args(["test", "-p"]).arg(&policy).arg("-f").arg(&object);
+    command
+        .args(["test", "-p"])
+        .arg(&policy)
+        .arg("-f")
+        .arg(&object);
     for (i, (format, report)) in probe.scans.iter().enumerate() {
         let file = dir.path().join(format!("scan-{i}.json"));
         std::fs::write(&file, report).unwrap();
-        command.arg("--scan").arg(&file).args(["--scan-format", format]);
+        command
+            .arg("--scan")
+            .arg(&file)
+            .args(["--scan-format", format]);
     }
     let out = command.args(["-o", "json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -94,7 +101,8 @@ fn policy_semantics_probes() {
     let whitelisted_workload = "name: priv\naction: block\n\
                                 whitelist: {workloads: [payments/legacy-batch]}\n\
                                 rules: {resource: {privileged: {}}}\n";
-    let image_volume = r#","volumes":[{"name":"payload","image":{"reference":"evil.example.com/payload:1"}}]"#;
+    let image_volume =
+        r#","volumes":[{"name":"payload","image":{"reference":"evil.example.com/payload:1"}}]"#;
     let with_clean = |mut p: Probe| {
         p.scans.push(("native", CLEAN_REPORT.to_owned()));
         p

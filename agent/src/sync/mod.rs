@@ -65,8 +65,10 @@ pub struct SyncClient {
 enum SessionError {
     #[error("{0}")]
     Local(String),
+    /// The error with every cause in its chain: tonic's own text is only "transport error",
+    /// and the reason (a certificate the agent rejects, a refused connection) is below it.
     #[error("connecting: {0}")]
-    Connect(#[source] tonic::transport::Error),
+    Connect(String),
     #[error("control plane said {code:?}: {message}", code = .0.code(), message = .0.message())]
     Status(Status),
     #[error("no message for {0:?}: the stream is dead")]
@@ -77,6 +79,21 @@ enum SessionError {
     Protocol(String),
     #[error("{0}")]
     Apply(#[from] ApplyError),
+}
+
+/// `error` and its causes, outermost first, each once.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let next = inner.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 impl SyncClient {
@@ -175,7 +192,7 @@ impl SyncClient {
             .keep_alive_timeout(Duration::from_secs(10))
             .connect()
             .await
-            .map_err(SessionError::Connect)?;
+            .map_err(|e| SessionError::Connect(error_chain(&e)))?;
         // One image summary can be large (a report with tens of thousands of findings).
         Ok(AgentServiceClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES))
@@ -433,5 +450,28 @@ fn kind(message: &Message) -> &'static str {
         Message::SnapshotEnd(_) => "snapshot end",
         Message::Delta(_) => "delta",
         Message::Heartbeat(_) => "heartbeat",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    #[test]
+    fn connect_errors_name_every_cause() {
+        let inner = Layer("invalid peer certificate: UnknownIssuer", None);
+        let middle = Layer("tls handshake", Some(Box::new(inner)));
+        let outer = Layer("transport error", Some(Box::new(middle)));
+        assert_eq!(
+            error_chain(&outer),
+            "transport error: tls handshake: invalid peer certificate: UnknownIssuer"
+        );
+        // A cause its parent already quotes is not repeated.
+        let repeated = Layer("a: b", Some(Box::new(Layer("b", None))));
+        assert_eq!(error_chain(&repeated), "a: b");
     }
 }
