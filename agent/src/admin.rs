@@ -92,6 +92,7 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
         "events": admin.outbox.as_ref().map(|o| json!({
             "pending": o.len(),
             "dropped": o.dropped(),
+            "refused": o.refused(),
             "delivered": o.delivered(),
         })),
     }))

@@ -8,6 +8,7 @@ use std::{
     time::SystemTime,
 };
 
+use portcullis_proto::limits;
 use portcullis_proto::v1::{ClusterStatus, ReportStatusRequest};
 
 #[derive(Clone, Debug, Default)]
@@ -57,6 +58,7 @@ impl Fleet {
             record.last_seen = Some(SystemTime::now());
             if !agent_version.is_empty() {
                 record.agent_version = agent_version.to_owned();
+                limits::truncate(&mut record.agent_version, limits::cluster::MAX_STATUS_FIELD);
             }
         });
         Connection {
@@ -67,20 +69,35 @@ impl Fleet {
 
     /// Records a status report: an ACK moves the applied revision, a NACK sets the error.
     pub fn report(&self, cluster: &str, report: &ReportStatusRequest) {
+        // Every text an agent sends is cut to its bound (`limits::cluster`): one agent must not
+        // be able to grow the fleet view past what a listing can carry.
+        let bounded = |text: &str, max: usize| {
+            // Copy no more than the bound (and a character's width) of a long text.
+            let mut end = text.len().min(max + 4);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut text = text[..end].to_owned();
+            limits::truncate(&mut text, max);
+            text
+        };
+        let field = limits::cluster::MAX_STATUS_FIELD;
         self.update(cluster, |record| {
             record.last_seen = Some(SystemTime::now());
-            record.agent_version = report.agent_version.clone();
-            record.applied_epoch = report.applied_epoch.clone();
+            record.agent_version = bounded(&report.agent_version, field);
+            record.applied_epoch = bounded(&report.applied_epoch, field);
             record.applied_revision = report.applied_revision;
-            record.protection_state = report.protection_state.clone();
+            record.protection_state = bounded(&report.protection_state, field);
             record.events_dropped = report.events_dropped;
             record.events_pending = report.events_pending;
-            record.last_error = if report.error.is_empty() {
-                String::new()
-            } else if report.failed_revision != 0 {
-                format!("revision {}: {}", report.failed_revision, report.error)
+            let error = bounded(&report.error, limits::cluster::MAX_ERROR);
+            record.last_error = if error.is_empty() || report.failed_revision == 0 {
+                error
             } else {
-                report.error.clone()
+                bounded(
+                    &format!("revision {}: {error}", report.failed_revision),
+                    limits::cluster::MAX_ERROR,
+                )
             };
         });
     }

@@ -12,3 +12,5 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Portcullis proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_descriptor.bin"));
+
+pub mod limits;

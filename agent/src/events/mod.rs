@@ -23,7 +23,9 @@ use portcullis_policy::{
     Action,
     engine::{Decision, Outcome},
 };
+use portcullis_proto::limits;
 use portcullis_proto::v1::{Event, EventFinding};
+use tracing::warn;
 
 use crate::{state::AgentState, webhook::review};
 
@@ -209,6 +211,19 @@ pub fn build(
             message: f.message.clone(),
             cve_ids: f.ids.clone(),
         });
+    }
+    // Within what the control plane accepts: cut texts are marked, findings past the limit
+    // are counted in a summary finding, never dropped (an alert must leave a trace).
+    for event in &mut events {
+        let findings = event.findings.len();
+        if limits::fit_event(event) {
+            warn!(
+                id = %event.id,
+                policy = %event.policy,
+                findings,
+                "Event over the control plane's limits: long fields cut, extra findings counted"
+            );
+        }
     }
     events
 }

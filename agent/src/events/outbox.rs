@@ -12,6 +12,7 @@ use prost::Message;
 use portcullis_proto::v1::Event;
 
 const DROPPED: &[u8] = b"dropped";
+const REFUSED: &[u8] = b"refused";
 
 /// How much the outbox holds at most.
 #[derive(Clone, Copy, Debug)]
@@ -38,8 +39,18 @@ pub struct Outbox {
     bytes: AtomicU64,
     /// Dropped because the outbox (or the channel to it) was full; shared with the recorder.
     pub dropped: Arc<AtomicU64>,
+    /// Refused by the control plane for good (each alone, after splitting its batch), and so
+    /// dropped; the count survives restarts.
+    refused: AtomicU64,
     /// Acknowledged by the control plane since the agent started.
     delivered: AtomicU64,
+}
+
+fn read_count(meta: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
+    Ok(match meta.get(key)? {
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+        None => 0,
+    })
 }
 
 impl Outbox {
@@ -53,10 +64,8 @@ impl Outbox {
             len += 1;
             bytes += value.len() as u64;
         }
-        let dropped = match meta.get(DROPPED)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-            None => 0,
-        };
+        let dropped = read_count(&meta, DROPPED)?;
+        let refused = read_count(&meta, REFUSED)?;
         Ok(Self {
             db: db.clone(),
             events,
@@ -65,6 +74,7 @@ impl Outbox {
             len: AtomicU64::new(len),
             bytes: AtomicU64::new(bytes),
             dropped: Arc::new(AtomicU64::new(dropped)),
+            refused: AtomicU64::new(refused),
             delivered: AtomicU64::new(0),
         })
     }
@@ -94,6 +104,26 @@ impl Outbox {
     /// Events dropped since counting began.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events the control plane refused for good since counting began.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Every event lost since counting began (dropped for room, unreadable, or refused): what
+    /// the fleet view shows.
+    pub fn lost(&self) -> u64 {
+        self.dropped() + self.refused()
+    }
+
+    /// Removes events the control plane refused for good, and counts them durably.
+    pub fn refuse(&self, keys: &[sled::IVec]) -> Result<(), sled::Error> {
+        self.remove(keys)?;
+        let total =
+            self.refused.fetch_add(keys.len() as u64, Ordering::Relaxed) + keys.len() as u64;
+        self.meta.insert(REFUSED, &total.to_be_bytes())?;
+        Ok(())
     }
 
     /// Appends `events` (not yet durable: see `flush`), dropping the oldest past the limits.
@@ -163,9 +193,11 @@ impl Outbox {
             match Event::decode(value.as_ref()) {
                 Ok(event) => out.push((key, event)),
                 Err(error) => {
-                    // Unreadable: it can never be sent.
+                    // Unreadable: it can never be sent. Counted, never silent.
                     tracing::error!(%error, "Dropping an unreadable outbox entry");
                     self.remove(&[key])?;
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.persist_dropped()?;
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! The sender task: drains the outbox to `AgentService.ReportEvents` in batches (oldest first,
 //! bounded in events and bytes), deletes only what the control plane acknowledged, and retries
-//! failures with jittered backoff. A batch the control plane refuses as malformed is split
-//! until the bad event is alone; that one is dropped (counted) so it cannot block the rest.
+//! failures with jittered backoff. A batch the control plane refuses (a permanent status, or
+//! any status but `Unavailable` for `MAX_ATTEMPTS` tries in a row) is split until the bad event
+//! is alone; that one is dropped, logged at WARN with its id and counted (`refused`), so no
+//! event can block the ones behind it and nothing is retried forever. `Unavailable` (the
+//! control plane cannot be reached) is waited out: the outbox is bounded and counts its drops.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +19,23 @@ use crate::sync::{reconnect::Reconnect, status::AgentClient};
 
 /// Without news from the writer, the outbox is checked this often.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Tries of one batch that fail with a status other than `Unavailable` before it is taken as
+/// refused.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Whether the control plane refused the batch for good (the same batch would be refused
+/// again), rather than failed to take it for now.
+fn permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::Unimplemented
+            | Code::DataLoss
+    )
+}
 
 pub async fn run_sender(
     cluster: String,
@@ -26,6 +46,8 @@ pub async fn run_sender(
 ) {
     let mut retry = Reconnect::new(Duration::from_millis(500), config.retry_max);
     let mut batch_limit = config.batch_events.max(1);
+    // Failed tries of the current head batch (statuses other than `Unavailable`).
+    let mut attempts = 0;
     loop {
         if outbox.is_empty() {
             tokio::select! {
@@ -52,6 +74,7 @@ pub async fn run_sender(
         }
         let (keys, events): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let count = events.len();
+        let first_id = events.first().map(|e| e.id.clone()).unwrap_or_default();
         let request = ReportEventsRequest {
             cluster: cluster.clone(),
             events,
@@ -69,30 +92,37 @@ pub async fn run_sender(
                     error!(%error, "Cannot remove delivered events from the outbox");
                 }
                 retry.reset();
+                attempts = 0;
                 batch_limit = config.batch_events.max(1);
             }
             Err(status)
-                if matches!(
-                    status.code(),
-                    Code::InvalidArgument | Code::PermissionDenied
-                ) =>
+                if permanent(status.code())
+                    || (status.code() != Code::Unavailable && attempts + 1 >= MAX_ATTEMPTS) =>
             {
+                attempts = 0;
                 if count > 1 {
                     // Find the bad event: smaller batches until it is alone.
                     batch_limit = (count / 2).max(1);
                     warn!(code = ?status.code(), message = status.message(), count, "Event batch refused; retrying in smaller batches");
                 } else {
-                    error!(code = ?status.code(), message = status.message(), "Event refused by the control plane: dropped");
-                    outbox
-                        .dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = outbox.remove(&keys);
-                    let _ = outbox.persist_dropped();
+                    warn!(id = %first_id, code = ?status.code(), message = status.message(), "Event refused by the control plane: dropped");
+                    if let Err(error) = outbox.refuse(&keys) {
+                        error!(%error, "Cannot remove a refused event from the outbox");
+                    }
                 }
             }
             Err(status) => {
                 let delay = retry.next_delay();
-                debug!(code = ?status.code(), message = status.message(), delay_ms = delay.as_millis() as u64, "Events not delivered; retrying");
+                if status.code() == Code::Unavailable {
+                    debug!(
+                        message = status.message(),
+                        delay_ms = delay.as_millis() as u64,
+                        "Control plane unavailable; events wait in the outbox"
+                    );
+                } else {
+                    attempts += 1;
+                    warn!(code = ?status.code(), message = status.message(), attempts, delay_ms = delay.as_millis() as u64, "Events not delivered; retrying");
+                }
                 tokio::time::sleep(delay).await;
             }
         }

@@ -288,3 +288,178 @@ fn folding_decisions_first_gives_the_events_of_folding_every_event() {
     ];
     assert_eq!(folded, expected);
 }
+
+/// A control plane that refuses events named `poison-*` for good (as malformed) and fails
+/// `flaky-*` with `Internal` every time; it stores the rest.
+#[derive(Clone, Default)]
+struct FakeControlPlane {
+    stored: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl portcullis_proto::v1::agent_service_server::AgentService for FakeControlPlane {
+    type SyncStream =
+        tokio_stream::Empty<Result<portcullis_proto::v1::SyncResponse, tonic::Status>>;
+
+    async fn sync(
+        &self,
+        _: tonic::Request<portcullis_proto::v1::SyncRequest>,
+    ) -> Result<tonic::Response<Self::SyncStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("sync"))
+    }
+
+    async fn report_status(
+        &self,
+        _: tonic::Request<portcullis_proto::v1::ReportStatusRequest>,
+    ) -> Result<tonic::Response<portcullis_proto::v1::ReportStatusResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn report_events(
+        &self,
+        request: tonic::Request<portcullis_proto::v1::ReportEventsRequest>,
+    ) -> Result<tonic::Response<portcullis_proto::v1::ReportEventsResponse>, tonic::Status> {
+        let events = request.into_inner().events;
+        if events.iter().any(|e| e.name.starts_with("poison")) {
+            return Err(tonic::Status::invalid_argument("events[0]: malformed"));
+        }
+        if events.iter().any(|e| e.name.starts_with("flaky")) {
+            return Err(tonic::Status::internal("cannot store this one"));
+        }
+        let mut stored = self.stored.lock().unwrap();
+        stored.extend(events.iter().map(|e| e.name.clone()));
+        Ok(tonic::Response::new(
+            portcullis_proto::v1::ReportEventsResponse {
+                stored: events.len() as u32,
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// One event refused for good and one that always fails are each dropped alone (counted,
+/// logged with their ids); every event around them is delivered, in order.
+#[tokio::test]
+async fn a_refused_or_failing_event_never_blocks_the_others() {
+    let fake = FakeControlPlane::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            portcullis_proto::v1::agent_service_server::AgentServiceServer::new(fake.clone()),
+        )
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = portcullis_proto::v1::agent_service_client::AgentServiceClient::with_interceptor(
+        channel,
+        crate::sync::status::Bearer::new("t").unwrap(),
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(Some(client));
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let outbox = Arc::new(Outbox::open(&db, OutboxLimits::default()).unwrap());
+    let names = ["ok-1", "poison-1", "ok-2", "flaky-1", "ok-3"];
+    let events: Vec<Event> = names
+        .iter()
+        .enumerate()
+        .map(|(n, name)| Event {
+            name: (*name).to_owned(),
+            ..mk_event(n as u64)
+        })
+        .collect();
+    outbox.append(&events).unwrap();
+    let config = EventsConfig {
+        retry_max: Duration::from_millis(20),
+        ..EventsConfig::default()
+    };
+    let sender = tokio::spawn(sender::run_sender(
+        "c1".into(),
+        outbox.clone(),
+        rx,
+        Arc::new(tokio::sync::Notify::new()),
+        config,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !outbox.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*fake.stored.lock().unwrap(), ["ok-1", "ok-2", "ok-3"]);
+    assert_eq!(
+        (outbox.refused(), outbox.dropped(), outbox.lost()),
+        (2, 0, 2)
+    );
+    // The count survives a restart.
+    drop(outbox);
+    sender.abort();
+    server.abort();
+    let _ = sender.await;
+    drop(db);
+    let db = sled::open(dir.path()).unwrap();
+    assert_eq!(
+        Outbox::open(&db, OutboxLimits::default())
+            .unwrap()
+            .refused(),
+        2
+    );
+}
+
+/// An admitted pod with a 2.5 MiB image name and more findings than an event may list: the
+/// event fits the control plane's limits, with the image cut and the extra findings counted.
+#[test]
+fn oversized_decisions_become_events_within_the_limits() {
+    let state = mk_state("name: tags\naction: alert\nrules: {image: {disallowedTags: [latest]}}\n");
+    let huge = format!("registry.example.com/{}", "a".repeat(2_500_000));
+    let mut containers: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"name":"c{i}","image":"registry.example.com/app{i}"}}"#))
+        .collect();
+    containers.push(format!(r#"{{"name":"big","image":"{huge}"}}"#));
+    let pod = format!(
+        r#"{{"metadata":{{"name":"p","namespace":"n"}},"spec":{{"containers":[{}]}}}}"#,
+        containers.join(",")
+    );
+    let input = AdmissionInput {
+        operation: Operation::Create,
+        kind: "Pod",
+        sub_resource: "",
+        namespace: "n",
+        name: "p",
+        object: Some(&pod),
+        old_object: None,
+    };
+    let decision = engine::evaluate(
+        &input,
+        "c1",
+        state.policies.values().map(|p| &p.policy),
+        &state.scans,
+    );
+    assert_eq!(decision.findings.len(), 301);
+    let request = RequestInfo {
+        namespace: "n".into(),
+        kind: "Pod".into(),
+        name: "p".into(),
+        ..Default::default()
+    };
+    let events = build("c1", &request, &decision, &state, SystemTime::now());
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    portcullis_proto::limits::check_event(event).unwrap();
+    let summary = event.findings.last().unwrap();
+    assert_eq!(summary.rule, "truncated");
+    let listed = event.findings.len() - 1;
+    assert!(
+        summary
+            .message
+            .starts_with(&format!("{} more findings", 301 - listed))
+    );
+    assert!(event.images.last().unwrap().starts_with("…and "));
+}

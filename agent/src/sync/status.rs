@@ -118,7 +118,7 @@ impl StatusReporter {
                 cache_age_seconds: stats.cache_age_seconds(current.applied_at_ms),
                 protection_state: stats.protection().0,
                 policies: current.policies.len() as u32,
-                events_dropped: outbox.as_ref().map_or(0, |o| o.dropped()),
+                events_dropped: outbox.as_ref().map_or(0, |o| o.lost()),
                 events_pending: outbox.as_ref().map_or(0, |o| o.len()),
             };
             if let Err(status) = connection.report_status(request).await {

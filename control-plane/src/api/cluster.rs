@@ -77,6 +77,46 @@ fn protection_settings(
     Ok(settings)
 }
 
+/// The bounds every stored cluster field has (`limits::cluster`), so a fleet listing is bounded
+/// per cluster.
+fn check_cluster_fields(
+    description: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), Status> {
+    use portcullis_proto::limits::cluster::{
+        MAX_DESCRIPTION, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS,
+    };
+    let invalid = |what: String| Err(Status::invalid_argument(what));
+    if description.len() > MAX_DESCRIPTION {
+        return invalid(format!(
+            "description: {} bytes; at most {MAX_DESCRIPTION}",
+            description.len()
+        ));
+    }
+    if labels.len() > MAX_LABELS {
+        return invalid(format!(
+            "labels: {} entries; at most {MAX_LABELS}",
+            labels.len()
+        ));
+    }
+    let mut keys: Vec<&String> = labels.keys().collect();
+    keys.sort();
+    for key in keys {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY {
+            return invalid(format!(
+                "labels[{key:?}]: a key of 1 to {MAX_LABEL_KEY} bytes is required"
+            ));
+        }
+        if labels[key].len() > MAX_LABEL_VALUE {
+            return invalid(format!(
+                "labels[{key:?}]: the value is {} bytes; at most {MAX_LABEL_VALUE}",
+                labels[key].len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
     async fn register_cluster(
@@ -86,6 +126,7 @@ impl ClusterService for ClusterApi {
         let operator = self.auth.operator(request.metadata(), Access::Write)?;
         let request = request.into_inner();
         check_name("name", &request.name)?;
+        check_cluster_fields(&request.description, &request.labels)?;
         let protection = protection_settings(request.protection, "protection")?;
         let token = generate_token("pcl_");
         let cluster = Cluster {
@@ -129,15 +170,16 @@ impl ClusterService for ClusterApi {
         let page = self
             .store
             .list_clusters(after.as_deref(), paging::page_size(request.page_size))?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => paging::encode(LISTING, &last.name),
-            _ => String::new(),
-        };
-        let clusters = page
+        let mut clusters: Vec<Cluster> = page
             .items
             .into_iter()
             .map(|c| self.with_status(c))
             .collect();
+        let cut = paging::within_budget(&mut clusters);
+        let next_page_token = match (page.more || cut, clusters.last()) {
+            (true, Some(last)) => paging::encode(LISTING, &last.name),
+            _ => String::new(),
+        };
         Ok(Response::new(ListClustersResponse {
             clusters,
             next_page_token,
@@ -177,6 +219,139 @@ impl ClusterService for ClusterApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
+    use portcullis_proto::limits::{self, cluster::*};
+    use portcullis_proto::v1::ReportStatusRequest;
+    use prost::Message;
+
+    const TOKEN: &str = "an-admin-token-for-tests";
+
+    fn authorized<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let value = format!("Bearer {TOKEN}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+        request
+    }
+
+    fn api() -> (ClusterApi, tempfile::TempDir) {
+        let (store, dir) = crate::store::test_support::temp_store();
+        let store = Arc::new(store);
+        let mut auth = Authenticator::new(store.clone());
+        auth.add_operator("t", Role::Admin, TOKEN);
+        (
+            ClusterApi::new(store, Arc::new(auth), Fleet::default()),
+            dir,
+        )
+    }
+
+    /// Labels at their limits: `MAX_LABELS` keys of `MAX_LABEL_KEY` bytes, values of
+    /// `MAX_LABEL_VALUE`.
+    fn max_labels(seed: usize) -> std::collections::HashMap<String, String> {
+        (0..MAX_LABELS)
+            .map(|i| {
+                let key = format!("{seed}-{i}-");
+                let key = key.clone() + &"k".repeat(MAX_LABEL_KEY - key.len());
+                (key, "v".repeat(MAX_LABEL_VALUE))
+            })
+            .collect()
+    }
+
+    /// 5,000 clusters with every field at its maximum (and agents reporting errors far over
+    /// theirs): every page of the fleet view stays under the message limit clients decode,
+    /// and paging lists every cluster once.
+    #[tokio::test]
+    async fn the_fleet_view_pages_within_the_message_limit() {
+        let (api, _dir) = api();
+        let count = 5_000;
+        for i in 0..count {
+            let name = format!("c{i:04}-{}", "x".repeat(57));
+            api.register_cluster(authorized(RegisterClusterRequest {
+                name: name.clone(),
+                description: "d".repeat(MAX_DESCRIPTION),
+                labels: max_labels(i),
+                protection: None,
+            }))
+            .await
+            .unwrap();
+            api.fleet.report(
+                &name,
+                &ReportStatusRequest {
+                    cluster: name.clone(),
+                    agent_version: "v".repeat(1 << 20),
+                    applied_epoch: "e".repeat(1 << 20),
+                    failed_revision: u64::MAX,
+                    error: "é".repeat(2 << 20),
+                    protection_state: "p".repeat(1 << 20),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut token = String::new();
+        let mut listed = std::collections::BTreeSet::new();
+        let mut pages = 0;
+        loop {
+            let page = api
+                .list_clusters(authorized(ListClustersRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.encoded_len() <= limits::MAX_MESSAGE_BYTES);
+            pages += 1;
+            let status = page.clusters[0].status.clone().unwrap();
+            assert!(status.last_error.len() <= MAX_ERROR);
+            assert!(status.agent_version.len() <= MAX_STATUS_FIELD);
+            for cluster in page.clusters {
+                assert!(listed.insert(cluster.name), "listed twice");
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(listed.len(), count);
+        assert!(pages > count / 1000, "{pages} pages");
+    }
+
+    #[tokio::test]
+    async fn cluster_fields_past_their_limits_are_refused_with_the_field() {
+        let (api, _dir) = api();
+        let register = |description: String, labels| {
+            api.register_cluster(authorized(RegisterClusterRequest {
+                name: "c".into(),
+                description,
+                labels,
+                protection: None,
+            }))
+        };
+        let error = register("d".repeat(MAX_DESCRIPTION + 1), Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            error.message().starts_with("description: 1025 bytes"),
+            "{}",
+            error.message()
+        );
+        let mut labels = max_labels(0);
+        labels.insert("one-more".into(), "v".into());
+        let error = register(String::new(), labels).await.unwrap_err();
+        assert!(
+            error.message().starts_with("labels: 65 entries"),
+            "{}",
+            error.message()
+        );
+        let labels = [("k".to_owned(), "v".repeat(MAX_LABEL_VALUE + 1))].into();
+        let error = register(String::new(), labels).await.unwrap_err();
+        assert!(
+            error.message().starts_with(r#"labels["k"]: the value"#),
+            "{}",
+            error.message()
+        );
+        let labels = [("k".repeat(MAX_LABEL_KEY + 1), "v".into())].into();
+        assert!(register(String::new(), labels).await.is_err());
+    }
 
     #[test]
     fn protection_defaults_and_ranges() {

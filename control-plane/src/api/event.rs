@@ -8,6 +8,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+use portcullis_proto::limits;
 use portcullis_proto::v1::{
     Event, EventFilter, GetEventRequest, HandleEventsRequest, HandleEventsResponse,
     ListEventsRequest, ListEventsResponse, SummarizeRequest, SummarizeResponse, WatchEventsRequest,
@@ -93,12 +94,21 @@ impl EventService for EventApi {
         let page = tokio::task::spawn_blocking(move || events.list(&filter, size, before))
             .await
             .map_err(|e| Status::internal(format!("listing events: {e}")))??;
-        let next_page_token = page
-            .more_after
-            .map(|id| paging::encode(&listing, &uuid::Uuid::from_bytes(id).to_string()))
-            .unwrap_or_default();
+        let mut events = page.events;
+        // Events are up to `limits::event::MAX_EVENT_BYTES` each: a page stops at the budget
+        // and resumes after the last event it holds.
+        let next_page_token = if paging::within_budget(&mut events) {
+            events
+                .last()
+                .map(|e| paging::encode(&listing, &e.id))
+                .unwrap_or_default()
+        } else {
+            page.more_after
+                .map(|id| paging::encode(&listing, &uuid::Uuid::from_bytes(id).to_string()))
+                .unwrap_or_default()
+        };
         Ok(Response::new(ListEventsResponse {
-            events: page.events,
+            events,
             next_page_token,
         }))
     }
@@ -137,8 +147,12 @@ impl EventService for EventApi {
                 paging::MAX_PAGE_SIZE
             )));
         }
-        if request.note.len() > 4096 {
-            return Err(Status::invalid_argument("note: at most 4096 bytes"));
+        if request.note.len() > limits::event::MAX_NOTE {
+            return Err(Status::invalid_argument(format!(
+                "note: {} bytes; at most {}",
+                request.note.len(),
+                limits::event::MAX_NOTE
+            )));
         }
         let ids = request
             .ids

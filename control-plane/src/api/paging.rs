@@ -15,6 +15,29 @@ pub fn page_size(requested: u32) -> usize {
     }
 }
 
+/// Cuts a page's `items` to what fits `limits::RESPONSE_BUDGET_BYTES` encoded (at least one
+/// item, which every store bounds well below it), so no listing's response can exceed the
+/// message limit clients decode, whatever its items hold; true when items were cut (the
+/// listing then resumes after the last one kept).
+pub fn within_budget<T: prost::Message>(items: &mut Vec<T>) -> bool {
+    let mut total = 0;
+    // Each item is a length-delimited field: its bytes plus a tag and a length prefix.
+    let keep = items
+        .iter()
+        .position(|item| {
+            total += item.encoded_len() + 8;
+            total > portcullis_proto::limits::RESPONSE_BUDGET_BYTES
+        })
+        .map(|at| at.max(1));
+    match keep {
+        Some(keep) if keep < items.len() => {
+            items.truncate(keep);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A token that resumes `listing` after `last_key`.
 pub fn encode(listing: &str, last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{listing}\n{last_key}"))
@@ -38,6 +61,24 @@ pub fn decode(listing: &str, token: &str) -> Result<Option<String>, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_cut_to_the_response_budget() {
+        let item = |n: usize| portcullis_proto::v1::Cluster {
+            description: "d".repeat(n),
+            ..Default::default()
+        };
+        let mut small: Vec<_> = (0..10).map(|_| item(100)).collect();
+        assert!(!within_budget(&mut small));
+        assert_eq!(small.len(), 10);
+        let mut big: Vec<_> = (0..10).map(|_| item(1024 * 1024)).collect();
+        assert!(within_budget(&mut big));
+        assert_eq!(big.len(), 2);
+        // One item over the budget still makes a page (its store bounds it).
+        let mut huge = vec![item(4 * 1024 * 1024), item(1)];
+        assert!(within_budget(&mut huge));
+        assert_eq!(huge.len(), 1);
+    }
 
     #[test]
     fn round_trip_and_foreign_tokens() {

@@ -171,10 +171,11 @@ impl PolicyService for PolicyApi {
         self.auth.operator(request.metadata(), Access::Read)?;
         let request = request.into_inner();
         let after = paging::decode(LISTING, &request.page_token)?;
-        let page = self
+        let mut page = self
             .store
             .list_policies(after.as_deref(), paging::page_size(request.page_size))?;
-        let next_page_token = match (page.more, page.items.last()) {
+        let cut = paging::within_budget(&mut page.items);
+        let next_page_token = match (page.more || cut, page.items.last()) {
             (true, Some(last)) => paging::encode(LISTING, &last.name),
             _ => String::new(),
         };

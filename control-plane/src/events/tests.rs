@@ -290,7 +290,7 @@ async fn retention_by_count_and_age() {
 async fn reopened(events: EventStore, dir: &tempfile::TempDir) -> EventStore {
     let settings = events.settings.clone();
     drop(events);
-    let store = crate::store::Store::open(dir.path()).unwrap();
+    let store = crate::store::test_support::reopen(dir.path());
     EventStore::open(Arc::new(store), settings).unwrap()
 }
 
@@ -421,7 +421,7 @@ async fn a_damaged_segment_is_an_error_naming_it() {
         .unwrap();
     let settings = events.settings.clone();
     drop(events);
-    let store = crate::store::Store::open(dir.path()).unwrap();
+    let store = crate::store::test_support::reopen(dir.path());
     let error = EventStore::open(Arc::new(store), settings).err().unwrap();
     assert!(error.to_string().contains("event segment 0"), "{error}");
 }

@@ -7,10 +7,6 @@ use portcullis_proto::v1::Event;
 use super::filter::{ID_TIME_SLACK_MS, millis};
 use crate::store::now_millis;
 
-/// Longest text field accepted.
-const MAX_TEXT: usize = 4096;
-/// Most entries of a list field (images, findings, groups, ids).
-const MAX_ITEMS: usize = 256;
 /// How far in the future an event time may be (clock skew between agent and control plane).
 const MAX_FUTURE_MS: i64 = 3600 * 1000;
 
@@ -87,35 +83,9 @@ pub fn validate_batch(
         if event.count == 0 {
             return Err(BatchError::Invalid(at("count: at least 1".into())));
         }
-        let texts = [
-            ("namespace", &event.namespace),
-            ("kind", &event.kind),
-            ("name", &event.name),
-            ("operation", &event.operation),
-            ("user", &event.user),
-            ("admission_uid", &event.admission_uid),
-            ("policy", &event.policy),
-        ];
-        for (field, text) in texts {
-            if text.len() > MAX_TEXT {
-                return Err(BatchError::Invalid(at(format!(
-                    "{field}: {} bytes; at most {MAX_TEXT}",
-                    text.len()
-                ))));
-            }
-        }
-        let lists = [
-            ("groups", event.groups.len()),
-            ("images", event.images.len()),
-            ("findings", event.findings.len()),
-        ];
-        for (field, len) in lists {
-            if len > MAX_ITEMS {
-                return Err(BatchError::Invalid(at(format!(
-                    "{field}: {len} entries; at most {MAX_ITEMS}"
-                ))));
-            }
-        }
+        // The limits agents fit their events to (one definition for both sides).
+        portcullis_proto::limits::check_event(&event)
+            .map_err(|reason| BatchError::Invalid(at(reason)))?;
         out.push((id, event));
     }
     Ok(out)

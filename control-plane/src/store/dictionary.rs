@@ -260,7 +260,7 @@ mod tests {
             .unwrap();
         drop(store);
         // After a restart, numbering goes on where it was.
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::test_support::reopen(dir.path());
         store
             .put_scan(mk_scan_of("2", &["CVE-3", "CVE-1"]))
             .await
@@ -297,7 +297,7 @@ mod tests {
             db.flush().unwrap();
         }
         std::fs::write(dir.path().join("FORMAT"), "1\n").unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::test_support::reopen(dir.path());
         assert_eq!(stored(&store), expected);
         let format = std::fs::read_to_string(dir.path().join("FORMAT")).unwrap();
         assert_eq!(format.trim(), "2");

@@ -468,6 +468,22 @@ pub(crate) mod test_support {
     }
 
     /// A store in a fresh temporary directory (kept alive by the returned guard).
+    /// Opens the store in `dir` again after a test dropped it. sled releases its lock only
+    /// when its last handle (a background flush) is gone, which a loaded machine can delay.
+    pub fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    let _ = error;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("reopening the store: {error}"),
+            }
+        }
+    }
+
     pub fn temp_store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

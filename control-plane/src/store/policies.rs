@@ -339,7 +339,7 @@ mod tests {
             store.create_policy(mk_policy("a")).await.unwrap();
             store.epoch().to_owned()
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::test_support::reopen(dir.path());
         assert_eq!(store.epoch(), epoch);
         assert_eq!(store.revision(), 1);
         assert_eq!(store.get_policy("a").unwrap().unwrap().revision, 1);
