@@ -13,6 +13,13 @@
 //! summary, or empty for a delete). The meta record names the current pair, and switching to a
 //! new one is part of the snapshot's transaction, so a crash mid-snapshot leaves the previous
 //! state whole; files and trees of snapshots that never committed are removed at open.
+//!
+//! Everything read back is verified: each sled value carries a checksum of its key and bytes
+//! (`record`), the chunk file a checksum per chunk and a trailer (`chunks`). Damage is
+//! corruption: the cache is moved aside, the agent reports it and resyncs.
+
+mod chunks;
+pub mod record;
 
 use std::{
     path::{Path, PathBuf},
@@ -76,8 +83,8 @@ pub struct StagedScans {
     name: String,
     tree: sled::Tree,
     path: PathBuf,
-    /// Taken when the snapshot commits.
-    file: std::sync::Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// Taken when the snapshot commits; with the number of chunks written.
+    file: std::sync::Mutex<Option<(std::io::BufWriter<std::fs::File>, u64)>>,
 }
 
 /// The directory of chunk files, beside the database directory.
@@ -153,8 +160,8 @@ impl Cache {
             .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
         let meta = db.open_tree("meta")?;
-        let scans_name = match meta.get(SCANS_TREE)? {
-            Some(name) => String::from_utf8(name.to_vec())
+        let scans_name = match read_meta(&meta, SCANS_TREE)? {
+            Some(name) => String::from_utf8(name)
                 .map_err(|_| CacheError::Corrupt("scans tree name is not UTF-8".into()))?,
             None => DEFAULT_SCANS_TREE.to_owned(),
         };
@@ -210,11 +217,13 @@ impl Cache {
         std::fs::create_dir_all(chunks_dir(&self.path)).map_err(io)?;
         let path = chunk_file(&self.path, &name);
         let file = std::fs::File::create(&path).map_err(io)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+        chunks::write_header(&mut file).map_err(io)?;
         Ok(StagedScans {
             name,
             tree,
             path,
-            file: std::sync::Mutex::new(Some(std::io::BufWriter::with_capacity(1 << 20, file))),
+            file: std::sync::Mutex::new(Some((file, 0))),
         })
     }
 
@@ -225,7 +234,6 @@ impl Cache {
         staged: &StagedScans,
         chunk: &SnapshotChunk,
     ) -> Result<(), CacheError> {
-        use std::io::Write;
         // The chunk without its policies (the meta tree keeps those), encoded without copying
         // the scans, after its length.
         let scans = &chunk.scans;
@@ -239,12 +247,12 @@ impl Cache {
         }
         prost::encoding::string::encode_repeated(3, ids, &mut bytes);
         let mut guard = staged.file.lock().unwrap_or_else(|e| e.into_inner());
-        let file = guard
+        let (file, count) = guard
             .as_mut()
             .ok_or_else(|| CacheError::Corrupt("the snapshot was already committed".into()))?;
-        file.write_all(&(bytes.len() as u64).to_le_bytes())
-            .and_then(|()| file.write_all(&bytes))
+        chunks::write_chunk(file, &bytes)
             .map_err(|e| CacheError::Corrupt(format!("writing the scan chunks: {e}")))?;
+        *count += 1;
         Ok(())
     }
 
@@ -256,23 +264,23 @@ impl Cache {
 
     fn load(&self) -> Result<AgentState, CacheError> {
         let corrupt = |what: String| CacheError::Corrupt(what);
-        let epoch = match self.meta.get(EPOCH)? {
-            Some(bytes) => String::from_utf8(bytes.to_vec())
-                .map_err(|_| corrupt("epoch is not UTF-8".into()))?,
+        let epoch = match read_meta(&self.meta, EPOCH)? {
+            Some(bytes) => {
+                String::from_utf8(bytes).map_err(|_| corrupt("epoch is not UTF-8".into()))?
+            }
             None => String::new(),
         };
         let revision = read_i64(&self.meta, REVISION)? as u64;
         let applied_at_ms = read_i64(&self.meta, APPLIED_AT)?;
-        let protection = self
-            .meta
-            .get(PROTECTION)?
-            .map(|bytes| ProtectionSettings::decode(bytes.as_ref()))
+        let protection = read_meta(&self.meta, PROTECTION)?
+            .map(|bytes| ProtectionSettings::decode(bytes.as_slice()))
             .transpose()
             .map_err(|e| corrupt(format!("protection settings: {e}")))?;
         let mut policies = Vec::new();
         for entry in self.policies.iter() {
             let (key, value) = entry?;
-            let proto = Policy::decode(value.as_ref())
+            let value = record::open(&key, &value).map_err(corrupt)?;
+            let proto = Policy::decode(value)
                 .map_err(|e| corrupt(format!("policy {}: {e}", String::from_utf8_lossy(&key))))?;
             if proto.name.as_bytes() != key.as_ref() {
                 return Err(corrupt(format!(
@@ -300,13 +308,14 @@ impl Cache {
         }
         for entry in tree.scan_prefix(b"o") {
             let (key, value) = entry?;
+            let value = record::open(&key, &value).map_err(corrupt)?;
             let id = String::from_utf8(key[1..].to_vec())
                 .map_err(|_| corrupt("scan id is not UTF-8".into()))?;
             if value.is_empty() {
                 scans.remove(&id);
                 continue;
             }
-            let message = ImageSummary::decode(value.as_ref())
+            let message = ImageSummary::decode(value)
                 .map_err(|e| corrupt(format!("image summary {id}: {e}")))?;
             if message.id != id {
                 return Err(corrupt(format!(
@@ -348,15 +357,31 @@ impl Cache {
                 .get(name)
                 .is_some_and(|old| Arc::ptr_eq(old, policy));
             if !unchanged {
-                written.push((name.as_bytes().to_vec(), policy.proto.encode_to_vec()));
+                let key = name.as_bytes().to_vec();
+                let value = record::seal(&key, &policy.proto.encode_to_vec());
+                written.push((key, value));
             }
         }
-        let protection = next.protection.as_ref().map(Message::encode_to_vec);
+        let protection = next
+            .protection
+            .as_ref()
+            .map(|p| record::seal(PROTECTION, &p.encode_to_vec()));
+        let meta_values = [
+            (EPOCH, record::seal(EPOCH, next.epoch.as_bytes())),
+            (
+                REVISION,
+                record::seal(REVISION, &(next.revision as i64).to_be_bytes()),
+            ),
+            (
+                APPLIED_AT,
+                record::seal(APPLIED_AT, &next.applied_at_ms.to_be_bytes()),
+            ),
+        ];
         let (scans_tree, changes, replaced_by) = match scans {
             ScanPersist::Changes(changes) => (self.current_scans(), changes, None),
             ScanPersist::Replace(staged) => {
                 // The chunk file is complete and durable before the meta names it.
-                let file = staged
+                let (mut file, count) = staged
                     .file
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -366,6 +391,7 @@ impl Cache {
                     })?;
                 let path = staged.path.clone();
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    chunks::write_trailer(&mut file, count)?;
                     let file = file.into_inner().map_err(|e| e.into_error())?;
                     file.sync_all()?;
                     if let Some(dir) = path.parent() {
@@ -383,17 +409,15 @@ impl Cache {
         let result: Result<(), TransactionError<()>> = (&self.meta, &self.policies, &scans_tree)
             .transaction(|(meta, policies, scans)| {
                 for change in changes {
-                    match change {
-                        ScanWrite::Put(id, bytes) => {
-                            scans.insert(overlay_key(id), bytes.as_slice())?;
-                        }
-                        ScanWrite::Delete(id) => {
-                            scans.insert(overlay_key(id), &[] as &[u8])?;
-                        }
-                    }
+                    let (key, value) = match change {
+                        ScanWrite::Put(id, bytes) => (overlay_key(id), bytes.as_slice()),
+                        ScanWrite::Delete(id) => (overlay_key(id), &[] as &[u8]),
+                    };
+                    let sealed = record::seal(&key, value);
+                    scans.insert(key, sealed)?;
                 }
                 if let Some((staged, _)) = &replaced_by {
-                    meta.insert(SCANS_TREE, staged.name.as_bytes())?;
+                    meta.insert(SCANS_TREE, record::seal(SCANS_TREE, staged.name.as_bytes()))?;
                 }
                 for key in &removed {
                     policies.remove(key.as_slice())?;
@@ -401,9 +425,9 @@ impl Cache {
                 for (key, value) in &written {
                     policies.insert(key.as_slice(), value.as_slice())?;
                 }
-                meta.insert(EPOCH, next.epoch.as_bytes())?;
-                meta.insert(REVISION, &(next.revision as i64).to_be_bytes())?;
-                meta.insert(APPLIED_AT, &next.applied_at_ms.to_be_bytes())?;
+                for (key, value) in &meta_values {
+                    meta.insert(*key, value.as_slice())?;
+                }
                 match &protection {
                     Some(bytes) => meta.insert(PROTECTION, bytes.as_slice())?,
                     None => meta.remove(PROTECTION)?,
@@ -443,38 +467,32 @@ impl Cache {
     }
 }
 
-/// Reads length-prefixed `SnapshotChunk`s into `scans` (summaries may refer to the entries of
-/// the file's dictionary, gathered from its chunks in order).
+/// Reads a chunk file's `SnapshotChunk`s into `scans` (summaries may refer to the entries of
+/// the file's dictionary, gathered from its chunks in order), verifying every checksum.
 fn read_chunks(file: std::fs::File, scans: &mut ScanIndex) -> Result<(), String> {
-    use std::io::Read;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut buffer = Vec::new();
     let mut dictionary = VulnerabilityDictionary::default();
-    loop {
-        let mut length = [0; 8];
-        match reader.read_exact(&mut length) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.to_string()),
-        }
-        let length = u64::from_le_bytes(length);
-        if length > 1 << 31 {
-            return Err(format!("a chunk of {length} bytes"));
-        }
-        buffer.resize(length as usize, 0);
-        reader
-            .read_exact(&mut buffer)
-            .map_err(|e| format!("truncated chunk: {e}"))?;
-        let chunk = SnapshotChunk::decode(buffer.as_slice()).map_err(|e| e.to_string())?;
-        crate::sync::apply::add_scans(scans, &mut dictionary, &chunk).map_err(|e| e.to_string())?;
+    chunks::read(&mut reader, |bytes| {
+        let chunk = SnapshotChunk::decode(bytes).map_err(|e| e.to_string())?;
+        crate::sync::apply::add_scans(scans, &mut dictionary, &chunk).map_err(|e| e.to_string())
+    })
+}
+
+/// A meta value, verified.
+fn read_meta(tree: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>, CacheError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(stored) => record::open(key, &stored)
+            .map(|value| Some(value.to_vec()))
+            .map_err(CacheError::Corrupt),
     }
 }
 
 fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<i64, CacheError> {
-    match tree.get(key)? {
+    match read_meta(tree, key)? {
         None => Ok(0),
         Some(bytes) => {
-            let array: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+            let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                 CacheError::Corrupt(format!(
                     "meta {} is not 8 bytes",
                     String::from_utf8_lossy(key)
@@ -710,6 +728,128 @@ mod tests {
         let again = Cache::open_or_recover(dir.path()).unwrap();
         assert_eq!(scan_ids(&again.state), ["7"]);
         assert_eq!(again.state.revision, 5);
+    }
+
+    /// A cache holding a policy, protection settings, a two-chunk snapshot of scans and a
+    /// delta's overlay, closed.
+    async fn full_cache(dir: &Path) {
+        let opened = Cache::open_or_recover(dir).unwrap();
+        let cache = opened.cache;
+        let first = with_scans(mk_state(1, &["a"]), &["1", "2"]);
+        let staged = cache.stage_scans().unwrap();
+        let chunk = chunk_of(vec![mk_summary_refs("1", &[1])], &["CVE-9", "CVE-1"]);
+        cache.stage_chunk(&staged, &chunk).unwrap();
+        let chunk = chunk_of(vec![mk_summary_refs("2", &[0])], &[]);
+        cache.stage_chunk(&staged, &chunk).unwrap();
+        cache
+            .persist(&opened.state, &first, ScanPersist::Replace(staged))
+            .await
+            .unwrap();
+        let second = with_scans(mk_state(2, &["a"]), &["2", "3"]);
+        let writes = [ScanWrite::Put("3".into(), mk_summary("3").encode_to_vec())];
+        cache
+            .persist(&first, &second, ScanPersist::Changes(&writes))
+            .await
+            .unwrap();
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// A flipped byte at every position of the scan chunk file is found at open: the cache
+    /// is moved aside and nothing of it is served (a changed vulnerability id once turned a
+    /// `block` into an `allow`).
+    #[tokio::test]
+    async fn a_flipped_byte_anywhere_in_the_chunk_file_is_corruption() {
+        let pristine = tempfile::tempdir().unwrap();
+        full_cache(pristine.path()).await;
+        let chunks_dir = pristine.path().join("cache-scans");
+        let file = std::fs::read_dir(&chunks_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let name = file.file_name();
+        let bytes = std::fs::read(file.path()).unwrap();
+        {
+            let opened = Cache::open_or_recover(pristine.path()).unwrap();
+            assert_eq!(opened.recovered, None);
+            assert_eq!(scan_ids(&opened.state), ["1", "2", "3"]);
+        }
+        for at in 0..bytes.len() {
+            let work = tempfile::tempdir().unwrap();
+            copy_dir(pristine.path(), work.path());
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x01;
+            std::fs::write(work.path().join("cache-scans").join(&name), damaged).unwrap();
+            let opened = Cache::open_or_recover(work.path()).unwrap();
+            let note = opened
+                .recovered
+                .unwrap_or_else(|| panic!("byte {at} not detected"));
+            assert!(note.contains("cache is corrupt"), "{note}");
+            assert!(!opened.state.is_loaded(), "byte {at}");
+        }
+    }
+
+    /// A flipped byte in any stored value (policy, overlay summary, meta record) is found.
+    #[tokio::test]
+    async fn a_flipped_byte_in_any_stored_value_is_corruption() {
+        let pristine = tempfile::tempdir().unwrap();
+        full_cache(pristine.path()).await;
+        let mut values = Vec::new();
+        {
+            let db = sled::open(pristine.path().join("cache")).unwrap();
+            for tree in ["meta", "policies"] {
+                for entry in db.open_tree(tree).unwrap().iter() {
+                    let (key, value) = entry.unwrap();
+                    values.push((tree.to_owned(), key.to_vec(), value.len()));
+                }
+            }
+            let scans = db
+                .tree_names()
+                .into_iter()
+                .find(|n| n.starts_with(b"scans-"))
+                .unwrap();
+            for entry in db.open_tree(&scans).unwrap().iter() {
+                let (key, value) = entry.unwrap();
+                values.push((
+                    String::from_utf8_lossy(&scans).into_owned(),
+                    key.to_vec(),
+                    value.len(),
+                ));
+            }
+        }
+        assert!(values.len() >= 7, "{values:?}");
+        for (tree, key, len) in values {
+            for at in 0..len {
+                let work = tempfile::tempdir().unwrap();
+                copy_dir(pristine.path(), work.path());
+                {
+                    let db = sled::open(work.path().join("cache")).unwrap();
+                    let tree = db.open_tree(&tree).unwrap();
+                    let mut value = tree.get(&key).unwrap().unwrap().to_vec();
+                    value[at] ^= 0x01;
+                    tree.insert(&key, value).unwrap();
+                    db.flush().unwrap();
+                }
+                let opened = Cache::open_or_recover(work.path()).unwrap();
+                assert!(
+                    opened.recovered.is_some(),
+                    "{tree} {:?} byte {at} not detected",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The durable outbox: events waiting for the control plane, in a sled tree keyed by the 16
-//! bytes of their UUIDv7 ids (oldest first). Bounded by count and bytes: appending past a bound
+//! bytes of their UUIDv7 ids (oldest first), each value checksummed (`cache::record`). Bounded by count and bytes: appending past a bound
 //! drops the oldest events and counts them; the count survives restarts.
 
 use std::sync::{
@@ -10,6 +10,8 @@ use std::sync::{
 use prost::Message;
 
 use portcullis_proto::v1::Event;
+
+use crate::cache::record;
 
 const DROPPED: &[u8] = b"dropped";
 const REFUSED: &[u8] = b"refused";
@@ -134,7 +136,7 @@ impl Outbox {
             let Ok(id) = uuid::Uuid::parse_str(&event.id) else {
                 continue;
             };
-            let value = event.encode_to_vec();
+            let value = record::seal(id.as_bytes(), &event.encode_to_vec());
             added_bytes += value.len() as u64;
             added += 1;
             batch.insert(id.as_bytes(), value);
@@ -190,7 +192,9 @@ impl Outbox {
                 break;
             }
             bytes += value.len();
-            match Event::decode(value.as_ref()) {
+            let event = record::open(&key, &value)
+                .and_then(|bytes| Event::decode(bytes).map_err(|e| e.to_string()));
+            match event {
                 Ok(event) => out.push((key, event)),
                 Err(error) => {
                     // Unreadable: it can never be sent. Counted, never silent.
