@@ -11,10 +11,55 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 
 use portcullis_policy::{
+    MAX_FLOW_DEPTH,
     engine::ScanIndex,
     scan::{self, DEFAULT_MAX_REPORT_BYTES, ReportFormat, ScanError},
 };
 use portcullis_proto::v1::Policy;
+
+/// Largest policy or manifest file read (and standard input): far above any real one, and
+/// a bound on what a pipeline's hostile input can make the CLI hold.
+pub const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The bytes of `path` (`-` is standard input), at most `limit`. Only regular files are read
+/// by name: a device or a pipe (`/dev/zero`) has no end to wait for; give it as `-`.
+pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let shown = if path.as_os_str() == "-" {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let mut bytes = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {what} from standard input"))?;
+    } else {
+        let file = fs::File::open(path).with_context(|| format!("reading {what} {shown}"))?;
+        let metadata = file
+            .metadata()
+            .with_context(|| format!("reading {what} {shown}"))?;
+        if !metadata.is_file() {
+            bail!(
+                "{what} {shown}: not a regular file; to read a stream, give it as - (standard input)"
+            );
+        }
+        if metadata.len() > limit {
+            bail!(
+                "{what} {shown}: {} bytes; the limit is {limit}",
+                metadata.len()
+            );
+        }
+        file.take(limit + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {what} {shown}"))?;
+    }
+    if bytes.len() as u64 > limit {
+        bail!("{what} {shown}: more than {limit} bytes; the limit is {limit}");
+    }
+    Ok(bytes)
+}
 
 /// One input file: how to show it, and its text.
 pub struct Input {
@@ -27,23 +72,15 @@ pub struct Input {
 pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
     let mut inputs = Vec::new();
     for path in expand(paths)? {
-        if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading standard input")?;
-            inputs.push(Input {
-                shown: "<stdin>".into(),
-                text,
-            });
+        let shown = if path.as_os_str() == "-" {
+            "<stdin>".to_owned()
         } else {
-            let text =
-                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            inputs.push(Input {
-                shown: path.display().to_string(),
-                text,
-            });
-        }
+            path.display().to_string()
+        };
+        let bytes = read_bounded(&path, MAX_INPUT_BYTES, "file")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| anyhow!("{shown}: not UTF-8 text: {}", e.utf8_error()))?;
+        inputs.push(Input { shown, text });
     }
     Ok(inputs)
 }
@@ -69,13 +106,7 @@ pub fn read_scan_reports(paths: &[PathBuf], format: Option<ReportFormat>) -> Res
     let mut index = ScanIndex::default();
     for path in paths {
         let shown = path.display();
-        let size = fs::metadata(path)
-            .with_context(|| format!("reading scan report {shown}"))?
-            .len();
-        if size > DEFAULT_MAX_REPORT_BYTES as u64 {
-            bail!("scan report {shown}: {size} bytes; the limit is {DEFAULT_MAX_REPORT_BYTES}");
-        }
-        let bytes = fs::read(path).with_context(|| format!("reading scan report {shown}"))?;
+        let bytes = read_bounded(path, DEFAULT_MAX_REPORT_BYTES as u64, "scan report")?;
         let Some(format) = format.or_else(|| scan::detect_format(&bytes)) else {
             bail!(
                 "scan report {shown}: not a report we read (expected {}); set --scan-format",
@@ -110,6 +141,17 @@ pub struct Manifest {
 pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Manifest>> {
     let mut manifests = Vec::new();
     for input in read_inputs(paths)? {
+        // Refused before the YAML parser, whose work grows with the square of the depth.
+        if let Err(e) = portcullis_policy::check_flow_depth(&input.text, MAX_FLOW_DEPTH) {
+            let document = portcullis_policy::document_at_line(&input.text, e.line);
+            bail!(
+                "{}: document {document}, line {}, column {}: nested more than {} levels deep",
+                input.shown,
+                e.line,
+                e.column,
+                e.max
+            );
+        }
         for (index, document) in serde_yaml::Deserializer::from_str(&input.text).enumerate() {
             let value = serde_json::Value::deserialize_yaml(document)
                 .map_err(|e| anyhow::anyhow!("{}: document {}: {e}", input.shown, index + 1))?;

@@ -22,7 +22,10 @@ mod validate;
 #[cfg(test)]
 mod testing;
 
-pub use file::{PolicyFileError, SourceLocation, parse_policy_documents};
+pub use file::{
+    MAX_FLOW_DEPTH, PolicyFileError, SourceLocation, TooDeep, check_flow_depth, document_at_line,
+    parse_policy_documents,
+};
 pub use finding::Finding;
 pub use glob::{Glob, GlobError};
 pub use model::*;

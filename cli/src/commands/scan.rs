@@ -2,12 +2,9 @@
 //! their counts per severity, delete a result. Reports are parsed by the control plane, so
 //! what it refuses is refused the same way for grpcurl and the CLI.
 
-use std::{
-    io::Read,
-    path::{Path, PathBuf},
-};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use tonic::Code;
 
 use portcullis_proto::v1::{
@@ -106,15 +103,14 @@ pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
     }
 }
 
-fn read_report(path: &PathBuf) -> Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading the report from standard input")?;
-        return Ok(bytes);
-    }
-    std::fs::read(path).with_context(|| format!("reading report {}", path.display()))
+/// The report's bytes: a regular file or `-`, no more than any control plane accepts (each
+/// refuses what is over its own `--max-report-bytes`).
+fn read_report(path: &std::path::Path) -> Result<Vec<u8>> {
+    crate::files::read_bounded(
+        path,
+        portcullis_policy::scan::MAX_REPORT_BYTES_CEILING as u64,
+        "report",
+    )
 }
 
 /// How a scan's image reads in a table: `repository:tag`, else `repository@digest` (or the

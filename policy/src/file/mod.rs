@@ -4,6 +4,9 @@
 //! Unknown fields are errors; errors name the document, line and column.
 
 mod documents;
+mod nesting;
+
+pub use nesting::{MAX_FLOW_DEPTH, TooDeep, check_flow_depth};
 
 use std::cell::Cell;
 use std::fmt;
@@ -79,6 +82,16 @@ fn looks_like_json(text: &str) -> bool {
 }
 
 fn parse_yaml(text: &str) -> Result<Vec<proto::Policy>, PolicyFileError> {
+    // Refused before the YAML parser, whose work grows with the square of the flow depth.
+    check_flow_depth(text, MAX_FLOW_DEPTH).map_err(|e| PolicyFileError::Syntax {
+        at: SourceLocation {
+            document: document_at_line(text, e.line),
+            item: None,
+            line: Some(e.line),
+            column: Some(e.column),
+        },
+        message: format!("nested more than {} levels deep", e.max),
+    })?;
     // Syntax first, over the whole stream, so a broken file is reported as such even when an
     // earlier document has a field error.
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -99,6 +112,18 @@ fn parse_yaml(text: &str) -> Result<Vec<proto::Policy>, PolicyFileError> {
         policies.extend(parsed);
     }
     Ok(policies)
+}
+
+/// The 1-based YAML document that `line` is in (documents start after `---` lines; a `---`
+/// on the first line opens the first document).
+pub fn document_at_line(text: &str, line: usize) -> usize {
+    let separators = text
+        .lines()
+        .take(line.saturating_sub(1))
+        .enumerate()
+        .filter(|(i, l)| *i > 0 && l.starts_with("---"))
+        .count();
+    separators + 1
 }
 
 fn parse_json(text: &str) -> Result<Vec<proto::Policy>, PolicyFileError> {
