@@ -2,8 +2,6 @@
 //! their counts per severity, delete a result. Reports are parsed by the control plane, so
 //! what it refuses is refused the same way for grpcurl and the CLI.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, anyhow};
 use tonic::Code;
 
