@@ -145,9 +145,32 @@ pub struct RunArgs {
     /// Largest AdmissionReview body accepted, in bytes (larger: HTTP 413).
     #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub webhook_max_body_bytes: usize,
-    /// Admission requests evaluated at once; more are refused with HTTP 503 at once.
+    /// Admission requests waiting for an evaluator at most; more are refused with HTTP 503
+    /// (and `Retry-After`) at once.
     #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512)]
     pub webhook_max_in_flight: usize,
+    /// Threads that evaluate admission requests [default: one per CPU].
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_EVALUATORS")]
+    pub webhook_evaluators: Option<usize>,
+    /// Milliseconds a request may wait for an evaluator; one that waited longer is shed with
+    /// HTTP 503 and `Retry-After`, so answered requests stay fast under a flood.
+    #[arg(
+        long,
+        env = "PORTCULLIS_WEBHOOK_MAX_QUEUE_WAIT_MS",
+        default_value_t = 500
+    )]
+    pub webhook_max_queue_wait_ms: u64,
+    /// Connections the webhook serves at once; more wait in the listen backlog.
+    #[arg(
+        long,
+        env = "PORTCULLIS_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub webhook_max_connections: usize,
+    /// Seconds a client has to send a request's head (and, on a kept-alive connection, the
+    /// next request) and, separately, its body.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_REQUEST_TIMEOUT", default_value_t = 10)]
+    pub webhook_request_timeout: u64,
     /// Record an event for every blocked or alerted admission (not dry runs) and send it to
     /// the control plane.
     #[arg(long, env = "PORTCULLIS_RECORD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -170,9 +170,13 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             exempt_users: vec![args.own_user()],
             max_body_bytes: args.webhook_max_body_bytes,
             max_in_flight: args.webhook_max_in_flight,
+            evaluators: args.webhook_evaluators.unwrap_or_else(cpus),
+            max_queue_wait: Duration::from_millis(args.webhook_max_queue_wait_ms.max(1)),
+            body_timeout: Duration::from_secs(args.webhook_request_timeout.max(1)),
         },
         state.clone(),
-    );
+    )
+    .context("starting the webhook's evaluators")?;
     let kube_task = if args.standalone {
         None
     } else {
@@ -258,13 +262,35 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         }
         None => (webhook, None),
     };
-    let mut webhook_task = tokio::spawn(
+    // The webhook's connections run on a runtime of their own (and decisions on the
+    // evaluation pool), so a flood of admission traffic cannot starve the sync stream, the
+    // heartbeats or the admin server of this runtime.
+    let webhook_runtime = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus().min(4))
+            .thread_name("portcullis-webhook")
+            .enable_all()
+            .build()
+            .context("starting the webhook runtime")?,
+    ));
+    let webhook_listener = {
+        let listener = webhook_listener
+            .into_std()
+            .context("moving the webhook listener")?;
+        let _runtime = webhook_runtime.handle().enter();
+        tokio::net::TcpListener::from_std(listener).context("moving the webhook listener")?
+    };
+    let mut webhook_task = webhook_runtime.handle().spawn(
         webhook::server::serve(
             webhook_listener,
             webhook::tls::server_config(resolver),
             webhook::router(webhook),
             shutdown_rx.clone(),
-            Duration::from_secs(10),
+            webhook::server::ServeLimits {
+                max_connections: args.webhook_max_connections.max(1),
+                header_timeout: Duration::from_secs(args.webhook_request_timeout.max(1)),
+                ..webhook::server::ServeLimits::default()
+            },
         )
         .instrument(info_span!("webhook")),
     );
@@ -341,6 +367,32 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         () = shutdown_signal() => warn!("Second signal: exiting now"),
     }
     Ok(())
+}
+
+/// A runtime owned by `run`, shut down without waiting when it goes (a runtime dropped the
+/// ordinary way would block the async context that drops it).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until dropped")
+            .handle()
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The CPUs this process may use.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -313,3 +313,70 @@ fn the_cli_refuses_deep_and_endless_inputs_at_once() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("the limit is 67108864"), "{stderr}");
 }
+
+/// The webhook under a CPU attack: four AdmissionReviews of 3.6 MB whose pod holds 260,000
+/// labels in reverse order (each took ~25 s and four stalled the agent for minutes) are
+/// answered, while ordinary admissions are answered and the sync stream keeps applying new
+/// revisions. Bounds are far above the measured cost (about 1 s per bomb in a debug build).
+#[test]
+fn a_label_bomb_stalls_neither_admission_nor_sync() {
+    use portcullis_integration::{Agent, ControlPlane, admission_fixture, post_review, success};
+    let cp = ControlPlane::start();
+    let token = cp.register("c1");
+    let agent = Agent::start(&cp, "c1", &token);
+    let dir = tempfile::tempdir().unwrap();
+    let apply = |name: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!("name: {name}\naction: block\nrules: {{resource: {{privileged: {{}}}}}}\n"),
+        )
+        .unwrap();
+        success(&cp.admin_cli(&["policy", "apply", "-f", file.to_str().unwrap()]));
+    };
+    apply("first");
+    agent.wait_revision(cp.revision());
+
+    let n = 260_000;
+    let labels: Vec<String> = (0..n).map(|i| format!(r#""k{:06}":"""#, n - i)).collect();
+    let bomb = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"bomb",
+        "kind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"default","operation":"CREATE",
+        "userInfo":{{"username":"attacker"}},"object":{{"apiVersion":"v1","kind":"Pod",
+        "metadata":{{"name":"p","namespace":"default","labels":{{{}}}}},
+        "spec":{{"containers":[{{"name":"c","image":"nginx"}}]}}}}}}}}"#,
+        labels.join(",")
+    );
+    assert!(bomb.len() > 3_000_000, "{}", bomb.len());
+    std::thread::scope(|scope| {
+        let bombs: Vec<_> = (0..4)
+            .map(|_| {
+                let (agent, bomb) = (&agent, bomb.clone());
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let (status, _) = post_review(agent, bomb.into_bytes());
+                    (status, started.elapsed())
+                })
+            })
+            .collect();
+        // Meanwhile: ordinary admissions, and a policy change reaching the agent.
+        for _ in 0..10 {
+            let started = std::time::Instant::now();
+            let (status, review) =
+                post_review(&agent, admission_fixture("pod-create-privileged.json"));
+            assert!(status == 200 || status == 503, "{status}: {review}");
+            if status == 200 {
+                assert_eq!(review["response"]["allowed"], false);
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        }
+        apply("second");
+        agent.wait_revision(cp.revision());
+        for bomb in bombs {
+            let (status, took) = bomb.join().unwrap();
+            assert!(status == 200 || status == 503, "{status}");
+            assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+        }
+    });
+    assert_eq!(agent.state()["connected"], true);
+}

@@ -1,20 +1,23 @@
-//! The `/validate` handler: bounds, exemptions, evaluation, response.
+//! The `/validate` handler: bounds, exemptions, evaluation, response. The body is read with a
+//! size limit and a deadline on the connection's runtime; the decision is made on the
+//! evaluation pool (`pool`), which refuses or sheds what it cannot answer in time.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    body::{Body, Bytes},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
 };
-use tokio::sync::Semaphore;
+use http_body_util::BodyExt;
 use tracing::{info, warn};
 
 use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome};
 
+use super::pool::{Pool, Refused};
 use super::{gatekeeper, respond, review};
 use crate::{events::Recorder, state::StateHandle};
 
@@ -27,7 +30,14 @@ pub struct WebhookConfig {
     /// Usernames whose requests are admitted (the agent's own service account).
     pub exempt_users: Vec<String>,
     pub max_body_bytes: usize,
+    /// Requests waiting for an evaluator at most; more are refused with 503 at once.
     pub max_in_flight: usize,
+    /// Evaluator threads.
+    pub evaluators: usize,
+    /// Longest wait for an evaluator; a request that waited longer is shed with 503.
+    pub max_queue_wait: Duration,
+    /// Longest time to receive a request body.
+    pub body_timeout: Duration,
 }
 
 /// The webhook's shared state.
@@ -37,18 +47,30 @@ pub struct Webhook {
     state: StateHandle,
     /// Where block and alert decisions go as events; `None` records nothing.
     recorder: Option<Recorder>,
-    pub(super) in_flight: Arc<Semaphore>,
+    pub(super) pool: Pool,
 }
 
 impl Webhook {
-    pub fn new(config: WebhookConfig, state: StateHandle) -> Self {
-        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-        Self {
+    /// The webhook and its evaluation pool (threads that end with the last clone).
+    pub fn new(config: WebhookConfig, state: StateHandle) -> std::io::Result<Self> {
+        let pool = Pool::new(
+            config.evaluators,
+            config.max_in_flight,
+            config.max_queue_wait,
+        )?;
+        Ok(Self {
             config: Arc::new(config),
             state,
             recorder: None,
-            in_flight,
-        }
+            pool,
+        })
+    }
+
+    /// What the pool refused so far: (queue full, shed after waiting).
+    pub fn refused(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.pool.stats;
+        (stats.full.load(Relaxed), stats.shed.load(Relaxed))
     }
 
     /// Records an event for every block and alert decision (not dry runs).
@@ -116,56 +138,94 @@ impl Webhook {
 }
 
 /// `POST /validate` (AdmissionReview) and `POST /gatekeeper/verdicts` (Gatekeeper external
-/// data), with the body limit and the in-flight bound.
+/// data), with the body limit, the body deadline and the evaluation pool's bounds.
 pub fn router(webhook: Webhook) -> Router {
-    let limit = webhook.config.max_body_bytes;
     Router::new()
         .route("/validate", post(validate))
         .route(GATEKEEPER_PATH, post(gatekeeper_verdicts))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(webhook)
 }
 
 /// Where Gatekeeper's `Provider` points (`url: https://<service>.<namespace>:443/gatekeeper/verdicts`).
 pub const GATEKEEPER_PATH: &str = "/gatekeeper/verdicts";
 
-fn overloaded() -> Response {
-    warn!("Webhook overloaded: request refused");
+fn overloaded(refused: Refused) -> Response {
+    warn!(reason = %refused, "Webhook overloaded: request refused");
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
-        "portcullis: too many requests in flight; retry\n",
+        format!("portcullis: overloaded ({refused}); retry\n"),
     )
         .into_response()
 }
 
-async fn gatekeeper_verdicts(State(webhook): State<Webhook>, body: Bytes) -> Response {
-    let Ok(_permit) = webhook.in_flight.clone().try_acquire_owned() else {
-        return overloaded();
-    };
-    let state = webhook.state.load();
-    match gatekeeper::answer(&body, &webhook.config.cluster, &state) {
-        Ok(response) => axum::Json(response).into_response(),
-        Err(error) => {
-            warn!(%error, "Bad Gatekeeper ProviderRequest");
-            (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
+/// The whole body, within the size limit and the deadline, or the response that refuses it.
+async fn read_body(webhook: &Webhook, body: Body) -> Result<Bytes, Response> {
+    let limit = webhook.config.max_body_bytes;
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(webhook.config.body_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("portcullis: the body is over {limit} bytes\n"),
+        )
+            .into_response()),
+        Ok(Err(error)) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("portcullis: reading the body: {error}\n"),
+        )
+            .into_response()),
+        Err(_) => {
+            warn!("Webhook request body not received in time");
+            Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "portcullis: the body did not arrive within {:?}\n",
+                    webhook.config.body_timeout
+                ),
+            )
+                .into_response())
         }
     }
 }
 
-async fn validate(State(webhook): State<Webhook>, body: Bytes) -> Response {
-    let Ok(_permit) = webhook.in_flight.clone().try_acquire_owned() else {
-        return overloaded();
+async fn gatekeeper_verdicts(State(webhook): State<Webhook>, body: Body) -> Response {
+    let body = match read_body(&webhook, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
-    match webhook.review(&body) {
-        Ok(response) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            review::to_body(response),
-        )
-            .into_response(),
-        Err(error) => {
+    let hook = webhook.clone();
+    let answer = webhook.pool.run(move || {
+        let state = hook.state.load();
+        gatekeeper::answer(&body, &hook.config.cluster, &state)
+    });
+    match answer.await {
+        Ok(Ok(response)) => axum::Json(response).into_response(),
+        Ok(Err(error)) => {
+            warn!(%error, "Bad Gatekeeper ProviderRequest");
+            (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
+        }
+        Err(refused) => overloaded(refused),
+    }
+}
+
+async fn validate(State(webhook): State<Webhook>, body: Body) -> Response {
+    let body = match read_body(&webhook, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let hook = webhook.clone();
+    let decided = webhook
+        .pool
+        .run(move || hook.review(&body).map(review::to_body));
+    match decided.await {
+        Ok(Ok(response)) => {
+            ([(header::CONTENT_TYPE, "application/json")], response).into_response()
+        }
+        Ok(Err(error)) => {
             warn!(%error, "Bad AdmissionReview");
             (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
         }
+        Err(refused) => overloaded(refused),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod gatekeeper;
 mod handler;
+pub mod pool;
 mod respond;
 pub mod review;
 pub mod server;

@@ -26,6 +26,9 @@ fn config() -> WebhookConfig {
         exempt_users: vec!["system:serviceaccount:portcullis-system:portcullis-agent".into()],
         max_body_bytes: 4 * 1024 * 1024,
         max_in_flight: 16,
+        evaluators: 2,
+        max_queue_wait: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
     }
 }
 
@@ -41,7 +44,7 @@ fn webhook_with(policies_yaml: &str, config: WebhookConfig) -> Webhook {
         policies,
         ..Default::default()
     };
-    Webhook::new(config, handle(state))
+    Webhook::new(config, handle(state)).unwrap()
 }
 
 const RESTRICTED: &str =
@@ -276,14 +279,64 @@ async fn bad_input_gets_clear_errors() {
     );
 }
 
+/// One evaluator held by a slow request: with the queue full a request is refused at once,
+/// and one that waited past its budget is shed; both with 503 and `Retry-After`.
 #[tokio::test]
 async fn a_flood_is_refused_with_503() {
     let mut small = config();
     small.max_in_flight = 1;
+    small.evaluators = 1;
+    small.max_queue_wait = Duration::from_millis(50);
     let webhook = webhook_with(NO_PRIVILEGED, small);
-    let _held = webhook.in_flight.clone().try_acquire_owned().unwrap();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let busy = {
+        let pool = webhook.pool.clone();
+        tokio::spawn(async move {
+            pool.run(move || {
+                let _ = hold.recv();
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let waiting = {
+        let webhook = webhook.clone();
+        tokio::spawn(async move { post(&webhook, fixture("pod-create-plain.json")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let (status, out) = post(&webhook, fixture("pod-create-plain.json")).await;
-    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&out));
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 503, "{out}");
+    assert!(out.contains("queue is full"), "{out}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send(()).unwrap();
+    busy.await.unwrap().unwrap();
+    let (status, out) = waiting.await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 503, "{out}");
+    assert!(out.contains("waited longer"), "{out}");
+    assert_eq!(webhook.refused(), (1, 1));
+    // Free again: answered.
+    let (status, _) = post(&webhook, fixture("pod-create-plain.json")).await;
+    assert_eq!(status, 200);
+}
+
+/// A client that sends its head and then trickles (or withholds) the body gets 408 when the
+/// body deadline passes, instead of holding the connection and its memory.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_refused() {
+    let mut quick = config();
+    quick.body_timeout = Duration::from_millis(100);
+    let webhook = webhook_with(NO_PRIVILEGED, quick);
+    use tokio_stream::StreamExt;
+    let first = tokio_stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("{"))]);
+    let body = Body::from_stream(first.chain(tokio_stream::pending()));
+    let request = Request::post("/validate")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let response = router(webhook).oneshot(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 408);
 }
 
 #[tokio::test]
@@ -300,7 +353,7 @@ async fn over_real_tls() {
         tls::server_config(tls::CertResolver::new(key)),
         router(webhook_with(NO_PRIVILEGED, config())),
         stop_rx,
-        Duration::from_secs(5),
+        server::ServeLimits::default(),
     ));
 
     let mut roots = rustls::RootCertStore::empty();
@@ -381,7 +434,7 @@ const HIGH: &str = "name: no-high\nrules: {image: {vulnerabilities: {severity: h
 
 #[tokio::test]
 async fn synced_scans_block_images_at_admission() {
-    let webhook = Webhook::new(config(), handle(state_with_scan(HIGH)));
+    let webhook = Webhook::new(config(), handle(state_with_scan(HIGH))).unwrap();
     let response = review_of(&webhook, "deployment-create-basic.json").await;
     assert_eq!(response["allowed"], false);
     let message = response["status"]["message"].as_str().unwrap();
@@ -418,7 +471,7 @@ async fn gatekeeper_external_data_gets_a_verdict_per_image() {
     let policies = format!(
         "{HIGH}---\nname: malware\nrules: {{image: {{maliciousFiles: true, unscanned: alert}}}}\n"
     );
-    let webhook = Webhook::new(config(), handle(state_with_scan(&policies)));
+    let webhook = Webhook::new(config(), handle(state_with_scan(&policies))).unwrap();
     let (status, body) = ask_gatekeeper(
         &webhook,
         provider_request(&["nginx:1.25", "redis:7", "Not An Image"]),
@@ -471,7 +524,7 @@ async fn gatekeeper_external_data_gets_a_verdict_per_image() {
 #[tokio::test]
 async fn gatekeeper_requests_that_cannot_be_answered() {
     // No state yet: a system error, no items.
-    let empty = Webhook::new(config(), handle(AgentState::default()));
+    let empty = Webhook::new(config(), handle(AgentState::default())).unwrap();
     let (status, body) = ask_gatekeeper(&empty, provider_request(&["nginx"])).await;
     assert_eq!(status, 200);
     assert!(
@@ -484,7 +537,7 @@ async fn gatekeeper_requests_that_cannot_be_answered() {
     assert_eq!(body["response"]["items"], serde_json::json!([]));
 
     // Too many keys: a system error naming the limit.
-    let webhook = Webhook::new(config(), handle(state_with_scan(HIGH)));
+    let webhook = Webhook::new(config(), handle(state_with_scan(HIGH))).unwrap();
     let keys: Vec<String> = (0..=gatekeeper::MAX_KEYS)
         .map(|i| format!("img{i}"))
         .collect();
@@ -524,4 +577,82 @@ async fn gatekeeper_requests_that_cannot_be_answered() {
         let text = String::from_utf8_lossy(&text);
         assert!(text.contains(expected), "{text}");
     }
+}
+
+/// A TLS server of `limits` on a free port, and a connector that trusts it.
+async fn tls_server(
+    limits: server::ServeLimits,
+) -> (
+    std::net::SocketAddr,
+    tokio_rustls::TlsConnector,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let (key, cert_pem) = tls::self_signed(&["localhost".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(
+        listener,
+        tls::server_config(tls::CertResolver::new(key)),
+        router(webhook_with(NO_PRIVILEGED, config())),
+        stop_rx,
+        limits,
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    (addr, connector, stop_tx)
+}
+
+async fn handshake(
+    addr: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// A client that connects and then sends nothing, or only part of a request head, is cut off
+/// when the head deadline passes; connections past the limit wait until one is freed.
+#[tokio::test]
+async fn slow_and_surplus_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = server::ServeLimits {
+        max_connections: 2,
+        header_timeout: Duration::from_millis(300),
+        ..server::ServeLimits::default()
+    };
+    let (addr, connector, _stop) = tls_server(limits).await;
+    let mut silent = handshake(addr, &connector).await.unwrap();
+    let mut partial = handshake(addr, &connector).await.unwrap();
+    partial
+        .write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Both slots are taken: a third connection's handshake waits.
+    let third = tokio::time::timeout(Duration::from_millis(150), handshake(addr, &connector)).await;
+    assert!(
+        third.is_err(),
+        "a third connection was served past the limit"
+    );
+    // The head deadline ends both held connections (read: EOF or an error, never a hang).
+    for stream in [&mut silent, &mut partial] {
+        let mut buffer = [0; 256];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        assert!(
+            matches!(read, Ok(Ok(_) | Err(_))),
+            "the connection was not closed"
+        );
+    }
+    // Slots free again: a new connection is served.
+    let served = tokio::time::timeout(Duration::from_secs(5), handshake(addr, &connector)).await;
+    assert!(matches!(served, Ok(Ok(_))));
 }
