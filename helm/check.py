@@ -262,8 +262,10 @@ def expect_agent_defaults(objects: Objects) -> None:
             "lease-name": f"{fullname}-leader",
             "webhook-url": None,
             "exempt-namespaces": f"kube-system,{NAMESPACE}",
+            "webhook-client-ca": None,
         },
     )
+    ensure(volume(sts, "webhook-client-ca") is None, "no client CA volume by default")
     token = volume(sts, "token")["secret"]
     ensure(
         token["secretName"] == "portcullis-agent-token"
@@ -321,7 +323,19 @@ def expect_agent_nondefault(objects: Objects) -> None:
             "exempt-namespaces": f"kube-system,kube-public,monitoring,{NAMESPACE}",
             "log-format": "plain",
             "status-interval": "60",
+            "webhook-client-ca": "/etc/portcullis/webhook-client-ca/ca.crt",
         },
+    )
+    client_ca = volume(sts, "webhook-client-ca")["configMap"]
+    ensure(
+        client_ca["name"] == "apiserver-webhook-client-ca"
+        and client_ca["items"] == [{"key": "client-ca.pem", "path": "ca.crt"}],
+        f"webhook client CA volume {client_ca}",
+    )
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    ensure(
+        mounts["webhook-client-ca"]["mountPath"] == "/etc/portcullis/webhook-client-ca",
+        "webhook client CA mount",
     )
     ca = volume(sts, "ca")["secret"]
     ensure(

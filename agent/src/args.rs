@@ -149,6 +149,12 @@ pub struct RunArgs {
     /// (and `Retry-After`) at once.
     #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512)]
     pub webhook_max_in_flight: usize,
+    /// CA certificates (PEM) of the clients the webhook accepts: with it, every client must
+    /// present a certificate they signed (mutual TLS; the API server sends one when its
+    /// AdmissionConfiguration names a kubeconfig for webhooks). Without it, any client may
+    /// connect.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_CLIENT_CA")]
+    pub webhook_client_ca: Option<PathBuf>,
     /// Threads that evaluate admission requests [default: one per CPU].
     #[arg(long, env = "PORTCULLIS_WEBHOOK_EVALUATORS")]
     pub webhook_evaluators: Option<usize>,

@@ -222,7 +222,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             state.clone(),
             stats.clone(),
             resolver.clone(),
-            k8s::selfcheck::through(self_check_url),
+            k8s::selfcheck::through(self_check_url, args.webhook_client_ca.is_some()),
             Arc::new(time::OffsetDateTime::now_utc),
         )
         .with_ready_flag(tls_ready.clone());
@@ -262,6 +262,14 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         }
         None => (webhook, None),
     };
+    let webhook_tls = match &args.webhook_client_ca {
+        Some(path) => {
+            let cas = webhook::tls::load_client_cas(path).context("--webhook-client-ca")?;
+            info!(client_ca = %path.display(), "Webhook requires client certificates");
+            webhook::tls::server_config_mtls(resolver, cas)?
+        }
+        None => webhook::tls::server_config(resolver),
+    };
     // The webhook's connections run on a runtime of their own (and decisions on the
     // evaluation pool), so a flood of admission traffic cannot starve the sync stream, the
     // heartbeats or the admin server of this runtime.
@@ -283,7 +291,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let mut webhook_task = webhook_runtime.handle().spawn(
         webhook::server::serve(
             webhook_listener,
-            webhook::tls::server_config(resolver),
+            webhook_tls,
             webhook::router(webhook),
             shutdown_rx.clone(),
             webhook::server::ServeLimits {

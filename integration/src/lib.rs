@@ -17,6 +17,8 @@ use nix::{
 };
 use tempfile::TempDir;
 
+pub mod kube;
+
 /// The directory holding the workspace's binaries, built once per test process.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -259,6 +261,16 @@ impl Drop for ControlPlane {
 }
 
 /// An append-mode log file for a child's stderr (kept across restarts).
+/// A random token of 48 hex digits.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    let mut urandom = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
+    urandom
+        .read_exact(&mut bytes)
+        .expect("reading /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn log_file(path: &Path) -> Stdio {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let file = std::fs::OpenOptions::new()
@@ -290,12 +302,18 @@ pub struct Agent {
     pub webhook_port: u16,
     control_plane: String,
     ca_file: PathBuf,
+    extra_args: Vec<String>,
     _tmp: TempDir,
 }
 
 impl Agent {
     /// Starts an agent for `cluster` against `cp` (which may be down).
     pub fn start(cp: &ControlPlane, cluster: &str, token: &str) -> Self {
+        Self::start_with(cp, cluster, token, &[])
+    }
+
+    /// Starts an agent with more arguments (kept for restarts).
+    pub fn start_with(cp: &ControlPlane, cluster: &str, token: &str, extra_args: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let token_file = tmp.path().join("token");
         std::fs::write(&token_file, token).unwrap();
@@ -308,6 +326,7 @@ impl Agent {
             webhook_port: free_port(),
             control_plane: cp.url(),
             ca_file: cp.ca_file(),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             _tmp: tmp,
         };
         agent.spawn();
@@ -331,6 +350,7 @@ impl Agent {
             .arg("--webhook-cert-out")
             .arg(self.webhook_ca())
             .args(["--reconnect-max", "1", "--status-interval", "1"])
+            .args(&self.extra_args)
             .env("PORTCULLIS_LOG", "info")
             .stdin(Stdio::null())
             .stderr(log_file(&self.data_dir.with_extension("log")))

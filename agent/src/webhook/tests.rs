@@ -656,3 +656,109 @@ async fn slow_and_surplus_connections_are_bounded() {
     let served = tokio::time::timeout(Duration::from_secs(5), handshake(addr, &connector)).await;
     assert!(matches!(served, Ok(Ok(_))));
 }
+
+/// A client CA and a client certificate it signed: (CA PEM, certificate PEM, key PEM).
+fn client_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["kube-apiserver".into()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// With a client CA, only clients with a certificate it signed get an answer.
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+    let (key, cert_pem) = tls::self_signed(&["localhost".into()]).unwrap();
+    let (ca_pem, client_pem, client_key) = client_pki();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let cas = tls::load_client_cas(&dir.path().join("ca.pem")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(
+        listener,
+        tls::server_config_mtls(tls::CertResolver::new(key), cas).unwrap(),
+        router(webhook_with(NO_PRIVILEGED, config())),
+        stop_rx,
+        server::ServeLimits::default(),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let post = |config: rustls::ClientConfig| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = hyper::Request::post("/validate")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from(fixture(
+                "pod-create-plain.json",
+            ))))
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<u16, String>(response.status().as_u16())
+    };
+    let anonymous = rustls::ClientConfig::builder()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    assert!(
+        post(anonymous).await.is_err(),
+        "a client without a certificate was served"
+    );
+    let chain = CertificateDer::pem_slice_iter(client_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap();
+    let authenticated = rustls::ClientConfig::builder()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    assert_eq!(post(authenticated).await, Ok(200));
+    // A certificate another CA signed is refused too.
+    let (_, other_pem, other_key) = client_pki();
+    let chain = CertificateDer::pem_slice_iter(other_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(other_key.as_bytes()).unwrap();
+    let stranger = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    assert!(post(stranger).await.is_err());
+    // The agent's self-check holds no client certificate: against a webhook that asks for
+    // one after presenting the right server certificate, it passes only in mutual-TLS mode.
+    let url = format!("https://localhost:{}/validate", addr.port());
+    let with_mtls = crate::k8s::selfcheck::through(url.clone(), true);
+    assert_eq!(with_mtls(cert_pem.clone()).await, Ok(()));
+    let without = crate::k8s::selfcheck::through(url, false);
+    let error = without(cert_pem.clone()).await.unwrap_err();
+    assert!(error.contains("requires a client certificate"), "{error}");
+    // A server certificate the CA bundle does not trust still fails.
+    let (_, other_cert) = tls::self_signed(&["localhost".into()]).unwrap();
+    assert!(with_mtls(other_cert).await.is_err());
+    assert!(tls::load_client_cas(&dir.path().join("missing.pem")).is_err());
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    assert!(tls::load_client_cas(&dir.path().join("empty.pem")).is_err());
+}

@@ -50,13 +50,50 @@ impl CertResolver {
     }
 }
 
-/// A rustls server configuration (HTTP/2 and HTTP/1.1) around `resolver`.
+/// A rustls server configuration (HTTP/2 and HTTP/1.1) around `resolver`, open to any client.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// The same, but a client must present a certificate that a CA of `client_cas` signed (the
+/// API server sends one when its AdmissionConfiguration gives it a kubeconfig for webhooks):
+/// mutual TLS, so only the API server can ask for decisions.
+pub fn server_config_mtls(
+    resolver: Arc<CertResolver>,
+    client_cas: rustls::RootCertStore,
+) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(client_cas), provider)
+            .build()
+            .context("building the client certificate verifier")?;
+    let mut config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CA certificates (PEM) that sign the clients the webhook accepts.
+pub fn load_client_cas(path: &Path) -> Result<rustls::RootCertStore> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("parsing {}", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{}: not a usable CA certificate", path.display()))?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "{}: no CA certificate in the file",
+        path.display()
+    );
+    Ok(roots)
 }
 
 /// Builds a certified key from PEM text.
