@@ -24,6 +24,8 @@ pub struct AdminState {
     pub registry: prometheus::Registry,
     /// The event outbox, when events are recorded.
     pub outbox: Option<Arc<crate::events::Outbox>>,
+    /// What the webhook's evaluation pool refused.
+    pub webhook: Arc<crate::webhook::pool::PoolStats>,
 }
 
 impl AdminState {
@@ -89,6 +91,10 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
         "cacheRecovery": stats.error_for_report(),
         "protectionState": stats.protection().0,
         "deployError": stats.protection().1,
+        "webhook": json!({
+            "refused": admin.webhook.full.load(Ordering::Relaxed),
+            "shed": admin.webhook.shed.load(Ordering::Relaxed),
+        }),
         "events": admin.outbox.as_ref().map(|o| json!({
             "pending": o.len(),
             "dropped": o.dropped(),
@@ -114,6 +120,7 @@ mod tests {
             stats: Arc::default(),
             registry: prometheus::Registry::new(),
             outbox: None,
+            webhook: Arc::default(),
         };
         let status = |admin: AdminState, path: &'static str| async move {
             let request = axum::http::Request::get(path).body(Body::empty()).unwrap();

@@ -62,8 +62,18 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         );
     }
     let exempt_namespaces = args.exempt_namespaces().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    // Only this user may read it: it holds tokens' hashes, events with user names, policies.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    }
     let opened = cache::Cache::open_or_recover(&args.data_dir)
         .with_context(|| format!("opening the cache in {}", args.data_dir.display()))?;
     let stats = Arc::new(stats::SyncStats::default());
@@ -101,7 +111,26 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         None
     };
 
-    let (registry, _meter_provider) = telemetry::metrics(state.clone(), stats.clone())?;
+    let webhook = webhook::Webhook::new(
+        webhook::WebhookConfig {
+            cluster: args.cluster.clone(),
+            exempt_namespaces: exempt_namespaces.clone(),
+            exempt_users: vec![args.own_user()],
+            max_body_bytes: args.webhook_max_body_bytes,
+            max_in_flight: args.webhook_max_in_flight,
+            evaluators: args.webhook_evaluators.unwrap_or_else(cpus),
+            max_queue_wait: Duration::from_millis(args.webhook_max_queue_wait_ms.max(1)),
+            body_timeout: Duration::from_secs(args.webhook_request_timeout.max(1)),
+        },
+        state.clone(),
+    )
+    .context("starting the webhook's evaluators")?;
+    let (registry, _meter_provider) = telemetry::metrics(
+        state.clone(),
+        stats.clone(),
+        outbox.clone(),
+        webhook.pool_stats(),
+    )?;
     // Kubernetes mode serves the Secret's certificate: not ready until it is loaded.
     let tls_ready = Arc::new(std::sync::atomic::AtomicBool::new(args.standalone));
     let admin_state = admin::AdminState {
@@ -112,6 +141,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         stats: stats.clone(),
         registry,
         outbox: outbox.clone(),
+        webhook: webhook.pool_stats(),
     };
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -163,20 +193,6 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let webhook_listener = tokio::net::TcpListener::bind(args.webhook_listen)
         .await
         .with_context(|| format!("binding webhook listener {}", args.webhook_listen))?;
-    let webhook = webhook::Webhook::new(
-        webhook::WebhookConfig {
-            cluster: args.cluster.clone(),
-            exempt_namespaces: exempt_namespaces.clone(),
-            exempt_users: vec![args.own_user()],
-            max_body_bytes: args.webhook_max_body_bytes,
-            max_in_flight: args.webhook_max_in_flight,
-            evaluators: args.webhook_evaluators.unwrap_or_else(cpus),
-            max_queue_wait: Duration::from_millis(args.webhook_max_queue_wait_ms.max(1)),
-            body_timeout: Duration::from_secs(args.webhook_request_timeout.max(1)),
-        },
-        state.clone(),
-    )
-    .context("starting the webhook's evaluators")?;
     let kube_task = if args.standalone {
         None
     } else {

@@ -8,7 +8,9 @@ use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::{args::LogFormat, state::StateHandle, stats::SyncStats};
+use crate::{
+    args::LogFormat, events::Outbox, state::StateHandle, stats::SyncStats, webhook::pool::PoolStats,
+};
 
 /// Installs the global subscriber. `PORTCULLIS_LOG` (or `RUST_LOG`) sets the filter.
 pub fn init_logging(format: LogFormat) {
@@ -29,6 +31,8 @@ type ReadCounter = fn(&SyncStats) -> u64;
 pub fn metrics(
     state: StateHandle,
     stats: Arc<SyncStats>,
+    outbox: Option<Arc<Outbox>>,
+    webhook: Arc<PoolStats>,
 ) -> anyhow::Result<(prometheus::Registry, SdkMeterProvider)> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter()
@@ -74,5 +78,51 @@ pub fn metrics(
         .with_description("1 while the Sync stream is up")
         .with_callback(move |observer| observer.observe(u64::from(connected.connected()), &[]))
         .build();
+    let refused = webhook.clone();
+    meter
+        .u64_observable_counter("portcullis_agent_webhook_refused")
+        .with_description("Admission reviews refused with 503: the evaluation queue was full")
+        .with_callback(move |observer| observer.observe(refused.full.load(Ordering::Relaxed), &[]))
+        .build();
+    meter
+        .u64_observable_counter("portcullis_agent_webhook_shed")
+        .with_description(
+            "Admission reviews shed with 503 after waiting past their budget for an evaluator",
+        )
+        .with_callback(move |observer| observer.observe(webhook.shed.load(Ordering::Relaxed), &[]))
+        .build();
+    if let Some(outbox) = outbox {
+        type ReadOutbox = fn(&Outbox) -> u64;
+        let gauges: [(&str, &str, ReadOutbox); 4] = [
+            (
+                "portcullis_agent_events_pending",
+                "Events waiting in the outbox",
+                Outbox::len,
+            ),
+            (
+                "portcullis_agent_events_dropped",
+                "Events dropped because the outbox was full or an entry was unreadable",
+                Outbox::dropped,
+            ),
+            (
+                "portcullis_agent_events_refused",
+                "Events the control plane refused for good (dropped, each logged with its id)",
+                Outbox::refused,
+            ),
+            (
+                "portcullis_agent_events_delivered",
+                "Events the control plane acknowledged since the agent started",
+                Outbox::delivered,
+            ),
+        ];
+        for (name, description, read) in gauges {
+            let outbox = outbox.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| observer.observe(read(&outbox), &[]))
+                .build();
+        }
+    }
     Ok((registry, provider))
 }

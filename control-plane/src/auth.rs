@@ -161,9 +161,20 @@ impl Authenticator {
             index,
             reason: reason.to_owned(),
         };
+        // Checked whole before any is added: nothing is half-applied.
+        let mut accepted: Vec<(&str, Role, [u8; 32])> = Vec::new();
         for (index, entry) in file.tokens.iter().enumerate() {
             if entry.name.trim().is_empty() {
                 return Err(invalid(index, "name: required"));
+            }
+            // Names identify operators in logs and audit fields: two that differ only in case
+            // or surrounding blanks would be taken for one.
+            let alike = |name: &str| name.trim().eq_ignore_ascii_case(entry.name.trim());
+            if let Some((other, ..)) = accepted.iter().find(|(name, ..)| alike(name)) {
+                return Err(invalid(
+                    index,
+                    &format!("name: {:?} is already used by {other:?}", entry.name),
+                ));
             }
             let hash = match (&entry.token, &entry.sha256) {
                 (Some(token), None) if token.len() >= 16 => token_sha256(token),
@@ -179,7 +190,17 @@ impl Authenticator {
                     ));
                 }
             };
-            self.add_operator_hash(&entry.name, entry.role, hash);
+            let known = self.operators.iter().any(|o| o.sha256 == hash);
+            if known || accepted.iter().any(|(.., h)| *h == hash) {
+                return Err(invalid(
+                    index,
+                    "token: the same token is given twice (each operator needs a token of their own)",
+                ));
+            }
+            accepted.push((&entry.name, entry.role, hash));
+        }
+        for (name, role, hash) in &accepted {
+            self.add_operator_hash(name, *role, *hash);
         }
         Ok(file.tokens.len())
     }
@@ -354,6 +375,47 @@ mod tests {
                 .to_string()
                 .contains("tokens[0]: token")
         );
+    }
+
+    /// One token listed twice (with different roles), a token already known, or two names
+    /// that differ only in case: the file is refused whole, and nothing of it is added.
+    #[test]
+    fn tokens_file_refuses_duplicates_whole() {
+        let (mut auth, dir) = authenticator();
+        let path = dir.path().join("tokens.yaml");
+        let hash = hex::encode(token_sha256("same-token-0123456789"));
+        let cases = [
+            (
+                format!(
+                    "tokens:\n- {{name: a, role: viewer, token: same-token-0123456789}}\n\
+                     - {{name: b, role: admin, sha256: {hash}}}\n"
+                ),
+                "tokens[1]: token: the same token is given twice",
+            ),
+            (
+                "tokens:\n- {name: ci, role: viewer, token: first-token-0123456789}\n\
+                 - {name: CI, role: admin, token: other-token-0123456789}\n"
+                    .to_owned(),
+                "tokens[1]: name: \"CI\" is already used by \"ci\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            fs::write(&path, text).unwrap();
+            let error = auth.load_tokens_file(&path).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            // Nothing of the refused file was added.
+            for token in ["same-token-0123456789", "first-token-0123456789"] {
+                assert!(auth.operator(&metadata(token), Access::Read).is_err());
+            }
+        }
+        auth.add_operator("boot", Role::Admin, "bootstrap-token-0123456789");
+        fs::write(
+            &path,
+            "tokens:\n- {name: v, role: viewer, token: bootstrap-token-0123456789}\n",
+        )
+        .unwrap();
+        let error = auth.load_tokens_file(&path).unwrap_err().to_string();
+        assert!(error.contains("the same token is given twice"), "{error}");
     }
 
     #[test]

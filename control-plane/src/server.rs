@@ -33,8 +33,18 @@ use crate::{
 
 /// Runs the control plane until SIGTERM/SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    // Only this user may read it: it holds tokens' hashes, events with user names, policies.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    }
     let store = Arc::new(
         Store::open(&args.data_dir)
             .with_context(|| format!("opening store in {}", args.data_dir.display()))?,

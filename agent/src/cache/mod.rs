@@ -470,7 +470,16 @@ impl Cache {
 /// Reads a chunk file's `SnapshotChunk`s into `scans` (summaries may refer to the entries of
 /// the file's dictionary, gathered from its chunks in order), verifying every checksum.
 fn read_chunks(file: std::fs::File, scans: &mut ScanIndex) -> Result<(), String> {
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    read_scan_chunks(std::io::BufReader::with_capacity(1 << 20, file), scans)
+}
+
+/// The reader of a scan chunk file (public for the fuzz target): every chunk's summaries
+/// into `scans`, or why the bytes are not a whole, intact chunk file.
+#[doc(hidden)]
+pub fn read_scan_chunks(
+    mut reader: impl std::io::Read,
+    scans: &mut ScanIndex,
+) -> Result<(), String> {
     let mut dictionary = VulnerabilityDictionary::default();
     chunks::read(&mut reader, |bytes| {
         let chunk = SnapshotChunk::decode(bytes).map_err(|e| e.to_string())?;

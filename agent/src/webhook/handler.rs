@@ -48,6 +48,8 @@ pub struct Webhook {
     /// Where block and alert decisions go as events; `None` records nothing.
     recorder: Option<Recorder>,
     pub(super) pool: Pool,
+    /// When the never-synced warning was last logged (Unix seconds).
+    not_synced_warned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Webhook {
@@ -63,7 +65,13 @@ impl Webhook {
             state,
             recorder: None,
             pool,
+            not_synced_warned: Arc::default(),
         })
+    }
+
+    /// The evaluation pool's counts of refused and shed reviews.
+    pub fn pool_stats(&self) -> Arc<super::pool::PoolStats> {
+        self.pool.stats.clone()
     }
 
     /// What the pool refused so far: (queue full, shed after waiting).
@@ -129,11 +137,40 @@ impl Webhook {
             }
             Outcome::Allow => {}
         }
-        let response = respond::response(uid, input.kind, &decision);
+        let mut response = respond::response(uid, input.kind, &decision);
+        if !state.is_loaded() {
+            // Admitting everything unchecked must never look like a clean verdict.
+            response.warnings.push(NOT_SYNCED.to_owned());
+            self.warn_not_synced();
+        }
         if let Some(recorder) = &self.recorder {
             recorder.record(&request, decision, arc_swap::Guard::into_inner(state));
         }
         Ok(response)
+    }
+}
+
+/// The warning every review gets from an agent that has never received its policies.
+pub const NOT_SYNCED: &str = "portcullis: this agent has not received its policies from the control plane yet; nothing was checked";
+
+impl Webhook {
+    /// Logs (at most once a minute) that reviews are admitted unchecked.
+    fn warn_not_synced(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.not_synced_warned.load(Relaxed);
+        if now >= last + 60
+            && self
+                .not_synced_warned
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            warn!(
+                "Admission reviews are admitted unchecked: the agent has never received its policies from the control plane"
+            );
+        }
     }
 }
 

@@ -762,3 +762,20 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     std::fs::write(dir.path().join("empty.pem"), "").unwrap();
     assert!(tls::load_client_cas(&dir.path().join("empty.pem")).is_err());
 }
+
+/// An agent that never received its policies admits (it has nothing to enforce) but says so
+/// in every answer: unchecked must never look like a clean verdict.
+#[tokio::test]
+async fn an_agent_that_never_synced_warns_in_every_answer() {
+    let empty = Webhook::new(config(), handle(AgentState::default())).unwrap();
+    let (status, out) = post(&empty, fixture("pod-create-privileged.json")).await;
+    let review: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(review["response"]["allowed"], true);
+    assert_eq!(review["response"]["warnings"][0], handler::NOT_SYNCED);
+    // A synced agent with nothing to say adds no warning.
+    let synced = webhook_with(NO_PRIVILEGED, config());
+    let (_, out) = post(&synced, fixture("pod-create-plain.json")).await;
+    let review: Value = serde_json::from_slice(&out).unwrap();
+    assert!(review["response"].get("warnings").is_none(), "{review}");
+}

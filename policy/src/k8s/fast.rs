@@ -22,6 +22,22 @@ use super::workload::{PodTemplate, TemplatePaths, Workload};
 use super::{Map, Text};
 use crate::{Kind, VolumeType};
 
+/// For fuzzing and tests: whether the direct reader, when it reads `raw` at all, reads what
+/// serde reads (`Err` with both readings when not). A silent difference would be an
+/// admission bypass on the hot path.
+#[doc(hidden)]
+pub fn direct_reader_agrees(kind: Kind, raw: &str) -> Result<bool, String> {
+    let Some(fast) = workload(kind, raw) else {
+        return Ok(false);
+    };
+    match super::workload::pod_template(kind, raw) {
+        Ok(Some(serde)) if serde == *fast => Ok(true),
+        other => Err(format!(
+            "{kind:?} {raw}\n direct: {fast:?}\n serde: {other:?}"
+        )),
+    }
+}
+
 /// The workload of `kind` in `raw`, when this reader can read it (see the module). Read into
 /// its box in place: a container is 856 bytes, and handing each value back up the readers
 /// copied the containers three times.
@@ -875,7 +891,6 @@ mod tests {
 
     use super::*;
     use crate::engine::Object;
-    use crate::k8s::pod_template;
 
     /// Every workload the tests have: the upstream Pod Security fixtures (YAML, read as JSON)
     /// and the objects of the AdmissionReviews captured from kube-apiserver.
@@ -930,15 +945,7 @@ mod tests {
 
     /// The serde reading of `raw`, which the direct reader must equal whenever it answers.
     fn agrees(kind: Kind, raw: &str) -> Result<bool, String> {
-        let Some(fast) = workload(kind, raw) else {
-            return Ok(false);
-        };
-        match pod_template(kind, raw) {
-            Ok(Some(serde)) if serde == *fast => Ok(true),
-            other => Err(format!(
-                "{kind:?} {raw}\n direct: {fast:?}\n serde: {other:?}"
-            )),
-        }
+        direct_reader_agrees(kind, raw)
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub use container::{
     Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
     ResourceRequirements, SecurityContext, VolumeMount,
 };
+#[doc(hidden)]
+pub use fast::direct_reader_agrees;
 pub(crate) use fast::workload as fast_workload;
 pub use map::Map;
 pub use meta::ObjectMeta;
