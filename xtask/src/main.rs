@@ -4,8 +4,10 @@
 //!   defaults (data in `.portcullis/`), and print what to try next.
 //! - `test`: install what the tests need (grpcurl), then run every test of the workspace.
 //! - `bench`: benchmark programs against release binaries; results go to BENCHMARKS.md.
+//! - `fuzz`: the coverage-guided fuzz targets of `fuzz/`, each for a time, on its corpus.
 
 mod bench;
+mod fuzz;
 mod test;
 mod up;
 
@@ -29,6 +31,8 @@ enum Command {
     /// (Used by `bench webhook`, from the release build.) HTTPS load on the webhook.
     #[command(hide = true)]
     BenchLoadgen(bench::loadgen::LoadArgs),
+    /// Run the fuzz targets of fuzz/ (cargo fuzz, libFuzzer) on their corpora.
+    Fuzz(fuzz::FuzzArgs),
     /// Install test tools (grpcurl) and run every test of the workspace.
     Test {
         /// Extra arguments for `cargo test`.
@@ -40,6 +44,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Test { args } => test::run(&args),
         Command::Bench(bench) => bench::run(bench),
         Command::BenchLoadgen(args) => bench::loadgen::run(args),

@@ -90,10 +90,19 @@ pub fn read(
         input
             .read_exact(&mut sum)
             .map_err(|e| format!("chunk {at}: truncated checksum: {e}"))?;
-        buffer.resize(length as usize, 0);
-        input
-            .read_exact(&mut buffer)
-            .map_err(|e| format!("chunk {at}: truncated: {e}"))?;
+        // Read what is there, up to the stated length: memory follows the bytes on disk, not
+        // a length field (a damaged one once claimed 2 GiB before a byte was read).
+        buffer.clear();
+        (&mut *input)
+            .take(length)
+            .read_to_end(&mut buffer)
+            .map_err(|e| format!("chunk {at}: {e}"))?;
+        if buffer.len() as u64 != length {
+            return Err(format!(
+                "chunk {at}: truncated: {} of {length} bytes",
+                buffer.len()
+            ));
+        }
         if u32::from_le_bytes(sum) != crc(length, &buffer) {
             return Err(format!("chunk {at}: checksum mismatch"));
         }
@@ -150,6 +159,12 @@ mod tests {
         for end in 0..bytes.len() {
             assert!(chunks_of(&bytes[..end]).is_err(), "cut at {end}");
         }
+        // A length claiming far more than the file holds is refused without allocating it.
+        let mut lying = Vec::new();
+        write_header(&mut lying).unwrap();
+        lying.extend_from_slice(&((1u64 << 31) - 1).to_le_bytes());
+        lying.extend_from_slice(&[0; 4]);
+        assert!(chunks_of(&lying).unwrap_err().contains("truncated: 0 of"));
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(
