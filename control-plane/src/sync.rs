@@ -400,6 +400,9 @@ async fn send_delta(store: &Store, cluster: &str, cursor: u64, tx: &Sender) -> R
                 ))));
             }
             Some(Change::ClusterPut(_) | Change::ClusterDeleted(_)) | None => {}
+            Some(Change::ScanSummaryPut(summary)) => delta.scan_changes.push(ScanChange {
+                change: Some(scan_change::Change::Put(*summary)),
+            }),
             Some(Change::ScanPut(scan)) => delta.scan_changes.push(ScanChange {
                 change: Some(scan_change::Change::Put(summary_of_stored(&scan))),
             }),

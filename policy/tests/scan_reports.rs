@@ -427,3 +427,56 @@ fn grype_manifest_digest_alone_identifies_the_image() {
     );
     assert!(index.lookup("registry.example.com/app:1").is_none());
 }
+
+/// A report listing more findings than any image has (a million fake vulnerabilities once
+/// took 6 GB to import) is refused while it is read, in every format, naming the limit.
+#[test]
+fn reports_past_the_findings_limit_are_refused_while_read() {
+    use portcullis_policy::scan::MAX_FINDINGS;
+    let vulnerability = |i: usize| {
+        format!(
+            r#"{{"VulnerabilityID":"CVE-2024-{i:07}","PkgName":"p","InstalledVersion":"1","Severity":"LOW"}}"#
+        )
+    };
+    let trivy = |n: usize| {
+        let list: Vec<String> = (0..n).map(vulnerability).collect();
+        format!(
+            r#"{{"SchemaVersion":2,"ArtifactName":"registry.example.com/app:1","ArtifactType":"container_image",
+            "Metadata":{{"RepoTags":["registry.example.com/app:1"]}},
+            "Results":[{{"Target":"t","Vulnerabilities":[{}]}},{{"Target":"u","Vulnerabilities":[{}]}}]}}"#,
+            list.join(","),
+            vulnerability(n)
+        )
+    };
+    // At the limit in all (two results): read.
+    let at_limit = parse_report(
+        ReportFormat::Trivy,
+        trivy(MAX_FINDINGS - 1).as_bytes(),
+        None,
+        64 << 20,
+    )
+    .unwrap();
+    assert_eq!(at_limit.vulnerabilities.len(), MAX_FINDINGS);
+    // One more, across the results: refused with the limit.
+    let error = parse_report(
+        ReportFormat::Trivy,
+        trivy(MAX_FINDINGS).as_bytes(),
+        None,
+        64 << 20,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("more than 100000 findings"), "{error}");
+    let native = format!(
+        r#"{{"format":"portcullis-scan/v1","image":{{"repository":"alpine","tags":["3"]}},"scanner":{{"name":"s"}},
+        "maliciousFiles":[{}]}}"#,
+        (0..=MAX_FINDINGS)
+            .map(|i| format!(r#"{{"path":"/f{i}","signature":"s"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let error = parse_report(ReportFormat::Native, native.as_bytes(), None, 64 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("more than 100000 findings"), "{error}");
+}

@@ -98,7 +98,10 @@ impl ScanService for ScanApi {
         .await
         .map_err(|e| Status::internal(format!("parsing task: {e}")))?
         .map_err(|error| Status::invalid_argument(format!("report: {error}")))?;
-        let stored = self.store.put_scan(scan_proto::to_proto(&parsed)).await?;
+        let scan = scan_proto::to_proto(&parsed);
+        // Only one form of a large report is held at a time.
+        drop(parsed);
+        let stored = self.store.put_scan(scan).await?;
         info!(
             scan = %stored.id,
             format = format.name(),

@@ -1,4 +1,9 @@
-//! Vulnerability ids by number (tree `vulnerability_ids`: number, big-endian u32 -> id). The
+//! Vulnerability ids by number (tree `vulnerability_ids`). The ids one write numbers are one
+//! block: key `B` + the first number (big-endian u32), value the ids, each after its length
+//! (u16, little-endian); an import of a report with 100,000 new ids is one value, not 100,000
+//! sled entries (which cost sled about 5 KB each in memory). Stores written before blocks hold
+//! one id per entry (key: the number, 4 bytes); those sort before every block and are read as
+//! blocks of one. The
 //! stored image summaries (`scan_summaries`) list their vulnerabilities as these numbers, so a
 //! snapshot sends each id once (`SnapshotChunk.vulnerability_dictionary`) and every summary as
 //! it is stored. Numbers are given in order from 0 and never change or go away: a number in a
@@ -21,21 +26,21 @@ pub(super) struct Dictionary {
 impl Dictionary {
     /// Reads the tree, checking that its numbers run from 0 without a gap.
     pub(super) fn load(tree: &sled::Tree) -> Result<Self, StoreError> {
-        let mut numbers = HashMap::with_capacity(tree.len());
-        for (expected, entry) in tree.iter().enumerate() {
+        let mut numbers = HashMap::new();
+        let mut expected = 0u32;
+        for entry in tree.iter() {
             let (key, value) = entry?;
             let corrupt = |what: String| StoreError::Corrupt {
                 what: format!("vulnerability id number {expected}: {what}"),
             };
-            let number = <[u8; 4]>::try_from(key.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| corrupt(format!("a key of {} bytes", key.len())))?;
-            if number as usize != expected {
-                return Err(corrupt(format!("found number {number} in its place")));
+            let (first, ids) = decode_entry(&key, &value).map_err(corrupt)?;
+            if first != expected {
+                return Err(corrupt(format!("found number {first} in its place")));
             }
-            let id = String::from_utf8(value.to_vec())
-                .map_err(|_| corrupt("the id is not UTF-8".into()))?;
-            numbers.insert(id, number);
+            for id in ids {
+                numbers.insert(id, expected);
+                expected += 1;
+            }
         }
         Ok(Self { numbers })
     }
@@ -94,18 +99,64 @@ impl Writer<'_> {
             .dictionary
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut staged = Vec::new();
+        let mut staged: Vec<(u32, String)> = Vec::new();
         dictionary.number(summary, &mut self.new_ids, |number, id| {
             staged.push((number, id.to_owned()));
         });
         drop(dictionary);
-        for (number, id) in staged {
-            self.put(
-                TreeId::VulnerabilityIds,
-                number.to_be_bytes().to_vec(),
-                id.into_bytes(),
-            );
+        // The new ids get consecutive numbers: one block.
+        if let Some(&(first, _)) = staged.first() {
+            let block = encode_block(staged.iter().map(|(_, id)| id.as_str()));
+            self.put(TreeId::VulnerabilityIds, block_key(first).to_vec(), block);
         }
+    }
+}
+
+/// The key of the block whose first number is `first`.
+fn block_key(first: u32) -> [u8; 5] {
+    let [a, b, c, d] = first.to_be_bytes();
+    [b'B', a, b, c, d]
+}
+
+/// A block's value: each id after its length.
+fn encode_block<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in ids {
+        // Ids are at most a few hundred bytes (checked at import); a longer one is cut to
+        // what its length field can say rather than written unreadably.
+        let bytes = &id.as_bytes()[..id.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// One entry of the tree: its first number and its ids.
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<(u32, Vec<String>), String> {
+    let utf8 = |bytes: &[u8]| {
+        String::from_utf8(bytes.to_vec()).map_err(|_| "an id is not UTF-8".to_owned())
+    };
+    match key {
+        // One id, as stores written before blocks hold them.
+        [a, b, c, d] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), vec![utf8(value)?])),
+        [b'B', a, b, c, d] => {
+            let mut ids = Vec::new();
+            let mut rest = value;
+            while !rest.is_empty() {
+                let (length, tail) = rest
+                    .split_first_chunk::<2>()
+                    .ok_or("a block ends inside a length")?;
+                let length = u16::from_le_bytes(*length) as usize;
+                let id = tail.get(..length).ok_or("a block ends inside an id")?;
+                ids.push(utf8(id)?);
+                rest = &tail[length..];
+            }
+            if ids.is_empty() {
+                return Err("an empty block".into());
+            }
+            Ok((u32::from_be_bytes([*a, *b, *c, *d]), ids))
+        }
+        _ => Err(format!("a key of {} bytes", key.len())),
     }
 }
 
@@ -124,20 +175,37 @@ impl VulnerabilityIds {
 
     /// The ids numbered `from` and up, in order, as far as the store has them now.
     pub fn from(&self, from: u32) -> Result<Vec<String>, StoreError> {
+        // Start at the entry holding `from`: its own (an old single-id entry), else the last
+        // block starting at or before it.
+        let start = match self.tree.get(from.to_be_bytes())? {
+            Some(_) => from.to_be_bytes().to_vec(),
+            None => match self.tree.range(block_key(0)..=block_key(from)).next_back() {
+                Some(entry) => entry?.0.to_vec(),
+                None => block_key(from).to_vec(),
+            },
+        };
         let mut ids = Vec::new();
-        for (offset, entry) in self.tree.range(from.to_be_bytes()..).enumerate() {
+        let mut expected: Option<u32> = None;
+        for entry in self.tree.range(start..) {
             let (key, value) = entry?;
-            let expected = from as usize + offset;
-            if key.as_ref() != (expected as u32).to_be_bytes() {
-                return Err(StoreError::Corrupt {
-                    what: format!("vulnerability id number {expected} is missing"),
-                });
+            let missing = |number: u32| StoreError::Corrupt {
+                what: format!("vulnerability id number {number} is missing"),
+            };
+            let (first, block) =
+                decode_entry(&key, &value).map_err(|what| StoreError::Corrupt {
+                    what: format!("vulnerability ids from {from}: {what}"),
+                })?;
+            match expected {
+                None if first > from => return Err(missing(from)),
+                Some(next) if first != next => return Err(missing(next)),
+                _ => {}
             }
-            ids.push(
-                String::from_utf8(value.to_vec()).map_err(|_| StoreError::Corrupt {
-                    what: format!("vulnerability id number {expected} is not UTF-8"),
-                })?,
-            );
+            for (n, id) in (first..).zip(block) {
+                if n >= from {
+                    ids.push(id);
+                }
+                expected = Some(n + 1);
+            }
         }
         Ok(ids)
     }
@@ -166,9 +234,9 @@ impl Store {
             dictionary.number(&mut summary, &mut new, |number, id| {
                 staged.push((number, id.to_owned()));
             });
-            for (number, id) in staged {
-                self.vulnerability_ids
-                    .insert(number.to_be_bytes(), id.as_bytes())?;
+            if let Some(&(first, _)) = staged.first() {
+                let block = encode_block(staged.iter().map(|(_, id): &(u32, String)| id.as_str()));
+                self.vulnerability_ids.insert(block_key(first), block)?;
             }
             dictionary.publish(new);
             self.scan_summaries.insert(id, summary.encode_to_vec())?;
@@ -305,6 +373,58 @@ mod tests {
         // And it goes on from the rebuilt numbers.
         store.put_scan(mk_scan_of("3", &["CVE-4"])).await.unwrap();
         assert_eq!(store.vulnerability_ids().from(3).unwrap(), ["CVE-4"]);
+    }
+
+    /// The new ids of one write are one block; entries of stores written before blocks (one id
+    /// each) are read before them as blocks of one; reads start anywhere inside a block.
+    #[tokio::test]
+    async fn new_ids_are_one_block_per_write_and_old_entries_still_read() {
+        let (store, _dir) = crate::store::test_support::temp_store();
+        // Two ids as an older store wrote them.
+        store
+            .vulnerability_ids
+            .insert(0u32.to_be_bytes(), "OLD-0")
+            .unwrap();
+        store
+            .vulnerability_ids
+            .insert(1u32.to_be_bytes(), "OLD-1")
+            .unwrap();
+        *store.dictionary.lock().unwrap() = Dictionary::load(&store.vulnerability_ids).unwrap();
+        let ids: Vec<String> = (0..1000).map(|i| format!("CVE-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store.put_scan(mk_scan_of("1", &refs)).await.unwrap();
+        store
+            .put_scan(mk_scan_of("2", &["CVE-5", "NEW-X"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.vulnerability_ids.len(),
+            4,
+            "two old entries and two blocks"
+        );
+        let all = store.vulnerability_ids().from(0).unwrap();
+        assert_eq!(all.len(), 1003);
+        assert_eq!(
+            (&all[..2], all.last().unwrap().as_str()),
+            (&["OLD-0".to_owned(), "OLD-1".to_owned()][..], "NEW-X")
+        );
+        let reader = store.vulnerability_ids();
+        assert_eq!(reader.from(1).unwrap().len(), 1002);
+        assert_eq!(reader.from(500).unwrap().len(), 503);
+        assert_eq!(reader.from(1002).unwrap(), ["NEW-X"]);
+        assert!(reader.from(1003).unwrap().is_empty());
+        // The numbering read back at open is the same.
+        let loaded = Dictionary::load(&store.vulnerability_ids).unwrap();
+        assert_eq!(loaded.numbers.len(), 1003);
+        assert_eq!(loaded.numbers["NEW-X"], 1002);
+        // A damaged block is corruption.
+        let (key, value) = store.vulnerability_ids.last().unwrap().unwrap();
+        store
+            .vulnerability_ids
+            .insert(key, &value[..value.len() - 1])
+            .unwrap();
+        assert!(Dictionary::load(&store.vulnerability_ids).is_err());
+        assert!(reader.from(0).is_err());
     }
 
     #[test]

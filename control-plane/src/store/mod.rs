@@ -115,11 +115,18 @@ pub struct Store {
     durable: watch::Sender<u64>,
 }
 
+/// sled's page cache (its default is 1 GiB, held as long as the process lives): reads past it
+/// come from the operating system's file cache, which the kernel can reclaim.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a data dir of a newer format.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let format = format::check_or_init(dir)?;
-        let db = sled::Config::new().path(format::sled_path(dir)).open()?;
+        let db = sled::Config::new()
+            .path(format::sled_path(dir))
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()?;
         let meta = db.open_tree("meta")?;
         let epoch = match meta.get(META_EPOCH)? {
             Some(bytes) => String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {

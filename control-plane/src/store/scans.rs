@@ -26,7 +26,13 @@ impl Store {
             scan.id = id.clone();
             scan.import_time = Some(w.timestamp());
             scan.revision = w.next_revision();
-            w.log(scan.revision, Change::ScanPut(Box::new(scan.clone())));
+            // The log carries what agents receive (the summary, ids spelled out), not a second
+            // copy of the scan.
+            let mut summary = summary_of_stored(&scan);
+            w.log(
+                scan.revision,
+                Change::ScanSummaryPut(Box::new(summary.clone())),
+            );
             for key in &keys {
                 w.put(
                     TreeId::ScanKeys,
@@ -35,7 +41,6 @@ impl Store {
                 );
             }
             w.put(TreeId::Scans, id.as_bytes().to_vec(), scan.encode_to_vec());
-            let mut summary = summary_of_stored(&scan);
             w.number_vulnerabilities(&mut summary);
             w.put(
                 TreeId::ScanSummaries,
@@ -275,7 +280,11 @@ mod tests {
             panic!("log compacted");
         };
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].change, Some(Change::ScanPut(Box::new(second))));
+        // The log holds the summary agents receive, not a second copy of the scan.
+        assert_eq!(
+            changes[0].change,
+            Some(Change::ScanSummaryPut(Box::new(summary_of_stored(&second))))
+        );
     }
 
     #[tokio::test]

@@ -3,8 +3,12 @@
 //! as Trivy is called that instead of "missing field". The typed parse runs once; the
 //! document is probed again only to explain a failure.
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::error::quoted;
 use super::{ReportFormat, ScanError};
@@ -14,6 +18,72 @@ pub(crate) const TRIVY_SCHEMA: u64 = 2;
 /// The `format` of native reports this version reads.
 pub(crate) const NATIVE_FORMAT: &str = "portcullis-scan/v1";
 const NATIVE_PREFIX: &str = "portcullis-scan/";
+
+/// Findings one report may list in all (vulnerabilities, misconfigurations, secrets, matches,
+/// malicious files, baseline failures). Real images have at most a few thousand; each finding
+/// costs memory at import and, through its id, in every agent's snapshot, so a hostile report
+/// of a million is refused while it is read, not after.
+pub const MAX_FINDINGS: usize = 100_000;
+
+thread_local! {
+    /// Findings the report being read may still list (see `Capped`).
+    static FINDINGS_LEFT: Cell<usize> = const { Cell::new(MAX_FINDINGS) };
+}
+
+/// A list of findings that counts against `MAX_FINDINGS` as it is read.
+pub(crate) struct Capped<T>(pub Vec<T>);
+
+impl<T> Default for Capped<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Capped<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CappedVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for CappedVisitor<T> {
+            type Value = Capped<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Capped<T>, A::Error> {
+                let mut items = Vec::new();
+                loop {
+                    let left = FINDINGS_LEFT.get();
+                    if left == 0 {
+                        // Refused only if there is one more.
+                        if seq.next_element::<IgnoredAny>()?.is_some() {
+                            return Err(serde::de::Error::custom(format!(
+                                "the report lists more than {MAX_FINDINGS} findings; at most \
+                                 {MAX_FINDINGS} are read from one report"
+                            )));
+                        }
+                        return Ok(Capped(items));
+                    }
+                    match seq.next_element()? {
+                        Some(item) => {
+                            FINDINGS_LEFT.set(left - 1);
+                            items.push(item);
+                        }
+                        None => return Ok(Capped(items)),
+                    }
+                }
+            }
+        }
+
+        deserializer.deserialize_seq(CappedVisitor(PhantomData))
+    }
+}
+
+/// `serde_json::from_slice` with the whole findings budget.
+fn from_slice<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> serde_json::Result<T> {
+    FINDINGS_LEFT.set(MAX_FINDINGS);
+    serde_json::from_slice(bytes)
+}
 
 /// Deserialises a report of format `expected`, turning every failure into the error that
 /// names the real problem (not JSON, another tool, another schema version, a bad field).
@@ -25,7 +95,7 @@ pub(crate) fn parse<'de, T: Deserialize<'de>>(
     if first_byte(bytes) != Some(b'{') {
         return Err(not_an_object(bytes, expected));
     }
-    match serde_json::from_slice::<T>(bytes) {
+    match from_slice::<T>(bytes) {
         Ok(report) => Ok(report),
         Err(error) if error.is_syntax() || error.is_eof() => Err(not_json(&error)),
         Err(_) => Err(mismatch(bytes, expected).unwrap_or_else(|| field_error::<T>(bytes))),
@@ -188,6 +258,7 @@ fn not_json(error: &serde_json::Error) -> ScanError {
 
 /// Parses again, tracking the path, to name the field that does not fit.
 fn field_error<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> ScanError {
+    FINDINGS_LEFT.set(MAX_FINDINGS);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
         Ok(_) => ScanError::invalid(".", "the report does not fit its format"),

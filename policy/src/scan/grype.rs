@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
 
-use super::document;
+use super::document::{self, Capped};
 use super::error::{keyword, quoted};
 use super::identity::{IdentityBuilder, from_override};
 use super::model::check_id;
@@ -36,7 +36,7 @@ const PATH_SCHEMES: [&str; 7] = [
 pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, ScanError> {
     let report: Report = document::parse(bytes, ReportFormat::Grype)?;
     let shaped = report.descriptor.is_some() || report.source.is_some();
-    let Some(matches) = report.matches.filter(|_| shaped) else {
+    let Some(Capped(matches)) = report.matches.filter(|_| shaped) else {
         return Err(document::mismatch(bytes, ReportFormat::Grype).unwrap_or(
             ScanError::WrongTool {
                 expected: ReportFormat::Grype,
@@ -137,7 +137,7 @@ fn v3_score(cvss: Cvss) -> Option<f32> {
 
 #[derive(Deserialize)]
 struct Report {
-    matches: Option<Vec<Match>>,
+    matches: Option<Capped<Match>>,
     source: Option<Source>,
     descriptor: Option<Descriptor>,
     distro: Option<Distro>,

@@ -5,6 +5,7 @@
 
 mod dictionary;
 mod document;
+pub use document::MAX_FINDINGS;
 mod error;
 pub mod grype;
 mod identity;

@@ -48,7 +48,7 @@
 
 use serde::Deserialize;
 
-use super::document::{self, NATIVE_FORMAT};
+use super::document::{self, Capped, NATIVE_FORMAT};
 use super::identity::{IdentityBuilder, from_override};
 use super::model::check_id;
 use super::severity::{SeverityText, UnknownSeverities};
@@ -82,8 +82,8 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
         return Err(ScanError::invalid("scanner.name", "empty scanner name"));
     }
     let mut unknown = UnknownSeverities::default();
-    let mut vulnerabilities = Vec::with_capacity(report.vulnerabilities.len());
-    for (i, v) in report.vulnerabilities.into_iter().enumerate() {
+    let mut vulnerabilities = Vec::with_capacity(report.vulnerabilities.0.len());
+    for (i, v) in report.vulnerabilities.0.into_iter().enumerate() {
         let at = |field: &str| format!("vulnerabilities[{i}].{field}");
         check_id(|| at("id"), &v.id)?;
         if let Some(score) = v.cvss_score.filter(|s| !(0.0..=10.0).contains(s)) {
@@ -106,8 +106,8 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
             published: v.published,
         });
     }
-    let mut malicious_files = Vec::with_capacity(report.malicious_files.len());
-    for (i, m) in report.malicious_files.into_iter().enumerate() {
+    let mut malicious_files = Vec::with_capacity(report.malicious_files.0.len());
+    for (i, m) in report.malicious_files.0.into_iter().enumerate() {
         if m.path.is_empty() {
             return Err(ScanError::invalid(
                 format!("maliciousFiles[{i}].path"),
@@ -120,8 +120,8 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
             signature: m.signature,
         });
     }
-    let mut baseline_failures = Vec::with_capacity(report.baseline_failures.len());
-    for (i, b) in report.baseline_failures.into_iter().enumerate() {
+    let mut baseline_failures = Vec::with_capacity(report.baseline_failures.0.len());
+    for (i, b) in report.baseline_failures.0.into_iter().enumerate() {
         check_id(|| format!("baselineFailures[{i}].id"), &b.id)?;
         baseline_failures.push(BaselineFailure {
             id: b.id,
@@ -176,11 +176,11 @@ struct Report {
     scanned_at: Option<String>,
     os: Option<NativeOs>,
     #[serde(default)]
-    vulnerabilities: Vec<NativeVulnerability>,
+    vulnerabilities: Capped<NativeVulnerability>,
     #[serde(default)]
-    malicious_files: Vec<NativeMaliciousFile>,
+    malicious_files: Capped<NativeMaliciousFile>,
     #[serde(default)]
-    baseline_failures: Vec<NativeBaselineFailure>,
+    baseline_failures: Capped<NativeBaselineFailure>,
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 
-use super::document::{self, TRIVY_SCHEMA};
+use super::document::{self, Capped, TRIVY_SCHEMA};
 use super::error::{keyword, quoted};
 use super::identity::{IdentityBuilder, from_override};
 use super::model::check_id;
@@ -63,7 +63,7 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
     let mut baseline_failures = Vec::new();
     for (r, result) in report.results.into_iter().flatten().enumerate() {
         let at = |list: &str, i: usize, field: &str| format!("Results[{r}].{list}[{i}].{field}");
-        let found = result.vulnerabilities.unwrap_or_default();
+        let found = result.vulnerabilities.unwrap_or_default().0;
         vulnerabilities.reserve(found.len());
         for (i, v) in found.into_iter().enumerate() {
             check_id(|| at("Vulnerabilities", i, "VulnerabilityID"), &v.id)?;
@@ -83,7 +83,7 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
                 published,
             });
         }
-        let misconfigurations = result.misconfigurations.unwrap_or_default();
+        let misconfigurations = result.misconfigurations.unwrap_or_default().0;
         for (i, m) in misconfigurations.into_iter().enumerate() {
             if !m.status.eq_ignore_ascii_case("FAIL") {
                 continue;
@@ -97,7 +97,7 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
                 kind: BaselineKind::Misconfiguration,
             });
         }
-        for (i, s) in result.secrets.unwrap_or_default().into_iter().enumerate() {
+        for (i, s) in result.secrets.unwrap_or_default().0.into_iter().enumerate() {
             check_id(|| at("Secrets", i, "RuleID"), &s.rule_id)?;
             baseline_failures.push(BaselineFailure {
                 id: s.rule_id,
@@ -166,9 +166,9 @@ struct MetadataOs {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct TrivyResult {
-    vulnerabilities: Option<Vec<TrivyVulnerability>>,
-    misconfigurations: Option<Vec<Misconfiguration>>,
-    secrets: Option<Vec<Secret>>,
+    vulnerabilities: Option<Capped<TrivyVulnerability>>,
+    misconfigurations: Option<Capped<Misconfiguration>>,
+    secrets: Option<Capped<Secret>>,
 }
 
 #[derive(Deserialize)]
