@@ -38,12 +38,15 @@ pub fn bin_dir() -> &'static Path {
             .status()
             .expect("running cargo build for the binaries");
         assert!(status.success(), "building the binaries failed");
-        // target/debug/deps/<test> -> target/debug
+        // target/debug/deps/<test> -> target/debug; a binary of the workspace (xtask) sits
+        // in target/debug itself.
         let exe = std::env::current_exe().expect("current_exe");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf()
+        let dir = exe.parent().expect("target dir");
+        if dir.file_name().is_some_and(|name| name == "deps") {
+            dir.parent().expect("target dir").to_path_buf()
+        } else {
+            dir.to_path_buf()
+        }
     })
 }
 

@@ -5,8 +5,10 @@
 //! - `test`: install what the tests need (grpcurl), then run every test of the workspace.
 //! - `bench`: benchmark programs against release binaries; results go to BENCHMARKS.md.
 //! - `fuzz`: the coverage-guided fuzz targets of `fuzz/`, each for a time, on its corpus.
+//! - `chaos`: a fault campaign (SIGKILLs under load) against the real binaries.
 
 mod bench;
+mod chaos;
 mod fuzz;
 mod test;
 mod up;
@@ -31,6 +33,8 @@ enum Command {
     /// (Used by `bench webhook`, from the release build.) HTTPS load on the webhook.
     #[command(hide = true)]
     BenchLoadgen(bench::loadgen::LoadArgs),
+    /// A fault campaign: the control plane and agents SIGKILLed under load; nothing lost.
+    Chaos(chaos::ChaosArgs),
     /// Run the fuzz targets of fuzz/ (cargo fuzz, libFuzzer) on their corpora.
     Fuzz(fuzz::FuzzArgs),
     /// Install test tools (grpcurl) and run every test of the workspace.
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Test { args } => test::run(&args),
         Command::Bench(bench) => bench::run(bench),
         Command::BenchLoadgen(args) => bench::loadgen::run(args),
