@@ -50,6 +50,8 @@ pub struct Webhook {
     pub(super) pool: Pool,
     /// When the never-synced warning was last logged (Unix seconds).
     not_synced_warned: Arc<std::sync::atomic::AtomicU64>,
+    /// When an overload was last logged (Unix seconds).
+    overload_logged: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Webhook {
@@ -66,6 +68,7 @@ impl Webhook {
             recorder: None,
             pool,
             not_synced_warned: Arc::default(),
+            overload_logged: Arc::default(),
         })
     }
 
@@ -186,8 +189,22 @@ pub fn router(webhook: Webhook) -> Router {
 /// Where Gatekeeper's `Provider` points (`url: https://<service>.<namespace>:443/gatekeeper/verdicts`).
 pub const GATEKEEPER_PATH: &str = "/gatekeeper/verdicts";
 
-fn overloaded(refused: Refused) -> Response {
-    warn!(reason = %refused, "Webhook overloaded: request refused");
+fn overloaded(webhook: &Webhook, refused: Refused) -> Response {
+    // Once a second at most: under a flood a line per refusal would be a flood of its own.
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = webhook.overload_logged.load(Relaxed);
+    if now > last
+        && webhook
+            .overload_logged
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+    {
+        let (full, shed) = webhook.refused();
+        warn!(reason = %refused, refused_total = full, shed_total = shed, "Webhook overloaded: requests refused with 503");
+    }
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
@@ -242,7 +259,7 @@ async fn gatekeeper_verdicts(State(webhook): State<Webhook>, body: Body) -> Resp
             warn!(%error, "Bad Gatekeeper ProviderRequest");
             (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
         }
-        Err(refused) => overloaded(refused),
+        Err(refused) => overloaded(&webhook, refused),
     }
 }
 
@@ -263,6 +280,6 @@ async fn validate(State(webhook): State<Webhook>, body: Body) -> Response {
             warn!(%error, "Bad AdmissionReview");
             (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
         }
-        Err(refused) => overloaded(refused),
+        Err(refused) => overloaded(&webhook, refused),
     }
 }

@@ -3,6 +3,11 @@
 //! a set of mixed policies synced to the agent, and the Deployment AdmissionReview captured
 //! from kube-apiserver as the request. First the throughput (closed loop), then the latency at
 //! half that rate (open loop, measured from the scheduled send time).
+//!
+//! With `--flood`, one closed-loop phase of `--connections` connections (1,000 for the target)
+//! instead: the latency of the reviews that are answered (the rest are shed with 503), and,
+//! applied halfway through, how long a policy takes to reach the agent, whose sync stream must
+//! stay alive.
 
 use std::time::Duration;
 
@@ -33,6 +38,9 @@ pub struct WebhookArgs {
     /// Run the agent with event recording on or off (`--record-events`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     record_events: bool,
+    /// The flood phase alone (see the module), with a policy applied halfway through.
+    #[arg(long)]
+    flood: bool,
 }
 
 /// Ten policies of each kind: Pod Security restricted, individual controls, image hygiene.
@@ -92,7 +100,8 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         .agent_token;
     let policies = policies();
     let count = policies.len();
-    PolicyServiceClient::with_interceptor(channel, admin)
+    let mut operator = PolicyServiceClient::with_interceptor(channel, admin);
+    operator
         .apply_policies(ApplyPoliciesRequest {
             policies,
             validate_only: false,
@@ -118,6 +127,69 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
             args.connections,
             if args.record_events { "on" } else { "off" }
         );
+        if args.flood {
+            let load = loadgen_child(
+                webhook_port,
+                &cert,
+                &body,
+                args.connections,
+                args.duration,
+                0.0,
+            )?;
+            tokio::time::sleep(Duration::from_secs(args.duration / 2)).await;
+            // A policy applied mid-flood: the time until the agent enforces it.
+            let applied = std::time::Instant::now();
+            let revision = operator
+                .apply_policies(ApplyPoliciesRequest {
+                    policies: vec![Policy {
+                        name: "mid-flood".into(),
+                        rules: Some(Rules {
+                            resource: Some(ResourceRules {
+                                privileged: Some(Default::default()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    validate_only: false,
+                })
+                .await?
+                .into_inner()
+                .results
+                .first()
+                .and_then(|r| r.policy.as_ref())
+                .map_or(0, |p| p.revision);
+            let reached = agent.wait_state(Duration::from_secs(30), "the mid-flood policy", |s| {
+                s["revision"].as_u64().is_some_and(|r| r >= revision)
+            });
+            let delta_ms = applied.elapsed().as_secs_f64() * 1e3;
+            let out = load
+                .wait_with_output()
+                .context("waiting for the load generator")?;
+            if !out.status.success() {
+                bail!(
+                    "load generator failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let flood: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            println!("flood (closed loop, answered reviews; errors = shed with 503): {flood}");
+            match reached {
+                Ok(()) => {
+                    println!("policy applied mid-flood reached the agent in {delta_ms:.0} ms")
+                }
+                Err(error) => println!("policy applied mid-flood: {error}"),
+            }
+            if let Some((200, body)) = http_get(agent.admin_port, "/state") {
+                let state: serde_json::Value = serde_json::from_str(&body)?;
+                println!(
+                    "agent: connected {}, reconnects {}, webhook {}",
+                    state["connected"], state["reconnects"], state["webhook"]
+                );
+            }
+            return Ok(());
+        }
         let max = loadgen(
             webhook_port,
             &cert,
@@ -157,7 +229,28 @@ fn loadgen(
     duration: u64,
     rate: f64,
 ) -> Result<serde_json::Value> {
-    let out = std::process::Command::new(root().join("target/release/xtask"))
+    let out = loadgen_child(port, ca, body, connections, duration, rate)?
+        .wait_with_output()
+        .context("running the load generator")?;
+    if !out.status.success() {
+        bail!(
+            "load generator failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The load generator, started (its JSON result on standard output).
+fn loadgen_child(
+    port: u16,
+    ca: &std::path::Path,
+    body: &std::path::Path,
+    connections: usize,
+    duration: u64,
+    rate: f64,
+) -> Result<std::process::Child> {
+    std::process::Command::new(root().join("target/release/xtask"))
         .args([
             "bench-loadgen",
             "--port",
@@ -175,13 +268,8 @@ fn loadgen(
         .arg(ca)
         .arg("--body")
         .arg(body)
-        .output()
-        .context("running the load generator")?;
-    if !out.status.success() {
-        bail!(
-            "load generator failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the load generator")
 }
