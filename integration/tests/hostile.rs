@@ -380,3 +380,223 @@ fn a_label_bomb_stalls_neither_admission_nor_sync() {
     });
     assert_eq!(agent.state()["connected"], true);
 }
+
+/// The real agent and control plane with a block policy on privileged pods and an alert
+/// policy on every image, the agent synced.
+fn events_setup() -> (
+    portcullis_integration::ControlPlane,
+    portcullis_integration::Agent,
+    tempfile::TempDir,
+) {
+    use portcullis_integration::{Agent, ControlPlane, success};
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start();
+    let token = cp.register("c1");
+    let policies = dir.path().join("p.yaml");
+    std::fs::write(
+        &policies,
+        "name: no-privileged\nrules: {resource: {privileged: {}}}\n---\n\
+         name: every-image\naction: alert\nrules: {image: {registries: {allow: [registry.example.com]}}}\n",
+    )
+    .unwrap();
+    success(&cp.admin_cli(&["policy", "apply", "-f", policies.to_str().unwrap()]));
+    let agent = Agent::start(&cp, "c1", &token);
+    agent.wait_revision(cp.revision());
+    (cp, agent, dir)
+}
+
+/// A pod review named `name` whose containers run `images` (none privileged).
+fn pod_review(name: &str, images: &[String]) -> Vec<u8> {
+    let containers: Vec<serde_json::Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    let mut review: serde_json::Value = serde_json::from_slice(
+        &portcullis_integration::admission_fixture("pod-create-plain.json"),
+    )
+    .unwrap();
+    review["request"]["uid"] = format!("uid-{name}").into();
+    review["request"]["name"] = name.into();
+    review["request"]["object"]["metadata"]["name"] = name.into();
+    review["request"]["object"]["spec"]["containers"] = containers.into();
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// Probes 2 and 3: an admission whose event would be over the control plane's limits (a
+/// 2.5 MiB image name; 300 alert findings) is delivered, fitted, and the events behind it too.
+#[test]
+fn oversized_events_are_delivered_fitted_and_block_nothing_behind_them() {
+    use portcullis_integration::{json, post_review};
+    let (cp, agent, _dir) = events_setup();
+    let huge = vec![format!("evil.example.com/{}", "a".repeat(2_500_000))];
+    let (status, _) = post_review(&agent, pod_review("huge-image", &huge));
+    assert_eq!(status, 200);
+    let many: Vec<String> = (0..300)
+        .map(|i| format!("evil.example.com/app{i}:1"))
+        .collect();
+    let (status, review) = post_review(&agent, pod_review("many-findings", &many));
+    assert_eq!(
+        (status, &review["response"]["allowed"]),
+        (200, &true.into())
+    );
+    let (status, _) = post_review(
+        &agent,
+        pod_review("ordinary", &["evil.example.com/x:1".to_owned()]),
+    );
+    assert_eq!(status, 200);
+    agent.wait_for("every event delivered", |s| {
+        s["events"]["pending"] == 0 && s["events"]["delivered"] == 3
+    });
+    assert_eq!(agent.state()["events"]["refused"], 0);
+    let events = json(&cp.admin_cli(&["events", "list", "--limit", "0", "-o", "json"]));
+    let by_name = |name: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no event for {name}: {events}"))
+            .clone()
+    };
+    let huge = by_name("huge-image");
+    assert!(
+        huge["images"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("…[truncated]")
+    );
+    let many = by_name("many-findings");
+    let findings = many["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 256);
+    assert_eq!(findings[255]["rule"], "truncated");
+    assert!(
+        findings[255]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("45 more findings")
+    );
+    by_name("ordinary");
+}
+
+/// Probe 4: a flipped byte in the agent's scan chunk file is found at start: the cache is
+/// moved aside, the agent says so, resyncs, and enforces the scan as imported.
+#[test]
+fn a_flipped_byte_in_the_agents_scan_cache_is_caught_and_resynced() {
+    use portcullis_integration::{Agent, ControlPlane, success};
+    let cp = ControlPlane::start();
+    let token = cp.register("c1");
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("scan.json");
+    std::fs::write(
+        &report,
+        r#"{"format":"portcullis-scan/v1","image":{"repository":"registry.example.com/app","tags":["1"]},
+        "scanner":{"name":"probe"},"vulnerabilities":[{"id":"CVE-2024-1111","severity":"critical","package":"p","installedVersion":"1"}]}"#,
+    )
+    .unwrap();
+    success(&cp.admin_cli(&["scan", "import", report.to_str().unwrap()]));
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(
+        &policy,
+        "name: no-critical\nrules: {image: {vulnerabilities: {block: [CVE-2024-1111]}}}\n",
+    )
+    .unwrap();
+    success(&cp.admin_cli(&["policy", "apply", "-f", policy.to_str().unwrap()]));
+    let mut agent = Agent::start(&cp, "c1", &token);
+    agent.wait_revision(cp.revision());
+    agent.kill();
+    let chunks = agent.data_dir.join("cache-scans");
+    let file = std::fs::read_dir(&chunks)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    // A byte of the vulnerability id (the campaign turned a block into an allow this way).
+    let at = bytes
+        .windows(13)
+        .position(|w| w == b"CVE-2024-1111")
+        .expect("the id in the chunk file");
+    bytes[at + 12] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    agent.restart();
+    let state = agent.wait_for("the resynced state", |s| {
+        s["revision"] == cp.revision() && s["lastSyncMode"] == "snapshot"
+    });
+    assert!(
+        state["cacheRecovery"]
+            .as_str()
+            .is_some_and(|note| note.contains("moved aside")),
+        "{state}"
+    );
+    let (_, review) = portcullis_integration::post_review(
+        &agent,
+        pod_review("scanned", &["registry.example.com/app:1".to_owned()]),
+    );
+    assert_eq!(review["response"]["allowed"], false, "{review}");
+}
+
+/// Probe 5: the agent refuses a cleartext control plane before it sends anything.
+#[test]
+fn the_agent_refuses_a_cleartext_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "a-token-that-must-not-leak").unwrap();
+    let out = Command::new(bin_dir().join("portcullis-agent"))
+        .args(["run", "--standalone", "--cluster", "c1"])
+        .args(["--control-plane", "http://127.0.0.1:1"])
+        .arg("--token-file")
+        .arg(dir.path().join("token"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not an https:// URL"), "{stderr}");
+}
+
+/// Probe 6: an agent reporting a 3 MB error (and an oversized version) cannot grow the fleet
+/// view: what it sent is cut with a marker, and the listing still works.
+#[test]
+fn an_agent_cannot_inflate_the_fleet_view() {
+    use portcullis_integration::{ControlPlane, json};
+    let cp = ControlPlane::start();
+    let token = cp.register("c1");
+    let report = serde_json::json!({
+        "cluster": "c1",
+        "agentVersion": "v".repeat(100_000),
+        "failedRevision": "7",
+        "error": "e".repeat(3 * 1024 * 1024),
+    });
+    // The request on standard input (it is too large for an argument).
+    let mut grpcurl = Command::new(portcullis_integration::grpcurl_path())
+        .arg("-cacert")
+        .arg(cp.ca_file())
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .args(["-max-msg-sz", "8388608", "-d", "@", &cp.addr()])
+        .arg("portcullis.v1.AgentService/ReportStatus")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = grpcurl.stdin.take().unwrap();
+        stdin.write_all(report.to_string().as_bytes()).unwrap();
+    }
+    let out = grpcurl.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clusters = json(&cp.admin_cli(&["cluster", "list", "-o", "json"]));
+    let status = &clusters[0]["status"];
+    let error = status["lastError"].as_str().unwrap();
+    assert!(
+        error.len() <= 4096 && error.ends_with("…[truncated]"),
+        "{}",
+        error.len()
+    );
+    assert!(status["agentVersion"].as_str().unwrap().len() <= 128);
+}
