@@ -63,16 +63,19 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     }
     let exempt_namespaces = args.exempt_namespaces().map_err(anyhow::Error::msg)?;
     // Only this user may read it: it holds tokens' hashes, events with user names, policies.
+    // A directory someone else owns (a volume's root, group-shared through fsGroup) cannot be
+    // tightened by us: that is said, not fatal.
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&args.data_dir)
-            .and_then(|()| {
-                std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
-            })
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+        let private = std::fs::Permissions::from_mode(0o700);
+        if let Err(error) = std::fs::set_permissions(&args.data_dir, private) {
+            tracing::warn!(%error, data_dir = %args.data_dir.display(), "Cannot make the data dir private (mode 0700); its owner should");
+        }
     }
     let opened = cache::Cache::open_or_recover(&args.data_dir)
         .with_context(|| format!("opening the cache in {}", args.data_dir.display()))?;

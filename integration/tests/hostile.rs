@@ -600,3 +600,17 @@ fn an_agent_cannot_inflate_the_fleet_view() {
     );
     assert!(status["agentVersion"].as_str().unwrap().len() <= 128);
 }
+
+/// Risk: the data dirs were created readable by everyone (the agent's holds the event outbox
+/// with user names). Both are private to their user now.
+#[test]
+fn data_dirs_are_private_to_their_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let cp = portcullis_integration::ControlPlane::start();
+    let token = cp.register("c1");
+    let agent = portcullis_integration::Agent::start(&cp, "c1", &token);
+    for dir in [&cp.data_dir, &agent.data_dir] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+}
