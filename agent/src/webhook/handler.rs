@@ -48,10 +48,28 @@ pub struct Webhook {
     /// Where block and alert decisions go as events; `None` records nothing.
     recorder: Option<Recorder>,
     pub(super) pool: Pool,
-    /// When the never-synced warning was last logged (Unix seconds).
-    not_synced_warned: Arc<std::sync::atomic::AtomicU64>,
-    /// When an overload was last logged (Unix seconds).
-    overload_logged: Arc<std::sync::atomic::AtomicU64>,
+    /// The never-synced warning, logged once a minute at most.
+    not_synced_warned: Throttle,
+    /// Overloads, logged once a second at most.
+    overload_logged: Throttle,
+}
+
+/// Lets a log line through at most once per period, whatever the request rate: under a flood,
+/// a line per request would be a flood of its own.
+#[derive(Clone, Default)]
+struct Throttle(Arc<std::sync::atomic::AtomicU64>);
+
+impl Throttle {
+    /// Whether a line may be logged now (then not again for `seconds`).
+    fn ready(&self, seconds: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.0.load(Relaxed);
+        (last == 0 || now >= last + seconds)
+            && self.0.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
 }
 
 impl Webhook {
@@ -67,8 +85,8 @@ impl Webhook {
             state,
             recorder: None,
             pool,
-            not_synced_warned: Arc::default(),
-            overload_logged: Arc::default(),
+            not_synced_warned: Throttle::default(),
+            overload_logged: Throttle::default(),
         })
     }
 
@@ -159,17 +177,7 @@ pub const NOT_SYNCED: &str = "portcullis: this agent has not received its polici
 impl Webhook {
     /// Logs (at most once a minute) that reviews are admitted unchecked.
     fn warn_not_synced(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.not_synced_warned.load(Relaxed);
-        if now >= last + 60
-            && self
-                .not_synced_warned
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if self.not_synced_warned.ready(60) {
             warn!(
                 "Admission reviews are admitted unchecked: the agent has never received its policies from the control plane"
             );
@@ -190,18 +198,7 @@ pub fn router(webhook: Webhook) -> Router {
 pub const GATEKEEPER_PATH: &str = "/gatekeeper/verdicts";
 
 fn overloaded(webhook: &Webhook, refused: Refused) -> Response {
-    // Once a second at most: under a flood a line per refusal would be a flood of its own.
-    use std::sync::atomic::Ordering::Relaxed;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = webhook.overload_logged.load(Relaxed);
-    if now > last
-        && webhook
-            .overload_logged
-            .compare_exchange(last, now, Relaxed, Relaxed)
-            .is_ok()
-    {
+    if webhook.overload_logged.ready(1) {
         let (full, shed) = webhook.refused();
         warn!(reason = %refused, refused_total = full, shed_total = shed, "Webhook overloaded: requests refused with 503");
     }
@@ -281,5 +278,18 @@ async fn validate(State(webhook): State<Webhook>, body: Body) -> Response {
             (StatusCode::BAD_REQUEST, format!("portcullis: {error}\n")).into_response()
         }
         Err(refused) => overloaded(&webhook, refused),
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_period() {
+        let throttle = Throttle::default();
+        assert!(throttle.ready(60));
+        assert!(!throttle.ready(60));
+        assert!(!throttle.clone().ready(60), "clones share the period");
     }
 }
