@@ -739,6 +739,38 @@ mod tests {
         assert_eq!(again.state.revision, 5);
     }
 
+    /// `Cache::open_or_recover` after a test dropped a cache or database in `dir`: sled lets
+    /// go of its lock when its last handle (a background flush) is gone, which a loaded
+    /// machine can delay.
+    fn open_again(dir: &Path) -> Opened {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match Cache::open_or_recover(dir) {
+                Ok(opened) => return opened,
+                Err(CacheError::Sled(sled::Error::Io(_)))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("reopening the cache: {error}"),
+            }
+        }
+    }
+
+    /// `sled::open` with the same patience.
+    fn sled_again(path: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("reopening {}: {error}", path.display()),
+            }
+        }
+    }
+
     /// A cache holding a policy, protection settings, a two-chunk snapshot of scans and a
     /// delta's overlay, closed.
     async fn full_cache(dir: &Path) {
@@ -791,7 +823,7 @@ mod tests {
         let name = file.file_name();
         let bytes = std::fs::read(file.path()).unwrap();
         {
-            let opened = Cache::open_or_recover(pristine.path()).unwrap();
+            let opened = open_again(pristine.path());
             assert_eq!(opened.recovered, None);
             assert_eq!(scan_ids(&opened.state), ["1", "2", "3"]);
         }
@@ -801,7 +833,7 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x01;
             std::fs::write(work.path().join("cache-scans").join(&name), damaged).unwrap();
-            let opened = Cache::open_or_recover(work.path()).unwrap();
+            let opened = open_again(work.path());
             let note = opened
                 .recovered
                 .unwrap_or_else(|| panic!("byte {at} not detected"));
@@ -817,7 +849,7 @@ mod tests {
         full_cache(pristine.path()).await;
         let mut values = Vec::new();
         {
-            let db = sled::open(pristine.path().join("cache")).unwrap();
+            let db = sled_again(&pristine.path().join("cache"));
             for tree in ["meta", "policies"] {
                 for entry in db.open_tree(tree).unwrap().iter() {
                     let (key, value) = entry.unwrap();
@@ -844,14 +876,14 @@ mod tests {
                 let work = tempfile::tempdir().unwrap();
                 copy_dir(pristine.path(), work.path());
                 {
-                    let db = sled::open(work.path().join("cache")).unwrap();
+                    let db = sled_again(&work.path().join("cache"));
                     let tree = db.open_tree(&tree).unwrap();
                     let mut value = tree.get(&key).unwrap().unwrap().to_vec();
                     value[at] ^= 0x01;
                     tree.insert(&key, value).unwrap();
                     db.flush().unwrap();
                 }
-                let opened = Cache::open_or_recover(work.path()).unwrap();
+                let opened = open_again(work.path());
                 assert!(
                     opened.recovered.is_some(),
                     "{tree} {:?} byte {at} not detected",

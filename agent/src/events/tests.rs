@@ -150,6 +150,22 @@ fn mk_event(n: u64) -> Event {
     }
 }
 
+/// Opens the database in `path` again after a test dropped it: sled lets go of its lock when
+/// its last handle (a background flush) is gone, which a loaded machine can delay.
+async fn reopen(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(error) if std::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("reopening {}: {error}", path.display()),
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_outbox_is_durable_bounded_and_counts_drops() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +182,7 @@ async fn the_outbox_is_durable_bounded_and_counts_drops() {
         outbox.flush().await.unwrap();
         assert_eq!((outbox.len(), outbox.dropped()), (3, 2));
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = reopen(dir.path()).await;
     let outbox = Outbox::open(&db, limits).unwrap();
     assert_eq!((outbox.len(), outbox.dropped()), (3, 2), "after a restart");
     let batch = outbox.peek(2, 1 << 20).unwrap();
@@ -404,7 +420,7 @@ async fn a_refused_or_failing_event_never_blocks_the_others() {
     server.abort();
     let _ = sender.await;
     drop(db);
-    let db = sled::open(dir.path()).unwrap();
+    let db = reopen(dir.path()).await;
     assert_eq!(
         Outbox::open(&db, OutboxLimits::default())
             .unwrap()
