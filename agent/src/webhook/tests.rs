@@ -342,34 +342,9 @@ async fn a_body_that_does_not_arrive_in_time_is_refused() {
 #[tokio::test]
 async fn over_real_tls() {
     use hyper_util::rt::TokioIo;
-    use rustls::pki_types::{ServerName, pem::PemObject};
 
-    let (key, cert_pem) = tls::self_signed(&["localhost".into()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(
-        listener,
-        tls::server_config(tls::CertResolver::new(key)),
-        router(webhook_with(NO_PRIVILEGED, config())),
-        stop_rx,
-        server::ServeLimits::default(),
-    ));
-
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut client_config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let (addr, connector, stop_tx, server) = tls_server(server::ServeLimits::default()).await;
+    let tls = handshake(addr, &connector).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -586,13 +561,14 @@ async fn tls_server(
     std::net::SocketAddr,
     tokio_rustls::TlsConnector,
     tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
 ) {
     use rustls::pki_types::pem::PemObject;
     let (key, cert_pem) = tls::self_signed(&["localhost".into()]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(server::serve(
+    let server = tokio::spawn(server::serve(
         listener,
         tls::server_config(tls::CertResolver::new(key)),
         router(webhook_with(NO_PRIVILEGED, config())),
@@ -608,7 +584,7 @@ async fn tls_server(
         .with_no_client_auth();
     client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    (addr, connector, stop_tx)
+    (addr, connector, stop_tx, server)
 }
 
 async fn handshake(
@@ -630,7 +606,7 @@ async fn slow_and_surplus_connections_are_bounded() {
         header_timeout: Duration::from_millis(300),
         ..server::ServeLimits::default()
     };
-    let (addr, connector, _stop) = tls_server(limits).await;
+    let (addr, connector, _stop, _server) = tls_server(limits).await;
     let mut silent = handshake(addr, &connector).await.unwrap();
     let mut partial = handshake(addr, &connector).await.unwrap();
     partial
