@@ -33,10 +33,16 @@ impl CertPolicy {
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.cluster.local"),
         ];
-        if let Some(host) = extra
-            && !names.iter().any(|n| n == host)
-        {
-            names.push(host.to_owned());
+        if let Some(host) = extra {
+            // A URL writes an IPv6 address in brackets; the certificate names the address.
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let host = match bare.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.to_string(),
+                Err(_) => host.to_owned(),
+            };
+            if !names.contains(&host) {
+                names.push(host);
+            }
         }
         Self {
             names,
@@ -201,8 +207,17 @@ fn parse_one(pem: &str) -> Result<Parsed, String> {
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                names.push((*dns).to_owned());
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                // A host given as an address (`--webhook-url https://127.0.0.1:8443/...`) is
+                // certified as an IP SAN, and must be recognised as such: judged as a DNS
+                // name it would be "missing" and the certificate re-issued at every reconcile.
+                x509_parser::extensions::GeneralName::IPAddress(octets) => {
+                    if let Some(ip) = ip_text(octets) {
+                        names.push(ip);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -218,6 +233,16 @@ fn parse_one(pem: &str) -> Result<Parsed, String> {
         not_before: time(cert.validity().not_before)?,
         not_after: time(cert.validity().not_after)?,
     })
+}
+
+/// An IP SAN's octets as the text a URL gives (`127.0.0.1`, `::1`).
+fn ip_text(octets: &[u8]) -> Option<String> {
+    let ip = match octets.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(octets).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(octets).ok()?),
+        _ => return None,
+    };
+    Some(ip.to_string())
 }
 
 /// Whether `ca_pem`'s key signed `leaf_pem`.
@@ -268,6 +293,31 @@ mod tests {
         assert_eq!((leaf.not_after - now()).whole_days(), 365);
         let ca = parse_one(&material.ca_cert).unwrap();
         assert_eq!((ca.not_after - now()).whole_days(), 3650);
+    }
+
+    #[test]
+    fn a_url_host_given_as_an_address_is_certified_once_and_then_judged_good() {
+        for (host, named) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("[::1]", "::1"),
+            ("[fd00:0::1]", "fd00::1"),
+            ("webhook.example.com", "webhook.example.com"),
+        ] {
+            let policy = CertPolicy::for_service("agent", "ns", Some(host));
+            let material = generate(&policy, None, now()).unwrap();
+            let leaf = parse_one(&material.tls_cert).unwrap();
+            assert!(
+                leaf.names.iter().any(|n| n == named),
+                "{host}: {:?}",
+                leaf.names
+            );
+            // Judged good, so the leader does not issue a new one at every reconcile.
+            assert_eq!(
+                check(Some(&material), &policy, now()),
+                Verdict::Good,
+                "{host}"
+            );
+        }
     }
 
     #[test]
