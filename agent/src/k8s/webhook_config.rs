@@ -34,8 +34,10 @@ pub struct Desired {
 }
 
 /// The resources of one API group the webhook covers.
-const RULES: [(&str, &[&str]); 3] = [
-    ("", &["pods", "services"]),
+pub const RULES: [(&str, &[&str]); 3] = [
+    // An ephemeral container (`kubectl debug`) is added through the pod's subresource: an
+    // UPDATE of `pods/ephemeralcontainers`, which a rule for `pods` alone does not match.
+    ("", &["pods", "pods/ephemeralcontainers", "services"]),
     (
         "apps",
         &["deployments", "replicasets", "statefulsets", "daemonsets"],
@@ -182,6 +184,7 @@ mod tests {
                 "deployments",
                 "jobs",
                 "pods",
+                "pods/ephemeralcontainers",
                 "replicasets",
                 "services",
                 "statefulsets"
