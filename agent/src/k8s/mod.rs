@@ -101,7 +101,7 @@ pub struct Round {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", api_reason(source))]
     Api {
         what: String,
         #[source]
@@ -109,6 +109,17 @@ pub enum KubeError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+/// What the API server said, as an operator reads it in the fleet view: its message, reason
+/// and code (`... is forbidden: User ... cannot get ... (Forbidden, 403)`), not the debug form.
+fn api_reason(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} ({}, {})", status.message, status.reason, status.code)
+        }
+        other => other.to_string(),
+    }
 }
 
 fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
