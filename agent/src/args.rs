@@ -257,6 +257,14 @@ pub struct KubeArgs {
     /// Renew the serving certificate this many days before it expires.
     #[arg(long, env = "PORTCULLIS_CERT_RENEW_DAYS", default_value_t = 30)]
     pub cert_renew_days: i64,
+    /// Validity of the serving certificate in seconds, instead of `--cert-days` (for
+    /// exercising rotation; at least 10).
+    #[arg(long, env = "PORTCULLIS_CERT_VALIDITY_SECONDS")]
+    pub cert_validity_seconds: Option<i64>,
+    /// Renew this many seconds before expiry, instead of `--cert-renew-days` (with
+    /// `--cert-validity-seconds`; less than the validity).
+    #[arg(long, env = "PORTCULLIS_CERT_RENEW_BEFORE_SECONDS")]
+    pub cert_renew_before_seconds: Option<i64>,
     /// Seconds the webhook may fail its self-check through the Service with
     /// `failurePolicy: Fail` programmed before the leader downgrades it to Ignore.
     #[arg(long, env = "PORTCULLIS_FAIL_OPEN_AFTER", default_value_t = 120)]

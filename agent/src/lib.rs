@@ -214,6 +214,14 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         certs.leaf_validity = time::Duration::days(k.cert_days.max(2));
         certs.renew_before =
             time::Duration::days(k.cert_renew_days.clamp(1, k.cert_days.max(2) - 1));
+        if let Some(seconds) = k.cert_validity_seconds {
+            certs.leaf_validity = time::Duration::seconds(seconds.max(10));
+            certs.renew_before = certs.leaf_validity / 3;
+        }
+        if let Some(seconds) = k.cert_renew_before_seconds {
+            let validity = certs.leaf_validity.whole_seconds();
+            certs.renew_before = time::Duration::seconds(seconds.clamp(1, validity - 1));
+        }
         let self_check_url = k.webhook_url.clone().unwrap_or_else(|| {
             format!(
                 "https://{}.{}.svc:{}/validate",
