@@ -295,9 +295,11 @@ fn dump_log_if_panicking(what: &str, path: &Path) {
     }
 }
 
-/// A running `portcullis-agent run --standalone`.
+/// A running `portcullis-agent run`: `--standalone`, or in Kubernetes mode (`start_kube`).
 pub struct Agent {
     child: Option<Child>,
+    /// Kubernetes mode: the kubeconfig the agent uses (KUBECONFIG) and its pod name.
+    kube: Option<(PathBuf, String)>,
     pub cluster: String,
     pub data_dir: PathBuf,
     pub token_file: PathBuf,
@@ -317,11 +319,41 @@ impl Agent {
 
     /// Starts an agent with more arguments (kept for restarts).
     pub fn start_with(cp: &ControlPlane, cluster: &str, token: &str, extra_args: &[&str]) -> Self {
+        Self::launch(cp, cluster, token, extra_args, None)
+    }
+
+    /// Starts an agent in Kubernetes mode: it talks to the API server of `kubeconfig` as
+    /// whoever that names, as replica `pod_name`, with `args` (the chart's, say).
+    pub fn start_kube(
+        cp: &ControlPlane,
+        cluster: &str,
+        token: &str,
+        kubeconfig: &Path,
+        pod_name: &str,
+        args: &[&str],
+    ) -> Self {
+        Self::launch(
+            cp,
+            cluster,
+            token,
+            args,
+            Some((kubeconfig.to_path_buf(), pod_name.to_owned())),
+        )
+    }
+
+    fn launch(
+        cp: &ControlPlane,
+        cluster: &str,
+        token: &str,
+        extra_args: &[&str],
+        kube: Option<(PathBuf, String)>,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let token_file = tmp.path().join("token");
         std::fs::write(&token_file, token).unwrap();
         let mut agent = Self {
             child: None,
+            kube,
             cluster: cluster.to_owned(),
             data_dir: tmp.path().join("data"),
             token_file,
@@ -337,8 +369,23 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(bin_dir().join("portcullis-agent"))
-            .args(["run", "--standalone", "--cluster", &self.cluster])
+        let mut command = Command::new(bin_dir().join("portcullis-agent"));
+        command.arg("run");
+        match &self.kube {
+            Some((kubeconfig, pod)) => {
+                command
+                    .env("KUBECONFIG", kubeconfig)
+                    .env("PORTCULLIS_POD_NAME", pod);
+            }
+            None => {
+                command
+                    .arg("--standalone")
+                    .arg("--webhook-cert-out")
+                    .arg(self.webhook_ca());
+            }
+        }
+        let child = command
+            .args(["--cluster", &self.cluster])
             .args(["--control-plane", &self.control_plane])
             .arg("--token-file")
             .arg(&self.token_file)
@@ -350,8 +397,6 @@ impl Agent {
             .arg(format!("127.0.0.1:{}", self.admin_port))
             .arg("--webhook-listen")
             .arg(format!("127.0.0.1:{}", self.webhook_port))
-            .arg("--webhook-cert-out")
-            .arg(self.webhook_ca())
             .args(["--reconnect-max", "1", "--status-interval", "1"])
             .args(&self.extra_args)
             .env("PORTCULLIS_LOG", "info")
@@ -445,6 +490,14 @@ impl Agent {
 
     pub fn set_token(&self, token: &str) {
         std::fs::write(&self.token_file, token).unwrap();
+    }
+
+    /// SIGTERM, and waits for the agent to exit (a clean stop).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let _ = child.wait();
+        }
     }
 
     /// SIGKILL.
