@@ -195,7 +195,7 @@ impl Controller {
             Ok(election) => election,
             Err(source) => {
                 // Serving goes on; writing waits for the lease.
-                warn!(%source, "Lease not reachable: not writing this round");
+                warn!(error = %api_reason(&source), "Lease not reachable: not writing this round");
                 self.ensure_certificate(false, now).await?;
                 return Err(KubeError::Api {
                     what: format!("lease {}", self.settings.lease_name),
