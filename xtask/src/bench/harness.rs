@@ -36,6 +36,8 @@ pub fn build_release() -> Result<()> {
             "-p",
             "portcullis-agent",
             "-p",
+            "portcullis-cli",
+            "-p",
             "xtask",
         ])
         .status()

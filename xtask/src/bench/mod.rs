@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: benchmark programs (not tests). Each builds the release binaries,
 //! runs against real processes on loopback, and prints numbers to record in BENCHMARKS.md.
 
+mod apiserver;
 mod events;
 mod harness;
 pub mod loadgen;
@@ -18,6 +19,8 @@ pub enum Bench {
     Webhook(webhook::WebhookArgs),
     /// 100,000 Trivy reports imported (reports/s), then snapshotted to a fresh agent.
     Scans(scans::ScansArgs),
+    /// Pod creates on a real kube-apiserver: Portcullis vs a no-op webhook vs none.
+    Apiserver(apiserver::ApiServerArgs),
     /// 1,000,000 events ingested (events/s), then ListEvents with a cluster + policy filter.
     Events(events::EventsArgs),
 }
@@ -42,6 +45,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Webhook(args) => runtime.block_on(webhook::run(args)),
         Bench::Scans(args) => runtime.block_on(scans::run(args)),
         Bench::Events(args) => runtime.block_on(events::run(args)),
+        Bench::Apiserver(args) => runtime.block_on(apiserver::run(args)),
     }
 }
 
