@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Render one Portcullis chart with the Helm library and print its objects as a JSON array.
+"""Render one Portcullis chart with the Helm library and print its objects as a JSON v1 List.
 
     python3 helm/render.py portcullis-agent --release edge --namespace portcullis-system \\
-        [--values-file helm/ci/agent-nondefault.yaml] [--set-json '{"clusterName": "c1"}']
+        [--values-file helm/ci/agent-nondefault.yaml] [--set-json '{"clusterName": "c1"}'] \\
+        [--kinds ServiceAccount,ClusterRole,ClusterRoleBinding,Role,RoleBinding]
 
-The Kubernetes integration tests (`integration/tests/kube_*.rs`) apply what this prints to a
-real API server, so the objects they test are exactly the chart's. Values given with
-`--set-json` are merged over the values file. NOTES.txt is left out; hooks are included.
+What it prints can be applied as it is (`| kubectl apply --server-side -f -`). The Kubernetes
+integration tests (`integration/tests/kube_*.rs`) apply it to a real API server, so the
+objects they test are exactly the chart's. Values given with `--set-json` are merged over the
+values file; `--kinds` keeps only objects of those kinds. NOTES.txt is left out; hooks are
+included.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> int:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--values-file", type=Path)
     parser.add_argument("--set-json", default="{}", help="values as a JSON object")
+    parser.add_argument("--kinds", default="", help="only these kinds (comma-separated)")
     args = parser.parse_args()
 
     chart_dir = HELM_DIR / args.chart
@@ -57,7 +61,10 @@ def main() -> int:
         if not template.endswith((".yaml", ".yml")):
             continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    json.dump(objects, sys.stdout)
+    if args.kinds:
+        kinds = set(args.kinds.split(","))
+        objects = [o for o in objects if o.get("kind") in kinds]
+    json.dump({"apiVersion": "v1", "kind": "List", "items": objects}, sys.stdout)
     return 0
 
 

@@ -397,7 +397,8 @@ pub fn render_chart(
          helm-python-sdk): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("render.py prints JSON")
+    let list: Value = serde_json::from_slice(&out.stdout).expect("render.py prints JSON");
+    list["items"].as_array().expect("a List").clone()
 }
 
 /// `b` merged over `a` (objects recursively; anything else replaced).
