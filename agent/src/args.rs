@@ -57,7 +57,7 @@ pub struct UninstallArgs {
     #[arg(
         long,
         env = "PORTCULLIS_LEASE_NAME",
-        default_value = "portcullis-agent"
+        default_value = "portcullis-agent-leader"
     )]
     pub lease_name: String,
 }
@@ -234,14 +234,14 @@ pub struct KubeArgs {
     #[arg(
         long,
         env = "PORTCULLIS_CERT_SECRET",
-        default_value = "portcullis-agent-tls"
+        default_value = "portcullis-agent-webhook-tls"
     )]
     pub cert_secret: String,
     /// The Lease of the leader election.
     #[arg(
         long,
         env = "PORTCULLIS_LEASE_NAME",
-        default_value = "portcullis-agent"
+        default_value = "portcullis-agent-leader"
     )]
     pub lease_name: String,
     /// Register this URL instead of the Service (for API servers that cannot reach cluster
@@ -339,6 +339,38 @@ mod tests {
             "system:serviceaccount:portcullis-system:portcullis-agent"
         );
         assert_eq!(args.webhook_listen.port(), 8443);
+    }
+
+    #[test]
+    fn kubernetes_defaults_name_what_the_chart_creates_for_its_default_release() {
+        // helm/portcullis-agent/templates/_helpers.tpl, release `portcullis-agent`: the
+        // chart's RBAC grants exactly these names, so an agent run by hand with the chart's
+        // RBAC (README, "On a local Kubernetes API server") works without naming them.
+        let cli = Cli::try_parse_from([
+            "portcullis-agent",
+            "run",
+            "--cluster",
+            "c",
+            "--control-plane",
+            "https://x",
+            "--token-file",
+            "t",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(args.kube.webhook_config_name, "portcullis-agent");
+        assert_eq!(args.kube.service_name, "portcullis-agent");
+        assert_eq!(args.kube.cert_secret, "portcullis-agent-webhook-tls");
+        assert_eq!(args.kube.lease_name, "portcullis-agent-leader");
+        let cli =
+            Cli::try_parse_from(["portcullis-agent", "uninstall", "--namespace", "ns"]).unwrap();
+        let Command::Uninstall(args) = cli.command else {
+            panic!("uninstall")
+        };
+        assert_eq!(args.lease_name, "portcullis-agent-leader");
+        assert_eq!(args.webhook_config_name, "portcullis-agent");
     }
 
     #[test]
