@@ -11,7 +11,7 @@ use portcullis_policy::scan::ReportFormat;
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("PORTCULLIS_REVISION"), ")"),
     about = "Operate Portcullis: policies, clusters, image scans"
 )]
 pub struct Cli {

@@ -1,0 +1,2 @@
+// See build-support/revision.rs.
+include!("../build-support/revision.rs");
