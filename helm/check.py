@@ -243,6 +243,23 @@ def expect_agent_defaults(objects: Objects) -> None:
     ensure(claims == ["cache"], f"volumeClaimTemplates {claims}")
     ensure(volume(sts, "cache") is None, "cache must come from the volumeClaimTemplate")
     ensure(pod_spec(sts).get("priorityClassName") == "system-cluster-critical", "priorityClassName")
+    quota = only(objects, "ResourceQuota", f"{fullname}-priority")["spec"]
+    ensure(quota["hard"] == {"pods": "4"}, f"ResourceQuota hard {quota['hard']}")
+    ensure(
+        quota["scopeSelector"]["matchExpressions"]
+        == [{"operator": "In", "scopeName": "PriorityClass", "values": ["system-cluster-critical"]}],
+        f"ResourceQuota scope {quota['scopeSelector']}",
+    )
+    job = pod_spec(only(objects, "Job"))
+    ensure(
+        job.get("priorityClassName") == "system-cluster-critical",
+        "the uninstall Job is scheduled with the agent's priority class",
+    )
+    for what, spec in (("StatefulSet", pod_spec(sts)), ("uninstall Job", job)):
+        ensure(
+            spec.get("nodeSelector") == {"kubernetes.io/os": "linux"},
+            f"{what}: nodeSelector {spec.get('nodeSelector')} (the images are linux/amd64)",
+        )
     agent = container(sts, "agent")
     expect_flags(
         agent,
@@ -304,6 +321,7 @@ def expect_agent_nondefault(objects: Objects) -> None:
     sa = "portcullis-agent-staging"
     sts = expect_agent_common(objects, fullname, sa)
     ensure(sts["spec"]["replicas"] == 3, "replicas")
+    absent(objects, "ResourceQuota")  # priorityClassName "": nothing to allow
     ensure("volumeClaimTemplates" not in sts["spec"], "cache.persistence.enabled=false keeps a PVC")
     cache = volume(sts, "cache")
     ensure(cache is not None and cache.get("emptyDir", {}).get("sizeLimit") == "512Mi", "emptyDir")
@@ -402,6 +420,10 @@ def expect_generated_admin_token(objects: Objects, fullname: str) -> None:
 def expect_cp_defaults(objects: Objects) -> None:
     fullname = "portcullis-control-plane"
     sts, cp = expect_cp_common(objects, fullname)
+    ensure(
+        pod_spec(sts).get("nodeSelector") == {"kubernetes.io/os": "linux"},
+        "nodeSelector (the images are linux/amd64)",
+    )
     svc = f"{fullname}.{NAMESPACE}"
     expect_flags(
         cp,
