@@ -34,7 +34,9 @@ from check import HELM_DIR, deep_merge  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("chart", help="portcullis-agent or portcullis-control-plane")
+    parser.add_argument(
+        "chart", help="portcullis-agent, portcullis-control-plane, or a packaged chart's .tgz"
+    )
     parser.add_argument("--release", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--values-file", type=Path)
@@ -42,8 +44,11 @@ def main() -> int:
     parser.add_argument("--kinds", default="", help="only these kinds (comma-separated)")
     args = parser.parse_args()
 
+    # A chart of this directory by name, or a packaged chart (`NAME-VERSION.tgz`).
     chart_dir = HELM_DIR / args.chart
-    if not (chart_dir / "Chart.yaml").is_file():
+    if args.chart.endswith(".tgz") and Path(args.chart).is_file():
+        chart_dir = Path(args.chart)
+    elif not (chart_dir / "Chart.yaml").is_file():
         print(f"render.py: no chart {args.chart!r} in {HELM_DIR}", file=sys.stderr)
         return 2
     values = helm.values_from_yaml(args.values_file.read_text()) if args.values_file else {}

@@ -355,13 +355,41 @@ fn the_images_run_their_binaries_as_65532_and_build_reproducibly() {
         None,
         &json!({"clusterName": "c", "controlPlane": {"address": "https://cp:8443"}}),
     );
+    // (An existing admin token Secret: a generated one would differ between two renders.)
+    let cp_values = json!({"adminToken": {"existingSecret": "admin-token"}});
     let cp_chart = render_chart(
         "portcullis-control-plane",
         "portcullis-control-plane",
         "portcullis-system",
         None,
-        &json!({}),
+        &cp_values,
     );
+    // The packaged charts (for `helm push`) render the same objects as the directories.
+    for (chart, rendered) in [
+        ("portcullis-agent", &agent_chart),
+        ("portcullis-control-plane", &cp_chart),
+    ] {
+        let package = tmp
+            .path()
+            .join("first")
+            .join(format!("{chart}-{}.tgz", env!("CARGO_PKG_VERSION")));
+        let values = if chart == "portcullis-agent" {
+            json!({"clusterName": "c", "controlPlane": {"address": "https://cp:8443"}})
+        } else {
+            cp_values.clone()
+        };
+        let from_package = render_chart(
+            package.to_str().unwrap(),
+            chart,
+            "portcullis-system",
+            None,
+            &values,
+        );
+        assert_eq!(
+            &from_package, rendered,
+            "{chart}: the package renders differently"
+        );
+    }
     for (chart, name) in [
         (&agent_chart, "portcullis-agent"),
         (&cp_chart, "portcullis-control-plane"),

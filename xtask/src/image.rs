@@ -17,7 +17,9 @@
 //! (debug info stripped). Written to `DIR` as `NAME.oci.tar` (an OCI image layout with a
 //! docker `manifest.json` too, so `skopeo`, `podman load` and `docker load` take it) and
 //! `NAME.cdx.json` (a CycloneDX SBOM: the Rust crates in the binary and the Debian packages),
-//! plus `images.json` (what was built). Nothing is written to `DIR` until everything is built.
+//! plus `images.json` (what was built) and the two charts packaged as `helm package` would
+//! (`NAME-VERSION.tgz`, for `helm push`). Nothing is written to `DIR` until everything is
+//! built.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -185,6 +187,16 @@ fn build(args: &ImageArgs, bin_dir: &Path, packages: &[&str]) -> Result<()> {
             "sbom": format!("{name}.cdx.json"),
         }));
     }
+    // The charts, packaged as `helm package` would (`helm push NAME-VERSION.tgz oci://…`).
+    let mut charts = Vec::new();
+    for chart in ["portcullis-agent", "portcullis-control-plane"] {
+        let file = format!("{chart}-{version}.tgz");
+        let bytes = package_chart(&root.join("helm").join(chart), chart, epoch)?;
+        std::fs::write(staging.path().join(&file), &bytes)?;
+        charts.push(
+            json!({"name": chart, "version": version, "package": file, "digest": sha256(&bytes)}),
+        );
+    }
     let summary = json!({
         "version": version,
         "revision": revision,
@@ -192,6 +204,7 @@ fn build(args: &ImageArgs, bin_dir: &Path, packages: &[&str]) -> Result<()> {
         "profile": args.profile,
         "debianPackages": debs.iter().map(|d| json!({"package": d.package, "version": d.version, "architecture": d.architecture})).collect::<Vec<_>>(),
         "images": built,
+        "charts": charts,
     });
     std::fs::write(
         staging.path().join("images.json"),
@@ -204,6 +217,9 @@ fn build(args: &ImageArgs, bin_dir: &Path, packages: &[&str]) -> Result<()> {
     for (name, _) in IMAGES {
         files.push(format!("{name}.oci.tar"));
         files.push(format!("{name}.cdx.json"));
+    }
+    for chart in ["portcullis-agent", "portcullis-control-plane"] {
+        files.push(format!("{chart}-{version}.tgz"));
     }
     for file in files {
         std::fs::rename(staging.path().join(&file), out.join(&file))
@@ -763,6 +779,37 @@ fn assemble(
         manifest_digest,
         compressed: layers.iter().map(|l| l.gz.len()).sum(),
     })
+}
+
+/// The chart directory as a gzipped tar under `NAME/`, entries sorted, times fixed.
+fn package_chart(dir: &Path, name: &str, epoch: u64) -> Result<Vec<u8>> {
+    let mut tree = Tree::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let path = entry?.path();
+            let relative = path.strip_prefix(dir)?.to_string_lossy().into_owned();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                insert(
+                    &mut tree,
+                    &format!("{name}/{relative}"),
+                    Entry::File {
+                        mode: 0o644,
+                        owner: 0,
+                        data: std::fs::read(&path)?,
+                    },
+                );
+            }
+        }
+    }
+    ensure!(
+        tree.contains_key(&format!("{name}/Chart.yaml")),
+        "{} has no Chart.yaml",
+        dir.display()
+    );
+    Ok(layer(&tree, epoch)?.gz)
 }
 
 fn cargo_metadata(root: &Path) -> Result<Value> {
