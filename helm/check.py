@@ -67,6 +67,9 @@ class Case:
     expect: Callable[[Objects], None] | None = None
     # For a negative case: a text the render error must contain.
     must_fail: str | None = None
+    # Whether the rendered workloads must pass the restricted policy (host networking is
+    # outside Pod Security baseline by design; such a case must be blocked instead).
+    restricted: bool = True
 
     @property
     def label(self) -> str:
@@ -301,6 +304,20 @@ def expect_agent_defaults(objects: Objects) -> None:
     expect_rbac(objects, fullname, fullname, f"{fullname}-webhook-tls", f"{fullname}-leader")
 
 
+def expect_agent_host_network(objects: Objects) -> None:
+    fullname = "portcullis-agent"
+    sts = only(objects, "StatefulSet", fullname)
+    spec = pod_spec(sts)
+    ensure(spec.get("hostNetwork") is True, "hostNetwork")
+    ensure(spec.get("dnsPolicy") == "ClusterFirstWithHostNet", f"dnsPolicy {spec.get('dnsPolicy')}")
+    agent = container(sts, "agent")
+    expect_flags(agent, {"webhook-listen": "0.0.0.0:10443", "admin-listen": "0.0.0.0:10444"})
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    ensure(ports == {"webhook": 10443, "admin": 10444}, f"container ports {ports}")
+    service = only(objects, "Service", fullname)["spec"]["ports"][0]
+    ensure(service["targetPort"] == "webhook", f"Service targetPort {service['targetPort']}")
+
+
 def expect_agent_inline_ca(objects: Objects) -> None:
     fullname = "portcullis-agent"
     sts = expect_agent_common(objects, fullname, fullname)
@@ -529,6 +546,10 @@ CASES = [
          expect=expect_agent_inline_ca),
     Case("portcullis-agent", "nondefault", "edge", values_file="agent-nondefault.yaml",
          expect=expect_agent_nondefault),
+    Case("portcullis-agent", "host-network", "portcullis-agent",
+         deep_merge(AGENT_REQUIRED, {"hostNetwork": True, "webhook": {"port": 10443},
+                                     "adminPort": 10444}),
+         expect=expect_agent_host_network, restricted=False),
     Case("portcullis-control-plane", "defaults", "portcullis-control-plane",
          expect=expect_cp_defaults),
     Case("portcullis-control-plane", "nondefault", "fleet",
@@ -618,10 +639,16 @@ class Runner:
         if case.expect is not None:
             expect = case.expect
             self.check(f"{case.label}: rendered values", lambda: expect(objects))
-        self.check(
-            f"{case.label}: portcullis test -p {POLICY.relative_to(HELM_DIR.parent)}",
-            lambda: self.policy_test(case_dir),
-        )
+        if case.restricted:
+            self.check(
+                f"{case.label}: portcullis test -p {POLICY.relative_to(HELM_DIR.parent)}",
+                lambda: self.policy_test(case_dir),
+            )
+        else:
+            self.check(
+                f"{case.label}: portcullis test -p {POLICY.relative_to(HELM_DIR.parent)} blocks it",
+                lambda: self.policy_test_blocks(case_dir),
+            )
         if case.chart == "portcullis-agent":
             self.check(
                 f"{case.label}: portcullis-agent accepts the rendered arguments",
@@ -770,6 +797,20 @@ class Runner:
                 "workloads were not evaluated and admitted: " + ("; ".join(not_evaluated) or "none")
             )
         return f"exit 0, {len(workloads)} workloads admitted ({', '.join(sorted(r['kind'] + '/' + r['name'] for r in workloads))})"
+
+    def policy_test_blocks(self, manifests: Path) -> str:
+        cmd = [str(self.portcullis), "test", "-p", str(POLICY), "-f", str(manifests), "-o", "json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        ensure(proc.returncode == 1, f"exit code {proc.returncode}, expected 1: {proc.stderr}")
+        results = json.loads(proc.stdout)
+        blocked = [
+            f"{r['kind']}/{r['name']}"
+            for r in results
+            if r.get("decision") == "block"
+            and any("host" in f["rule"].lower() for f in r.get("findings", []))
+        ]
+        ensure(bool(blocked), "nothing was blocked for host networking")
+        return f"exit 1, blocked for host networking: {', '.join(blocked)}"
 
     def render_fails(self, case: Case, values: dict[str, Any]) -> str:
         with helm.Chart.load(HELM_DIR / case.chart) as chart:

@@ -762,6 +762,13 @@ fn both_charts_are_accepted_by_server_side_apply_with_strict_validation() {
             json!({}),
         ),
         (
+            "portcullis-agent",
+            "on-the-node",
+            None,
+            json!({"clusterName": "node", "controlPlane": {"address": "https://cp:8443"},
+                "hostNetwork": true, "webhook": {"port": 10443}, "adminPort": 10444}),
+        ),
+        (
             "portcullis-control-plane",
             "portcullis-control-plane",
             None,
