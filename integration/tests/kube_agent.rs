@@ -785,6 +785,26 @@ fn both_charts_are_accepted_by_server_side_apply_with_strict_validation() {
     if api.get("namespace", None, ns).is_none() {
         namespace(api, ns);
     }
+    // The non-default values ask for a ServiceMonitor: the Prometheus Operator's CRD, in
+    // brief (its schema left open), as a cluster running the operator has it.
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+            "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList",
+                "plural": "servicemonitors", "singular": "servicemonitor"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}]},
+    });
+    api.apply(&[crd]);
+    let established = api.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "--timeout=60s",
+    ]);
+    assert!(established.status.success(), "{}", stderr(&established));
     for (chart, release, values_file, values) in cases {
         let objects = render_chart(chart, release, ns, values_file.as_deref(), &values);
         assert!(!objects.is_empty(), "{chart} {release}: no objects");
