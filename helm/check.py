@@ -322,6 +322,7 @@ def expect_agent_defaults(objects: Objects) -> None:
     )
     expect_metrics_service(objects, fullname, 9090)
     absent(objects, "ServiceMonitor")
+    absent(objects, "NetworkPolicy")
     pdb = only(objects, "PodDisruptionBudget", fullname)["spec"]
     ensure(pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb, f"PDB {pdb}")
     absent(objects, "ConfigMap")
@@ -364,6 +365,21 @@ def expect_agent_nondefault(objects: Objects) -> None:
     ensure(sts["spec"]["replicas"] == 3, "replicas")
     absent(objects, "ResourceQuota")  # priorityClassName "": nothing to allow
     expect_service_monitor(objects, fullname, "edge")
+    policy = only(objects, "NetworkPolicy", fullname)["spec"]
+    ensure(policy["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"],
+           "the NetworkPolicy selects the agents")
+    ensure(policy["policyTypes"] == ["Ingress", "Egress"], f"policyTypes {policy['policyTypes']}")
+    webhook, metrics = policy["ingress"]
+    ensure(webhook["ports"] == [{"port": 8443, "protocol": "TCP"}] and "from" not in webhook,
+           f"webhook ingress {webhook}")
+    ensure(metrics["ports"] == [{"port": 9090, "protocol": "TCP"}] and metrics["from"],
+           f"metrics ingress {metrics}")
+    control_plane, api_server, dns = policy["egress"]
+    ensure(control_plane == {"ports": [{"port": 8443, "protocol": "TCP"}],
+                             "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]},
+           f"control plane egress {control_plane} (the port comes from controlPlane.address)")
+    ensure([p["port"] for p in api_server["ports"]] == [443, 6443], f"API server egress {api_server}")
+    ensure({p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}, f"DNS egress {dns}")
     ensure("volumeClaimTemplates" not in sts["spec"], "cache.persistence.enabled=false keeps a PVC")
     cache = volume(sts, "cache")
     ensure(cache is not None and cache.get("emptyDir", {}).get("sizeLimit") == "512Mi", "emptyDir")
@@ -487,12 +503,21 @@ def expect_cp_defaults(objects: Objects) -> None:
     ensure(ports == {"grpc": (8443, "grpc")}, f"Service {ports}: admin HTTP must not share it")
     expect_metrics_service(objects, fullname, 9090)
     absent(objects, "ServiceMonitor")
+    absent(objects, "NetworkPolicy")
 
 
 def expect_cp_nondefault(objects: Objects) -> None:
     fullname = "fleet-portcullis-control-plane"
     sts, cp = expect_cp_common(objects, fullname)
     expect_service_monitor(objects, fullname, "fleet")
+    policy = only(objects, "NetworkPolicy", fullname)["spec"]
+    ensure(policy["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"],
+           "the NetworkPolicy selects the control plane")
+    grpc, metrics = policy["ingress"]
+    ensure(grpc == {"ports": [{"port": "grpc", "protocol": "TCP"}]}, f"gRPC ingress {grpc}")
+    ensure(metrics["ports"] == [{"port": "admin", "protocol": "TCP"}] and metrics["from"],
+           f"metrics ingress {metrics}")
+    ensure(len(policy["egress"]) == 1, f"egress beyond DNS: {policy['egress']}")
     expect_flags(
         cp,
         {
