@@ -268,6 +268,19 @@ def expect_agent_defaults(objects: Objects) -> None:
     ensure(claims == ["cache"], f"volumeClaimTemplates {claims}")
     ensure(volume(sts, "cache") is None, "cache must come from the volumeClaimTemplate")
     ensure(pod_spec(sts).get("priorityClassName") == "system-cluster-critical", "priorityClassName")
+    verify = only(objects, "Pod", f"{fullname}-verify")
+    ensure(verify["metadata"]["annotations"]["helm.sh/hook"] == "test", "verify: a helm test hook")
+    ensure(
+        verify["spec"]["containers"][0]["args"] == ["verify", "--namespace=default"],
+        f"verify args {verify['spec']['containers'][0]['args']}",
+    )
+    ensure(verify["spec"]["serviceAccountName"] == f"{fullname}-verify", "verify: its own account")
+    role = only(objects, "Role", f"{fullname}-verify")
+    ensure(role["metadata"]["namespace"] == "default", "verify Role: in the dry-run namespace")
+    ensure(
+        rules_of(role) == [("", "pods", (), ("create",))],
+        f"verify Role: create pods only, got {rules_of(role)}",
+    )
     quota = only(objects, "ResourceQuota", f"{fullname}-priority")["spec"]
     ensure(quota["hard"] == {"pods": "4"}, f"ResourceQuota hard {quota['hard']}")
     ensure(
@@ -719,7 +732,10 @@ class Runner:
         ensure(agent.is_file(), f"{agent}: not built")
         checked = []
         for obj in objects:
-            spec = obj.get("spec", {}).get("template", {}).get("spec")
+            if obj.get("kind") == "Pod":
+                spec = obj.get("spec")
+            else:
+                spec = obj.get("spec", {}).get("template", {}).get("spec")
             for c in (spec or {}).get("containers", []):
                 if c.get("command", [None])[0] != "portcullis-agent":
                     continue
@@ -795,7 +811,15 @@ class Runner:
             if key in seen:
                 raise CheckFailed(f"{'/'.join(key)} rendered twice")
             seen.add(key)
-            if obj.get("kind") not in CLUSTER_SCOPED and meta.get("namespace") != NAMESPACE:
+            # (The `helm test` Role and RoleBinding live in the namespace the test dry-runs in.)
+            verify_rbac = obj.get("kind") in ("Role", "RoleBinding") and (
+                meta.get("labels", {}).get("app.kubernetes.io/component") == "verify"
+            )
+            if (
+                obj.get("kind") not in CLUSTER_SCOPED
+                and not verify_rbac
+                and meta.get("namespace") != NAMESPACE
+            ):
                 raise CheckFailed(f"{key[0]}/{key[2]} does not carry the release namespace")
         for obj in objects:
             del obj["__template"]

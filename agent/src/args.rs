@@ -37,6 +37,20 @@ pub enum Command {
     /// Remove the webhook configuration and stop every agent from programming it again (the
     /// Helm chart's pre-delete hook runs this).
     Uninstall(UninstallArgs),
+    /// Check that enforcement is live: ask the API server to create a privileged Pod in
+    /// `--namespace` as a server-side dry run, and succeed only if Portcullis's webhook denies
+    /// it (the Helm chart's `helm test` runs this).
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// A namespace the webhook covers (not an exempt one).
+    #[arg(long, env = "PORTCULLIS_VERIFY_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The image of the dry-run Pod (never pulled: nothing is created).
+    #[arg(long, default_value = "registry.invalid/portcullis-verify:1")]
+    pub image: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -37,6 +37,16 @@ pub fn now_ms() -> i64 {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_agent(*args).await,
+        Command::Verify(args) => {
+            let client = ::kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server")?;
+            let denial = k8s::verify(client, &args.namespace, &args.image)
+                .await
+                .context("verify")?;
+            println!("enforcement is live: {denial}");
+            Ok(())
+        }
         Command::Uninstall(args) => {
             let client = ::kube::Client::try_default()
                 .await

@@ -986,3 +986,77 @@ fn a_missing_rbac_rule_is_reported_as_deploy_failed_until_restored() {
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn helm_test_verify_passes_only_while_enforcement_is_live() {
+    let Some(env) = KubeEnv::new(
+        "k-verify",
+        json!({"verify": {"namespace": "k-verify-apps"}}),
+    ) else {
+        return;
+    };
+    namespace(env.api, "k-verify-apps");
+    // The chart's `helm test` objects: its ServiceAccount, Role and RoleBinding, and the
+    // Pod's arguments, run as that ServiceAccount.
+    let verify_objects: Vec<Value> = env
+        .chart
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] == "verify")
+        .cloned()
+        .collect();
+    let test_pod = verify_objects
+        .iter()
+        .find(|o| o["kind"] == "Pod")
+        .expect("the helm test Pod");
+    let rbac: Vec<Value> = verify_objects
+        .iter()
+        .filter(|o| o["kind"] != "Pod")
+        .cloned()
+        .collect();
+    assert_eq!(rbac.len(), 3, "ServiceAccount, Role, RoleBinding");
+    env.api.apply(&rbac);
+    let account = test_pod["spec"]["serviceAccountName"].as_str().unwrap();
+    let kubeconfig = env.dir().join("verify-kubeconfig");
+    env.api
+        .write_kubeconfig(&kubeconfig, &env.api.mint_token("k-verify", account));
+    let args: Vec<&str> = test_pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let verify = || {
+        Command::new(bin_dir().join("portcullis-agent"))
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    };
+
+    // No webhook yet: a privileged Pod would be admitted, and verify says so.
+    let out = verify();
+    assert!(!out.status.success(), "verify passed without a webhook");
+    assert!(
+        stderr(&out).contains("would be admitted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The agent programs its webhook and a policy forbids privileged containers.
+    let _agent = env.start_agent("agent-0", &[]);
+    env.apply_policy(NO_PRIVILEGED);
+    eventually_denied(env.api, &pod("k-verify-apps", "probe", true));
+    let out = verify();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("enforcement is live"), "{said}");
+    assert!(said.contains("no-privileged"), "{said}");
+    // Nothing was created: it was a dry run.
+    let pods = env
+        .api
+        .kubectl(&["get", "pods", "-n", "k-verify-apps", "-o", "name"]);
+    assert!(
+        !String::from_utf8_lossy(&pods.stdout).contains("portcullis-verify"),
+        "the dry run created a Pod"
+    );
+}

@@ -478,3 +478,49 @@ pub async fn uninstall(
     }
     Ok(())
 }
+
+/// `portcullis-agent verify`: a privileged Pod created in `namespace` as a server-side dry run
+/// (nothing is stored, no event is recorded) must be denied by Portcullis's webhook. Returns
+/// the denial; an admission, a denial by something else, or an API error is an error that
+/// says which.
+pub async fn verify(client: Client, namespace: &str, image: &str) -> Result<String, KubeError> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "portcullis-verify-"},
+        "spec": {"containers": [{
+            "name": "privileged",
+            "image": image,
+            "securityContext": {"privileged": true},
+        }]},
+    }))
+    .map_err(|e| KubeError::Other(format!("building the dry-run Pod: {e}")))?;
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match pods.create(&params, &pod).await {
+        Ok(_) => Err(KubeError::Other(format!(
+            "a privileged Pod would be admitted in namespace {namespace}: is the webhook \
+             configuration programmed, does it cover {namespace} (not an exempt namespace), \
+             and does a policy forbid privileged containers (`portcullis policy apply -f \
+             examples/policies.yaml`)?"
+        ))),
+        Err(kube::Error::Api(status))
+            if status.code == 403 && status.message.contains(webhook_config::WEBHOOK_NAME) =>
+        {
+            Ok(status.message.clone())
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => Err(KubeError::Other(format!(
+            "the dry run was refused, but not by Portcullis's webhook: {}",
+            status.message
+        ))),
+        Err(source) => Err(KubeError::Api {
+            what: format!("creating a privileged Pod in {namespace} (dry run)"),
+            source,
+        }),
+    }
+}
