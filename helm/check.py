@@ -45,7 +45,7 @@ CI_DIR = HELM_DIR / "ci"
 POLICY = CI_DIR / "restricted-policy.yaml"
 KUBE_VERSION = "1.33.0"
 NAMESPACE = "portcullis-system"
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "Namespace"}
 # Custom resources the charts may render (kubernetes-validate has no schema for them).
 CRD_API_VERSIONS = {"monitoring.coreos.com/v1"}
 WORKLOAD_KINDS = {"Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"}
@@ -347,6 +347,11 @@ def expect_agent_host_network(objects: Objects) -> None:
     sts = only(objects, "StatefulSet", fullname)
     spec = pod_spec(sts)
     ensure(spec.get("hostNetwork") is True, "hostNetwork")
+    labels = only(objects, "Namespace", NAMESPACE)["metadata"]["labels"]
+    ensure(
+        labels.get("pod-security.kubernetes.io/enforce") == "privileged",
+        f"with hostNetwork the namespace must allow it: {labels}",
+    )
     ensure(spec.get("dnsPolicy") == "ClusterFirstWithHostNet", f"dnsPolicy {spec.get('dnsPolicy')}")
     agent = container(sts, "agent")
     expect_flags(agent, {"webhook-listen": "0.0.0.0:10443", "admin-listen": "0.0.0.0:10444"})
@@ -378,6 +383,12 @@ def expect_agent_nondefault(objects: Objects) -> None:
     ensure(sts["spec"]["replicas"] == 3, "replicas")
     absent(objects, "ResourceQuota")  # priorityClassName "": nothing to allow
     expect_service_monitor(objects, fullname, "edge")
+    labels = only(objects, "Namespace", NAMESPACE)["metadata"]["labels"]
+    ensure(
+        labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+        and labels.get("team") == "platform",
+        f"Namespace labels {labels}",
+    )
     policy = only(objects, "NetworkPolicy", fullname)["spec"]
     ensure(policy["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"],
            "the NetworkPolicy selects the agents")
@@ -523,6 +534,8 @@ def expect_cp_nondefault(objects: Objects) -> None:
     fullname = "fleet-portcullis-control-plane"
     sts, cp = expect_cp_common(objects, fullname)
     expect_service_monitor(objects, fullname, "fleet")
+    labels = only(objects, "Namespace", NAMESPACE)["metadata"]["labels"]
+    ensure(labels.get("pod-security.kubernetes.io/enforce") == "restricted", f"Namespace {labels}")
     policy = only(objects, "NetworkPolicy", fullname)["spec"]
     ensure(policy["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"],
            "the NetworkPolicy selects the control plane")
@@ -618,7 +631,7 @@ CASES = [
          expect=expect_agent_nondefault),
     Case("portcullis-agent", "host-network", "portcullis-agent",
          deep_merge(AGENT_REQUIRED, {"hostNetwork": True, "webhook": {"port": 10443},
-                                     "adminPort": 10444}),
+                                     "adminPort": 10444, "namespace": {"create": True}}),
          expect=expect_agent_host_network, restricted=False),
     Case("portcullis-control-plane", "defaults", "portcullis-control-plane",
          expect=expect_cp_defaults),
