@@ -2,16 +2,13 @@
 //! envtest's variables (`TEST_ASSET_KUBE_APISERVER`, `TEST_ASSET_ETCD`; `.ci/run` sets them
 //! with `../shared/k8s/apiserver assets DIR`), started on free loopback ports with fresh data,
 //! and stopped when the value is dropped, also when a test fails. Without the variables the
-//! tests that need it say how to enable them and pass without running.
+//! tests that need it say how to enable them and pass without running. `env` builds one
+//! test's world on it (the agent chart's identity, a control plane, a forwarder).
 
 use std::{
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{
-        Arc, Mutex, MutexGuard, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Mutex, MutexGuard, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -19,7 +16,14 @@ use std::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{Agent, ControlPlane, free_port, log_file};
+use crate::{free_port, log_file};
+
+mod env;
+mod forwarder;
+pub mod objects;
+
+pub use env::{KubeEnv, render_chart};
+pub use forwarder::Forwarder;
 
 pub struct ApiServer {
     dir: TempDir,
@@ -279,314 +283,6 @@ pub fn client_pki(name: &str) -> (String, String, String) {
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A TCP forwarder on a loopback port, standing in for the agents' Service: each connection
-/// goes to the first backend that accepts it. With no backend (or none up) a connection is
-/// closed at once, as a Service without ready endpoints does.
-pub struct Forwarder {
-    pub port: u16,
-    backends: Arc<Mutex<Vec<u16>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Forwarder {
-    pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let backends: Arc<Mutex<Vec<u16>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (list, stopped) = (backends.clone(), stop.clone());
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if stopped.load(Ordering::Acquire) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let ports = list.lock().unwrap().clone();
-                let upstream = ports.iter().find_map(|port| {
-                    TcpStream::connect_timeout(
-                        &SocketAddr::from(([127, 0, 0, 1], *port)),
-                        Duration::from_secs(1),
-                    )
-                    .ok()
-                });
-                if let Some(upstream) = upstream {
-                    pipe(client, upstream);
-                }
-            }
-        });
-        Self {
-            port,
-            backends,
-            stop,
-        }
-    }
-
-    /// The backends, tried in this order.
-    pub fn set_backends(&self, ports: &[u16]) {
-        *self.backends.lock().unwrap() = ports.to_vec();
-    }
-
-    pub fn add_backend(&self, port: u16) {
-        self.backends.lock().unwrap().push(port);
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-/// Copies both ways until either side closes.
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-    let copy = |mut from: TcpStream, mut to: TcpStream| {
-        thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    };
-    copy(a, b2);
-    copy(b, a2);
-}
-
-/// One Kubernetes test's world on the shared API server: a namespace and a release of the
-/// agent chart (both named `name`), the chart's ServiceAccount with exactly the chart's RBAC
-/// and a token minted for it, a control plane with the cluster `name` registered, and a
-/// forwarder in front of the agents (the webhook URL the chart is given). Holds `serial()`;
-/// on drop the release's webhook configuration is deleted, so the next test starts clean.
-pub struct KubeEnv {
-    pub api: &'static ApiServer,
-    pub name: String,
-    pub cp: ControlPlane,
-    pub cluster_token: String,
-    /// The rendered agent chart.
-    pub chart: Vec<Value>,
-    /// The chart ServiceAccount's kubeconfig.
-    pub kubeconfig: PathBuf,
-    pub forwarder: Forwarder,
-    dir: TempDir,
-    _serial: MutexGuard<'static, ()>,
-}
-
-/// The agent chart rendered by the Helm library (`helm/render.py`).
-pub fn render_chart(
-    chart: &str,
-    release: &str,
-    namespace: &str,
-    values_file: Option<&Path>,
-    values: &Value,
-) -> Vec<Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut command = Command::new("python3");
-    command
-        .arg(root.join("helm/render.py"))
-        .arg(chart)
-        .args(["--release", release, "--namespace", namespace])
-        .args(["--set-json", &values.to_string()]);
-    if let Some(file) = values_file {
-        command.arg("--values-file").arg(file);
-    }
-    let out = command.output().expect("running python3 helm/render.py");
-    assert!(
-        out.status.success(),
-        "helm/render.py failed (run through `cargo xtask test`, which installs \
-         helm-python-sdk): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: Value = serde_json::from_slice(&out.stdout).expect("render.py prints JSON");
-    list["items"].as_array().expect("a List").clone()
-}
-
-/// `b` merged over `a` (objects recursively; anything else replaced).
-fn merge(a: &mut Value, b: &Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (key, value) in b {
-                merge(a.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-        (a, b) => *a = b.clone(),
-    }
-}
-
-/// The chart's RBAC: what the agent's identity is made of.
-const RBAC_KINDS: [&str; 5] = [
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
-
-/// Flags the harness sets itself (addresses, files), left out of the chart's.
-const HARNESS_FLAGS: [&str; 8] = [
-    "--log-format=",
-    "--cluster=",
-    "--control-plane=",
-    "--token-file=",
-    "--ca-file=",
-    "--data-dir=",
-    "--admin-listen=",
-    "--webhook-listen=",
-];
-
-impl KubeEnv {
-    /// Sets up `name` (a DNS label) with the chart's values `values` merged over the
-    /// harness's (cluster name, control plane address, the forwarder's URL, a reconcile every
-    /// second); `{port}` in `webhook.url` is the forwarder's port. `None` when no API server
-    /// is configured.
-    pub fn new(name: &str, values: Value) -> Option<Self> {
-        let serial = serial();
-        let api = ApiServer::shared()?;
-        let dir = tempfile::tempdir().unwrap();
-        let cp = ControlPlane::start();
-        let cluster_token = cp.register(name);
-        let forwarder = Forwarder::start();
-        let mut all = serde_json::json!({
-            "clusterName": name,
-            "controlPlane": {"address": cp.url()},
-            "webhook": {"url": format!("https://127.0.0.1:{}/validate", forwarder.port)},
-            "extraArgs": ["--reconcile-interval=1"],
-        });
-        merge(&mut all, &values);
-        if let Some(url) = all["webhook"]["url"].as_str() {
-            let url = url.replace("{port}", &forwarder.port.to_string());
-            all["webhook"]["url"] = url.into();
-        }
-        let chart = render_chart("portcullis-agent", name, name, None, &all);
-        let created = api.kubectl(&["create", "namespace", name]);
-        assert!(created.status.success(), "{}", text(&created.stderr));
-        // The agent's identity (not the `helm test` Pod's, which has its own).
-        let rbac: Vec<Value> = chart
-            .iter()
-            .filter(|o| RBAC_KINDS.contains(&o["kind"].as_str().unwrap_or("")))
-            .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] != "verify")
-            .cloned()
-            .collect();
-        assert_eq!(rbac.len(), RBAC_KINDS.len(), "the chart's RBAC objects");
-        api.apply(&rbac);
-        let sa = rbac[0]["metadata"]["name"].as_str().unwrap().to_owned();
-        let kubeconfig = dir.path().join("agent-kubeconfig");
-        api.write_kubeconfig(&kubeconfig, &api.mint_token(name, &sa));
-        Some(Self {
-            api,
-            name: name.to_owned(),
-            cp,
-            cluster_token,
-            chart,
-            kubeconfig,
-            forwarder,
-            dir,
-            _serial: serial,
-        })
-    }
-
-    /// The rendered object of `kind` (the first).
-    pub fn object(&self, kind: &str) -> &Value {
-        self.chart
-            .iter()
-            .find(|o| o["kind"] == kind)
-            .unwrap_or_else(|| panic!("the chart renders no {kind}"))
-    }
-
-    /// The agent container's arguments from the chart's StatefulSet, without `run` and the
-    /// flags the harness sets.
-    pub fn agent_args(&self) -> Vec<String> {
-        self.object("StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .skip(1)
-            .map(|a| a.as_str().unwrap().to_owned())
-            .filter(|a| !HARNESS_FLAGS.iter().any(|f| a.starts_with(f)))
-            .collect()
-    }
-
-    /// The value of the chart's `--NAME=` argument.
-    pub fn flag(&self, name: &str) -> String {
-        let prefix = format!("--{name}=");
-        self.agent_args()
-            .iter()
-            .find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
-            .unwrap_or_else(|| panic!("the chart passes no --{name}"))
-    }
-
-    /// The webhook configuration's name.
-    pub fn config_name(&self) -> String {
-        self.flag("webhook-config-name")
-    }
-
-    /// Starts replica `pod` of the agent, as the chart's ServiceAccount with the chart's
-    /// arguments (and `extra`), behind the forwarder.
-    pub fn start_agent(&self, pod: &str, extra: &[&str]) -> Agent {
-        let mut args = self.agent_args();
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = Agent::start_kube(
-            &self.cp,
-            &self.name,
-            &self.cluster_token,
-            &self.kubeconfig,
-            pod,
-            &args,
-        );
-        self.forwarder.add_backend(agent.webhook_port);
-        agent
-    }
-
-    /// Applies policy documents (YAML) on the control plane.
-    pub fn apply_policy(&self, yaml: &str) {
-        let path = self.dir.path().join("policy.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        crate::success(
-            &self
-                .cp
-                .admin_cli(&["policy", "apply", "-f", path.to_str().unwrap()]),
-        );
-    }
-
-    /// The webhook configuration as the API server has it.
-    pub fn config(&self) -> Option<Value> {
-        self.api
-            .get("validatingwebhookconfiguration", None, &self.config_name())
-    }
-
-    /// Polls the configuration until `pred` holds (60 s at most).
-    pub fn wait_config(&self, what: &str, pred: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let config = self.config();
-            if pred(config.as_ref()) {
-                return config;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for the webhook configuration: {what}; it is {config:?}"
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// A directory for the test's files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for KubeEnv {
-    fn drop(&mut self) {
-        let _ = self.api.kubectl(&[
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.config_name(),
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
 }
 
 fn text(bytes: &[u8]) -> String {
