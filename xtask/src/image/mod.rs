@@ -46,7 +46,7 @@ pub struct ImageArgs {
     profile: String,
 }
 
-/// The images: name, binary, working directory.
+/// The images: name and the binary each runs.
 const IMAGES: [(&str, &str); 3] = [
     ("portcullis-agent", "portcullis-agent"),
     ("portcullis-control-plane", "portcullis-control-plane"),
@@ -105,6 +105,21 @@ fn build(args: &ImageArgs, bin_dir: &Path, packages: &[&str]) -> Result<()> {
             .context("the commit time")?,
     };
     let created = rfc3339(epoch);
+    // The labels say which commit the image is; the binaries must be that commit's.
+    for (_, binary) in IMAGES {
+        let path = bin_dir.join(binary);
+        let out = Command::new(&path)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {} --version", path.display()))?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            said.contains(&format!("(revision {revision})")),
+            "{} says {:?}, but HEAD is {revision}: rebuild the binaries before packing them",
+            path.display(),
+            said.trim()
+        );
+    }
 
     let out = if args.out.is_absolute() {
         args.out.clone()
@@ -438,12 +453,45 @@ mod tests {
     }
 
     #[test]
-    fn a_package_apt_cannot_fetch_is_named_and_nothing_is_written() {
+    fn binaries_of_another_commit_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let bins = tmp.path().join("bins");
         std::fs::create_dir_all(&bins).unwrap();
         for (_, binary) in IMAGES {
-            std::fs::write(bins.join(binary), b"not reached").unwrap();
+            let path = bins.join(binary);
+            std::fs::write(
+                &path,
+                format!("#!/bin/sh\necho \"{binary} 0 (revision 0123)\"\n"),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = tmp.path().join("images");
+        let error = build(&args(&out, "release"), &bins, &PACKAGES)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("rebuild the binaries"), "{error}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_package_apt_cannot_fetch_is_named_and_nothing_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bins = tmp.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        // Stand-ins that say they are this commit's (what the packing checks first).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let revision = git(&root, &["rev-parse", "HEAD"]).unwrap();
+        for (_, binary) in IMAGES {
+            let path = bins.join(binary);
+            std::fs::write(
+                &path,
+                format!("#!/bin/sh\necho \"{binary} 0 (revision {revision})\"\n"),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let out = tmp.path().join("images");
         std::fs::create_dir_all(&out).unwrap();
