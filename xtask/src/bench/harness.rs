@@ -268,3 +268,21 @@ impl Drop for BenchAgent {
         let _ = self.child.wait();
     }
 }
+
+/// A TLS connector trusting only the certificates of `pem` (a CA bundle).
+pub fn tls_connector(pem: &[u8]) -> Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}

@@ -6,13 +6,12 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 
 #[derive(clap::Args)]
 pub struct LoadArgs {
@@ -44,17 +43,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
 
 async fn load(args: LoadArgs) -> Result<()> {
     let pem = std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = super::harness::tls_connector(&pem)?;
     let body = bytes::Bytes::from(std::fs::read(&args.body)?);
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let interval =

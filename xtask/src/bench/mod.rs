@@ -5,6 +5,7 @@ mod apiserver;
 mod events;
 mod harness;
 pub mod loadgen;
+mod pprof;
 mod scans;
 mod sync;
 mod webhook;
