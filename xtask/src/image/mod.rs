@@ -452,21 +452,25 @@ mod tests {
         assert!(!out.exists());
     }
 
-    #[test]
-    fn binaries_of_another_commit_are_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bins = tmp.path().join("bins");
+    /// Scripts standing in for the three binaries in `dir/bins`, whose `--version` names
+    /// `revision`.
+    fn stand_ins(dir: &Path, revision: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bins = dir.join("bins");
         std::fs::create_dir_all(&bins).unwrap();
         for (_, binary) in IMAGES {
             let path = bins.join(binary);
-            std::fs::write(
-                &path,
-                format!("#!/bin/sh\necho \"{binary} 0 (revision 0123)\"\n"),
-            )
-            .unwrap();
-            use std::os::unix::fs::PermissionsExt;
+            let script = format!("#!/bin/sh\necho \"{binary} 0 (revision {revision})\"\n");
+            std::fs::write(&path, script).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        bins
+    }
+
+    #[test]
+    fn binaries_of_another_commit_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bins = stand_ins(tmp.path(), "0123");
         let out = tmp.path().join("images");
         let error = build(&args(&out, "release"), &bins, &PACKAGES)
             .unwrap_err()
@@ -478,21 +482,9 @@ mod tests {
     #[test]
     fn a_package_apt_cannot_fetch_is_named_and_nothing_is_written() {
         let tmp = tempfile::tempdir().unwrap();
-        let bins = tmp.path().join("bins");
-        std::fs::create_dir_all(&bins).unwrap();
         // Stand-ins that say they are this commit's (what the packing checks first).
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let revision = git(&root, &["rev-parse", "HEAD"]).unwrap();
-        for (_, binary) in IMAGES {
-            let path = bins.join(binary);
-            std::fs::write(
-                &path,
-                format!("#!/bin/sh\necho \"{binary} 0 (revision {revision})\"\n"),
-            )
-            .unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        let bins = stand_ins(tmp.path(), &git(&root, &["rev-parse", "HEAD"]).unwrap());
         let out = tmp.path().join("images");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("keep.txt"), b"mine").unwrap();
