@@ -27,7 +27,7 @@ use rustls::pki_types::{PrivateKeyDer, ServerName, pem::PemObject};
 use serde_json::{Value, json};
 
 use super::{
-    harness::{ControlPlane, free_port, release_bin, root, tls_connector, wait_http_ok},
+    harness::{BenchAgent, ControlPlane, release_bin, root, tls_connector},
     percentile,
 };
 
@@ -83,40 +83,22 @@ pub async fn run(args: ApiServerArgs) -> Result<()> {
         .to_owned();
     let examples = root().join("examples/policies.yaml");
     cli(&["policy", "apply", "-f", examples.to_str().unwrap()])?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("token"), &token)?;
-    let (webhook_port, admin_port) = (free_port(), free_port());
-    let mut agent = std::process::Command::new(release_bin("portcullis-agent"))
-        .args(["run", "--cluster", "bench", "--control-plane", &cp.url()])
-        .arg("--token-file")
-        .arg(dir.path().join("token"))
-        .arg("--ca-file")
-        .arg(cp.ca_file())
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
-        .args([
-            "--webhook-url",
-            &format!("https://127.0.0.1:{webhook_port}/validate"),
-        ])
-        .args([
+    let exempt = format!("kube-system,portcullis-system,{NOOP},{EXEMPT}");
+    let agent = BenchAgent::start_kube(
+        &cp,
+        "bench",
+        &token,
+        &api.kubeconfig(),
+        &[
             "--namespace",
             "portcullis-system",
             "--reconcile-interval",
             "1",
-        ])
-        .args([
             "--exempt-namespaces",
-            &format!("kube-system,portcullis-system,{NOOP},{EXEMPT}"),
-        ])
-        .env("KUBECONFIG", api.kubeconfig())
-        .env("PORTCULLIS_POD_NAME", "bench-agent")
-        .env("PORTCULLIS_LOG", "warn")
-        .spawn()
-        .context("starting the agent")?;
-    let _kill_agent = KillOnDrop(&mut agent);
-    wait_http_ok(admin_port, "/livez", Duration::from_secs(30))?;
+            &exempt,
+        ],
+    )?;
+    let webhook_port = agent.webhook_port;
 
     // The no-op webhook, for NOOP only.
     let noop = Noop::start().await?;
@@ -429,15 +411,6 @@ fn kubectl_ok(api: &ApiServer, args: &[&str]) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// An HTTPS client for the API server as the admin: one keep-alive HTTP/1.1 connection per

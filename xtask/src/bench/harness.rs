@@ -190,7 +190,8 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// A release `portcullis-agent run --standalone` for one cluster, killed on drop.
+/// A release `portcullis-agent run` for one cluster (standalone, or in Kubernetes mode),
+/// killed on drop.
 pub struct BenchAgent {
     pub child: Child,
     pub admin_port: u16,
@@ -204,13 +205,51 @@ pub struct BenchAgent {
 impl BenchAgent {
     /// Starts an agent for `cluster` (with its `token`) against `cp`, with `extra` flags.
     pub fn start(cp: &ControlPlane, cluster: &str, token: &str, extra: &[&str]) -> Result<Self> {
+        Self::launch(cp, cluster, token, None, extra)
+    }
+
+    /// Starts an agent in Kubernetes mode against the API server of `kubeconfig`, programming
+    /// its webhook by URL on its own loopback port.
+    pub fn start_kube(
+        cp: &ControlPlane,
+        cluster: &str,
+        token: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::launch(cp, cluster, token, Some(kubeconfig), extra)
+    }
+
+    fn launch(
+        cp: &ControlPlane,
+        cluster: &str,
+        token: &str,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, token)?;
         let (admin_port, webhook_port) = (free_port(), free_port());
         let started = Instant::now();
-        let child = Command::new(release_bin("portcullis-agent"))
-            .args(["run", "--standalone", "--cluster", cluster])
+        let mut command = Command::new(release_bin("portcullis-agent"));
+        command.arg("run");
+        match kubeconfig {
+            None => {
+                command.arg("--standalone");
+            }
+            Some(kubeconfig) => {
+                command
+                    .args([
+                        "--webhook-url",
+                        &format!("https://127.0.0.1:{webhook_port}/validate"),
+                    ])
+                    .env("KUBECONFIG", kubeconfig)
+                    .env("PORTCULLIS_POD_NAME", "bench-agent");
+            }
+        }
+        let child = command
+            .args(["--cluster", cluster])
             .args(["--control-plane", &cp.url()])
             .arg("--token-file")
             .arg(&token_file)
