@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .compile_well_known_types(true)
+        // The report of an import is decoded as a slice of the request buffer, not a copy.
+        .bytes(".portcullis.v1.ImportReportRequest.report")
         .extern_path(".google.protobuf", "::pbjson_types")
         .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")

@@ -103,8 +103,39 @@ fn assert_counts(report: &str, scan: &Value, expected: &ImageScan) {
             "{report}: {severity} count in {scan}"
         );
     }
-    let vulnerabilities = scan["vulnerabilities"].as_array().map_or(0, Vec::len);
-    assert_eq!(vulnerabilities, expected.vulnerabilities.len(), "{report}");
+}
+
+/// The stored list (`scan get`) holds every finding of the report, field for field.
+fn assert_vulnerabilities(report: &str, scan: &Value, expected: &ImageScan) {
+    let stored = scan["vulnerabilities"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(stored.len(), expected.vulnerabilities.len(), "{report}");
+    let text = |v: &Value, field: &str| v[field].as_str().unwrap_or_default().to_owned();
+    for (v, want) in stored.iter().zip(&expected.vulnerabilities) {
+        let got = [
+            text(v, "id"),
+            text(v, "severity"),
+            text(v, "package"),
+            text(v, "installedVersion"),
+            text(v, "fixedVersion"),
+            text(v, "status"),
+            text(v, "published"),
+        ];
+        let want_text = [
+            want.id(),
+            want.severity.as_str(),
+            want.package(),
+            want.installed_version(),
+            want.fixed_version().unwrap_or_default(),
+            want.status().unwrap_or_default(),
+            want.published().unwrap_or_default(),
+        ];
+        assert_eq!(got, want_text, "{report}");
+        let score = v["cvssScore"].as_f64().map(|s| s as f32);
+        assert_eq!(score, want.cvss_score, "{report}: {}", want.id());
+    }
 }
 
 fn list(cp: &ControlPlane, filters: &[&str]) -> Vec<Value> {
@@ -128,6 +159,12 @@ fn imports_every_fixture_and_serves_lookups_and_filters() {
         let expected = parsed(&report);
         let scan = import(&cp, &report);
         assert_counts(&report, &scan, &expected);
+        // The import answers without the list; the stored scan has all of it.
+        assert!(scan.get("vulnerabilities").is_none(), "{report}");
+        let id = scan["id"].as_str().unwrap();
+        let stored = json(&cp.admin_cli(&["scan", "get", id, "-o", "json"]));
+        assert_counts(&report, &stored, &expected);
+        assert_vulnerabilities(&report, &stored, &expected);
         assert_eq!(
             scan["image"]["repository"].as_str(),
             Some(expected.image.repository.as_str()),

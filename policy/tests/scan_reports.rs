@@ -196,9 +196,9 @@ fn trivy_samples_keep_identity_os_and_fixability() {
         ("trivy", "dev")
     );
     let first = &scan.vulnerabilities[0];
-    assert_eq!(first.id, "CVE-2019-1549");
+    assert_eq!(first.id(), "CVE-2019-1549");
     assert_eq!(first.cvss_score, Some(5.3));
-    assert_eq!(first.published.as_deref(), Some("2019-09-10T17:15:00Z"));
+    assert_eq!(first.published(), Some("2019-09-10T17:15:00Z"));
 
     // Same CVE in two packages: counted twice, summarised once.
     let summary = scan.summary();
@@ -228,10 +228,10 @@ fn trivy_samples_keep_identity_os_and_fixability() {
     let bash = centos
         .vulnerabilities
         .iter()
-        .find(|v| v.package == "bash")
+        .find(|v| v.package() == "bash")
         .unwrap();
     assert_eq!(
-        (bash.status.as_deref(), bash.is_fixable()),
+        (bash.status(), bash.is_fixable()),
         (Some("will_not_fix"), false)
     );
 
@@ -257,23 +257,13 @@ fn grype_samples_keep_fixes_scores_and_distro() {
     );
     let low = &scan.vulnerabilities[0];
     assert_eq!(
-        (
-            low.id.as_str(),
-            low.package.as_str(),
-            low.installed_version.as_str()
-        ),
+        (low.id(), low.package(), low.installed_version()),
         ("CVE-1999-0001", "package-1", "1.1.1")
     );
-    assert_eq!(low.fixed_version.as_deref(), Some("1.2.1, 2.1.3, 3.4.0"));
-    assert_eq!(
-        (low.status.as_deref(), low.cvss_score),
-        (Some("fixed"), Some(8.2))
-    );
+    assert_eq!(low.fixed_version(), Some("1.2.1, 2.1.3, 3.4.0"));
+    assert_eq!((low.status(), low.cvss_score), (Some("fixed"), Some(8.2)));
     let critical = &scan.vulnerabilities[1];
-    assert_eq!(
-        (critical.is_fixable(), critical.status.as_deref()),
-        (false, None)
-    );
+    assert_eq!((critical.is_fixable(), critical.status()), (false, None));
     let os = scan.os.as_ref().unwrap();
     assert_eq!((os.family.as_str(), os.name.as_str()), ("centos", "8.0"));
     assert_eq!(scan.scanned_at, None);

@@ -34,7 +34,7 @@ pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
             let size = report.len();
             let request = ImportReportRequest {
                 format: format.map(|f| f.name().to_owned()).unwrap_or_default(),
-                report,
+                report: report.into(),
                 image: image.unwrap_or_default(),
             };
             let scan = match clients.scans.import_report(request).await {

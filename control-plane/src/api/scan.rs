@@ -90,22 +90,25 @@ impl ScanService for ScanApi {
         }
         let format = report_format(&request.format, &request.report)?;
         let image = Some(request.image.trim()).filter(|i| !i.is_empty());
+        // A slice of the request's buffer (prost decodes `report` without copying it).
         let report = request.report;
         let image = image.map(str::to_owned);
-        let parsed = tokio::task::spawn_blocking(move || {
-            scan::parse_report(format, &report, image.as_deref(), limit)
+        let scan = tokio::task::spawn_blocking(move || {
+            let parsed = scan::parse_report(format, &report, image.as_deref(), limit)?;
+            // The report's bytes go before its findings are encoded: the two largest forms of
+            // a report never coexist with a third.
+            drop(report);
+            Ok(scan_proto::new_scan(parsed))
         })
         .await
         .map_err(|e| Status::internal(format!("parsing task: {e}")))?
-        .map_err(|error| Status::invalid_argument(format!("report: {error}")))?;
-        let scan = scan_proto::to_proto(&parsed);
-        // Only one form of a large report is held at a time.
-        drop(parsed);
+        .map_err(|error: scan::ScanError| Status::invalid_argument(format!("report: {error}")))?;
+        let vulnerabilities = scan.vulnerability_count;
         let stored = self.store.put_scan(scan).await?;
         info!(
             scan = %stored.id,
             format = format.name(),
-            vulnerabilities = stored.vulnerabilities.len(),
+            vulnerabilities,
             revision = stored.revision,
             operator = %operator.name,
             "Scan imported"

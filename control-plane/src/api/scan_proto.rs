@@ -9,52 +9,49 @@ use portcullis_policy::{
 use portcullis_proto::v1::{
     BaselineFailure, ImageScan, MaliciousFile, ScanOs, ScanTool, ScanVulnerability,
 };
+use prost::{Message, encoding};
 use tonic::Status;
 
-/// The message of a parsed report; the server sets id, revision and import time.
-pub fn to_proto(scan: &scan::ImageScan) -> ImageScan {
+use crate::store::NewScan;
+
+/// `ImageScan.vulnerabilities`.
+const VULNERABILITIES_FIELD: u32 = 6;
+
+/// A parsed report as the store takes it; the server sets id, revision and import time. The
+/// summary is taken first, then the findings are encoded one at a time: a report of many
+/// small findings is never held as a list of messages of owned strings.
+pub fn new_scan(scan: scan::ImageScan) -> NewScan {
+    let summary = scan.summary_proto("", 0);
+    let vulnerability_count = scan.vulnerabilities.len();
     let counts = scan.counts_by_severity();
-    ImageScan {
+    let head = ImageScan {
         id: String::new(),
         image: Some(scan::identity_to_proto(&scan.image)),
         scanner: Some(ScanTool {
-            name: scan.scanner.name.clone(),
-            version: scan.scanner.version.clone(),
+            name: scan.scanner.name,
+            version: scan.scanner.version,
         }),
-        scanned_at: scan.scanned_at.clone().unwrap_or_default(),
-        os: scan.os.as_ref().map(|os| ScanOs {
-            family: os.family.clone(),
-            name: os.name.clone(),
+        scanned_at: scan.scanned_at.unwrap_or_default(),
+        os: scan.os.map(|os| ScanOs {
+            family: os.family,
+            name: os.name,
         }),
-        vulnerabilities: scan
-            .vulnerabilities
-            .iter()
-            .map(|v| ScanVulnerability {
-                id: v.id.clone(),
-                severity: v.severity.as_str().into(),
-                package: v.package.clone(),
-                installed_version: v.installed_version.clone(),
-                fixed_version: v.fixed_version.clone().unwrap_or_default(),
-                status: v.status.clone().unwrap_or_default(),
-                cvss_score: v.cvss_score,
-                published: v.published.clone().unwrap_or_default(),
-            })
-            .collect(),
+        vulnerabilities: Vec::new(),
         malicious_files: scan
             .malicious_files
-            .iter()
+            .into_iter()
             .map(|m| MaliciousFile {
-                path: m.path.clone(),
-                signature: m.signature.clone(),
+                path: m.path,
+                signature: m.signature,
             })
             .collect(),
         baseline_failures: scan
             .baseline_failures
-            .iter()
+            .into_iter()
             .map(|b| BaselineFailure {
-                id: b.id.clone(),
+                id: b.id,
                 severity: b.severity.as_str().into(),
-                title: b.title.clone(),
+                title: b.title,
                 kind: match b.kind {
                     BaselineKind::Misconfiguration => "misconfiguration",
                     BaselineKind::Secret => "secret",
@@ -66,6 +63,37 @@ pub fn to_proto(scan: &scan::ImageScan) -> ImageScan {
         unknown_severities: scan.unknown_severities,
         revision: 0,
         import_time: None,
+    };
+    // Sized once, exactly, with room for the head the store appends (its id is one of the
+    // identity's names, plus a revision and a timestamp): no copy of the list on growth.
+    let list_len: usize = scan
+        .vulnerabilities
+        .iter()
+        .map(|v| encoding::message::encoded_len(VULNERABILITIES_FIELD, &vulnerability_message(v)))
+        .sum();
+    let mut vulnerabilities = Vec::with_capacity(list_len + 2 * head.encoded_len() + 64);
+    for v in &scan.vulnerabilities {
+        let message = vulnerability_message(v);
+        encoding::message::encode(VULNERABILITIES_FIELD, &message, &mut vulnerabilities);
+    }
+    NewScan {
+        head,
+        vulnerabilities,
+        vulnerability_count,
+        summary,
+    }
+}
+
+fn vulnerability_message(v: &scan::Vulnerability) -> ScanVulnerability {
+    ScanVulnerability {
+        id: v.id().into(),
+        severity: v.severity.as_str().into(),
+        package: v.package().into(),
+        installed_version: v.installed_version().into(),
+        fixed_version: v.fixed_version().unwrap_or_default().into(),
+        status: v.status().unwrap_or_default().into(),
+        cvss_score: v.cvss_score,
+        published: v.published().unwrap_or_default().into(),
     }
 }
 

@@ -32,6 +32,7 @@ pub use dictionary::VulnerabilityIds;
 pub use format::CURRENT_FORMAT;
 pub use policies::ApplyOutcome;
 pub use records::{Change, ChangeRecord};
+pub use scans::NewScan;
 pub use snapshot::StoreSnapshot;
 
 /// Errors of the store. The gRPC layer maps them to status codes.
@@ -299,7 +300,7 @@ impl Store {
                         TreeId::VulnerabilityIds => vulnerability_ids,
                     };
                     match &op.value {
-                        Some(value) => tree.insert(op.key.as_slice(), value.as_slice())?,
+                        Some(value) => tree.insert(op.key.as_slice(), value.clone())?,
                         None => tree.remove(op.key.as_slice())?,
                     };
                 }
@@ -320,7 +321,8 @@ impl Store {
 struct Op {
     tree: TreeId,
     key: Vec<u8>,
-    value: Option<Vec<u8>>,
+    /// Shared, not copied, by every attempt of the transaction.
+    value: Option<sled::IVec>,
 }
 
 /// Stages one write: the revisions it takes and the operations it commits.
@@ -365,7 +367,7 @@ impl Writer<'_> {
         self.ops.push(Op {
             tree,
             key,
-            value: Some(value),
+            value: Some(value.into()),
         });
     }
 

@@ -6,16 +6,54 @@
 use prost::Message;
 
 use portcullis_policy::{reference::ImageReference, scan::summary_of_stored};
-use portcullis_proto::v1::{ImageIdentity, ImageScan};
+use portcullis_proto::v1::{ImageIdentity, ImageScan, ImageSummary};
 
 use super::{Change, Page, Store, StoreError, TreeId, Writer, decode};
 
 const KIND: &str = "image scan";
 
+/// A scan to store: its message without the vulnerability list, the list already encoded (the
+/// message's field entries, which follow the rest of the record), and the summary agents
+/// receive. A report of 100,000 findings is held here as a few MB of bytes instead of a list of
+/// owned strings several times the report's size.
+#[derive(Debug, Default)]
+pub struct NewScan {
+    pub head: ImageScan,
+    pub vulnerabilities: Vec<u8>,
+    pub vulnerability_count: usize,
+    /// Its id and revision are set when the scan is stored.
+    pub summary: ImageSummary,
+}
+
+impl From<ImageScan> for NewScan {
+    /// A scan message as it stands (its list encoded, its summary derived from it).
+    fn from(mut head: ImageScan) -> Self {
+        let summary = summary_of_stored(&head);
+        let list = std::mem::take(&mut head.vulnerabilities);
+        let mut vulnerabilities = Vec::new();
+        for v in &list {
+            prost::encoding::message::encode(6, v, &mut vulnerabilities);
+        }
+        Self {
+            head,
+            vulnerabilities,
+            vulnerability_count: list.len(),
+            summary,
+        }
+    }
+}
+
 impl Store {
     /// Stores `scan` (its id, revision and import time are set here), replacing a scan with the
     /// same id; the replacement, its index keys and the change-log entry form one revision.
-    pub async fn put_scan(&self, mut scan: ImageScan) -> Result<ImageScan, StoreError> {
+    /// Returns the stored message without its vulnerability list (`find_scan` reads it).
+    pub async fn put_scan(&self, scan: impl Into<NewScan>) -> Result<ImageScan, StoreError> {
+        let NewScan {
+            head: mut scan,
+            mut vulnerabilities,
+            mut summary,
+            ..
+        } = scan.into();
         let identity = scan.image.clone().unwrap_or_default();
         let keys = index_keys(&identity)?;
         let id = scan_id(&identity, &keys)?;
@@ -26,13 +64,8 @@ impl Store {
             scan.id = id.clone();
             scan.import_time = Some(w.timestamp());
             scan.revision = w.next_revision();
-            // The log carries what agents receive (the summary, ids spelled out), not a second
-            // copy of the scan.
-            let mut summary = summary_of_stored(&scan);
-            w.log(
-                scan.revision,
-                Change::ScanSummaryPut(Box::new(summary.clone())),
-            );
+            summary.id = id.clone();
+            summary.revision = scan.revision;
             for key in &keys {
                 w.put(
                     TreeId::ScanKeys,
@@ -40,12 +73,19 @@ impl Store {
                     id.as_bytes().to_vec(),
                 );
             }
-            w.put(TreeId::Scans, id.as_bytes().to_vec(), scan.encode_to_vec());
-            w.number_vulnerabilities(&mut summary);
+            // Fields may come in any order: the head follows the list, which is not copied.
+            let mut record = std::mem::take(&mut vulnerabilities);
+            scan.encode_raw(&mut record);
+            w.put(TreeId::Scans, id.as_bytes().to_vec(), record);
+            // The log carries what agents receive (the summary, ids spelled out), not a second
+            // copy of the scan.
+            let mut numbered = summary.clone();
+            w.log(scan.revision, Change::ScanSummaryPut(Box::new(summary)));
+            w.number_vulnerabilities(&mut numbered);
             w.put(
                 TreeId::ScanSummaries,
                 id.as_bytes().to_vec(),
-                summary.encode_to_vec(),
+                numbered.encode_to_vec(),
             );
             Ok(scan)
         })
@@ -285,6 +325,36 @@ mod tests {
             changes[0].change,
             Some(Change::ScanSummaryPut(Box::new(summary_of_stored(&second))))
         );
+    }
+
+    #[tokio::test]
+    async fn the_list_is_stored_whole_and_answered_without() {
+        let (store, _dir) = temp_store();
+        let mut scan = mk_scan("docker.io/library/nginx", &["1.25"], &[DIGEST_A]);
+        scan.vulnerabilities = (0..3)
+            .map(|i| portcullis_proto::v1::ScanVulnerability {
+                id: format!("CVE-2024-{i}"),
+                severity: "high".into(),
+                package: "openssl".into(),
+                fixed_version: if i == 1 { "3.1".into() } else { String::new() },
+                cvss_score: (i == 2).then_some(7.5),
+                ..Default::default()
+            })
+            .collect();
+        let stored = store.put_scan(scan.clone()).await.unwrap();
+        assert!(stored.vulnerabilities.is_empty());
+        let found = store.find_scan(DIGEST_A).unwrap().unwrap();
+        assert_eq!(found.vulnerabilities, scan.vulnerabilities);
+        assert_eq!(
+            ImageScan {
+                vulnerabilities: Vec::new(),
+                ..found
+            },
+            stored
+        );
+        // Agents receive every id, with the fixable flag.
+        let summary = ImageSummary::decode(&*store.scan_summaries().next().unwrap().unwrap());
+        assert_eq!(summary.unwrap().vulnerability_flags.len(), 3);
     }
 
     #[tokio::test]

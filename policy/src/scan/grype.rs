@@ -16,7 +16,7 @@ use super::identity::{IdentityBuilder, from_override};
 use super::model::check_id;
 use super::severity::{SeverityText, UnknownSeverities};
 use super::timestamp;
-use super::{ImageScan, Os, ReportFormat, ScanError, Scanner, Vulnerability};
+use super::{ImageScan, Os, ReportFormat, ScanError, Scanner, Vulnerability, VulnerabilityText};
 
 /// `userInput` prefixes naming where Grype read the image from, followed by the image name.
 const NAME_SCHEMES: [&str; 4] = ["docker:", "podman:", "registry:", "containerd:"];
@@ -66,21 +66,24 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
         check_id(|| format!("matches[{i}].vulnerability.id"), &v.id)?;
         let fix = v.fix.unwrap_or_default();
         let versions = fix.versions.unwrap_or_default();
-        vulnerabilities.push(Vulnerability {
-            id: v.id,
-            severity: unknown.resolve(v.severity),
-            package: artifact.name,
-            installed_version: artifact.version,
-            fixed_version: (!versions.is_empty()).then(|| versions.join(", ")),
-            status: fix.state.filter(|s| !s.is_empty()),
-            cvss_score: v
-                .cvss
-                .into_iter()
-                .flatten()
-                .filter_map(v3_score)
-                .reduce(f32::max),
-            published: None,
-        });
+        let fixed = versions.join(", ");
+        let text = VulnerabilityText {
+            id: &v.id,
+            package: &artifact.name,
+            installed_version: &artifact.version,
+            fixed_version: &fixed,
+            status: fix.state.as_deref().unwrap_or_default(),
+            published: "",
+        };
+        let cvss_score = v
+            .cvss
+            .into_iter()
+            .flatten()
+            .filter_map(v3_score)
+            .reduce(f32::max);
+        let vulnerability = Vulnerability::new(text, unknown.resolve(v.severity), cvss_score)
+            .map_err(|e| e.at(format!("matches[{i}]")))?;
+        vulnerabilities.push(vulnerability);
     }
     Ok(ImageScan {
         image,
@@ -311,16 +314,13 @@ mod tests {
         assert_eq!(scan.os.as_ref().map(|o| o.family.as_str()), Some("debian"));
         let v = &scan.vulnerabilities[0];
         assert_eq!((v.severity, v.cvss_score), (Severity::Low, Some(8.1)));
-        assert_eq!(v.fixed_version.as_deref(), Some("3.0.13-1, 3.1.5-1"));
+        assert_eq!(v.fixed_version(), Some("3.0.13-1, 3.1.5-1"));
         assert_eq!(
-            (v.package.as_str(), v.installed_version.as_str()),
+            (v.package(), v.installed_version()),
             ("libssl3", "3.0.11-1")
         );
         let v = &scan.vulnerabilities[1];
-        assert_eq!(
-            (v.is_fixable(), v.status.as_deref()),
-            (false, Some("not-fixed"))
-        );
+        assert_eq!((v.is_fixable(), v.status()), (false, Some("not-fixed")));
         assert_eq!(scan.unknown_severities, 0);
     }
 

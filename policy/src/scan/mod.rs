@@ -23,7 +23,7 @@ pub use dictionary::VulnerabilityDictionary;
 pub use error::ScanError;
 pub use model::{
     BaselineFailure, BaselineKind, ImageIdentity, ImageScan, MAX_ID_LEN, MaliciousFile, Os,
-    Scanner, SeverityCounts, Vulnerability,
+    Scanner, SeverityCounts, Vulnerability, VulnerabilityText,
 };
 pub use summary::{ScanSummary, SummaryVulnerability, interner};
 pub use summary_proto::{

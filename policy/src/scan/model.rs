@@ -2,6 +2,7 @@
 //! stores and the policy engine reads (through `ScanSummary`). Every report format converts to
 //! exactly this; nothing here depends on a tool's vocabulary except the raw `status` text.
 
+use std::fmt;
 use std::ops::Index;
 
 use super::ScanSummary;
@@ -59,30 +60,142 @@ pub struct Os {
     pub name: String,
 }
 
-/// One vulnerability in one package.
-#[derive(Clone, Debug, PartialEq)]
+/// One vulnerability in one package. Its six texts share one allocation: a report may list
+/// 100,000 of these, and as six owned strings each (160 bytes of struct and six small heap
+/// blocks) they cost several times the report's own JSON.
+#[derive(Clone, PartialEq)]
 pub struct Vulnerability {
-    /// `CVE-…`, `GHSA-…` or a vendor id; never empty.
-    pub id: String,
+    /// Id, package, installed version, fixed version, status and published date, in that order.
+    text: Box<str>,
+    /// Where each of the first five texts ends in `text`; the last one ends with it.
+    ends: [u32; 5],
     pub severity: Severity,
-    pub package: String,
-    pub installed_version: String,
-    /// The version(s) that fix it, as the scanner wrote them (`1.2.1, 2.1.3`).
-    pub fixed_version: Option<String>,
-    /// The scanner's own fix status word (`fixed`, `affected`, `will_not_fix`, `not-fixed`),
-    /// kept verbatim: vocabularies differ between tools.
-    pub status: Option<String>,
     /// Highest CVSS v3 base score the report gives, 0 to 10.
     pub cvss_score: Option<f32>,
-    /// RFC 3339.
-    pub published: Option<String>,
+}
+
+/// The texts of one vulnerability, to build a `Vulnerability` from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VulnerabilityText<'a> {
+    /// `CVE-…`, `GHSA-…` or a vendor id; never empty.
+    pub id: &'a str,
+    pub package: &'a str,
+    pub installed_version: &'a str,
+    /// The version(s) that fix it, as the scanner wrote them (`1.2.1, 2.1.3`); empty for none.
+    pub fixed_version: &'a str,
+    /// The scanner's own fix status word (`fixed`, `affected`, `will_not_fix`, `not-fixed`),
+    /// kept verbatim: vocabularies differ between tools. Empty when not given.
+    pub status: &'a str,
+    /// RFC 3339; empty when not given.
+    pub published: &'a str,
+}
+
+/// The texts of one vulnerability add up to more than 4 GiB.
+#[derive(Debug)]
+pub struct TextTooLong;
+
+impl TextTooLong {
+    /// The error of the report entry at `path`.
+    pub(crate) fn at(self, path: String) -> super::ScanError {
+        super::ScanError::invalid(path, "its texts add up to more than 4 GiB")
+    }
 }
 
 impl Vulnerability {
+    pub fn new(
+        text: VulnerabilityText<'_>,
+        severity: Severity,
+        cvss_score: Option<f32>,
+    ) -> Result<Self, TextTooLong> {
+        let parts = [
+            text.id,
+            text.package,
+            text.installed_version,
+            text.fixed_version,
+            text.status,
+            text.published,
+        ];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if u32::try_from(total).is_err() {
+            return Err(TextTooLong);
+        }
+        let mut joined = String::with_capacity(total);
+        let mut ends = [0u32; 5];
+        for (i, part) in parts.iter().enumerate() {
+            joined.push_str(part);
+            if let Some(end) = ends.get_mut(i) {
+                // Fits: the total does.
+                *end = joined.len() as u32;
+            }
+        }
+        Ok(Self {
+            text: joined.into_boxed_str(),
+            ends,
+            severity,
+            cvss_score,
+        })
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = match i {
+            0 => 0,
+            i => self.ends[i - 1] as usize,
+        };
+        let end = self.ends.get(i).map_or(self.text.len(), |&e| e as usize);
+        &self.text[start..end]
+    }
+
+    fn optional(&self, i: usize) -> Option<&str> {
+        Some(self.part(i)).filter(|p| !p.is_empty())
+    }
+
+    /// `CVE-…`, `GHSA-…` or a vendor id; never empty.
+    pub fn id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn package(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn installed_version(&self) -> &str {
+        self.part(2)
+    }
+
+    /// The version(s) that fix it, as the scanner wrote them (`1.2.1, 2.1.3`).
+    pub fn fixed_version(&self) -> Option<&str> {
+        self.optional(3)
+    }
+
+    /// The scanner's own fix status word, verbatim.
+    pub fn status(&self) -> Option<&str> {
+        self.optional(4)
+    }
+
+    /// RFC 3339.
+    pub fn published(&self) -> Option<&str> {
+        self.optional(5)
+    }
+
     /// A fix exists when the scanner names a fixed version: that is what an operator can
     /// upgrade to, and what `fixable_only` policies count.
     pub fn is_fixable(&self) -> bool {
-        self.fixed_version.as_deref().is_some_and(|v| !v.is_empty())
+        self.fixed_version().is_some()
+    }
+}
+
+impl fmt::Debug for Vulnerability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vulnerability")
+            .field("id", &self.id())
+            .field("severity", &self.severity)
+            .field("package", &self.package())
+            .field("installed_version", &self.installed_version())
+            .field("fixed_version", &self.fixed_version())
+            .field("status", &self.status())
+            .field("cvss_score", &self.cvss_score)
+            .field("published", &self.published())
+            .finish()
     }
 }
 
@@ -163,7 +276,7 @@ impl ImageScan {
             self.counts_by_severity(),
             self.vulnerabilities
                 .iter()
-                .map(|v| (v.id.as_str(), v.severity, v.is_fixable())),
+                .map(|v| (v.id(), v.severity, v.is_fixable())),
             self.malicious_files.iter().map(|m| m.signature.as_str()),
             self.baseline_failures.iter().map(|b| b.id.as_str()),
         )
@@ -188,16 +301,44 @@ pub(crate) mod tests {
 
     /// A vulnerability with the fields tests vary.
     pub(crate) fn mk_vuln(id: &str, severity: Severity, fixed: Option<&str>) -> Vulnerability {
-        Vulnerability {
-            id: id.to_owned(),
-            severity,
-            package: "pkg".to_owned(),
-            installed_version: "1.0".to_owned(),
-            fixed_version: fixed.map(str::to_owned),
-            status: None,
-            cvss_score: None,
-            published: None,
-        }
+        let text = VulnerabilityText {
+            id,
+            package: "pkg",
+            installed_version: "1.0",
+            fixed_version: fixed.unwrap_or_default(),
+            ..VulnerabilityText::default()
+        };
+        Vulnerability::new(text, severity, None).unwrap()
+    }
+
+    #[test]
+    fn texts_are_read_back_as_given() {
+        let text = VulnerabilityText {
+            id: "CVE-2024-0727",
+            package: "openssl",
+            installed_version: "3.1.4-r0",
+            fixed_version: "3.1.4-r1",
+            status: "",
+            published: "2024-01-09T17:15:00Z",
+        };
+        let v = Vulnerability::new(text, Severity::High, Some(7.5)).unwrap();
+        assert_eq!(
+            (v.id(), v.package(), v.installed_version()),
+            ("CVE-2024-0727", "openssl", "3.1.4-r0")
+        );
+        assert_eq!(v.fixed_version(), Some("3.1.4-r1"));
+        assert_eq!(v.status(), None);
+        assert_eq!(v.published(), Some("2024-01-09T17:15:00Z"));
+        // Multi-byte texts keep their boundaries.
+        let text = VulnerabilityText {
+            id: "CVE-é",
+            package: "ü",
+            status: "ñ",
+            ..VulnerabilityText::default()
+        };
+        let v = Vulnerability::new(text, Severity::Low, None).unwrap();
+        assert_eq!((v.id(), v.package(), v.status()), ("CVE-é", "ü", Some("ñ")));
+        assert_eq!((v.installed_version(), v.published()), ("", None));
     }
 
     #[test]

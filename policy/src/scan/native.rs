@@ -55,7 +55,7 @@ use super::severity::{SeverityText, UnknownSeverities};
 use super::timestamp::{self, is_rfc3339, not_rfc3339};
 use super::{
     BaselineFailure, BaselineKind, ImageIdentity, ImageScan, MaliciousFile, Os, ReportFormat,
-    ScanError, Scanner, Vulnerability,
+    ScanError, Scanner, Vulnerability, VulnerabilityText,
 };
 
 /// Reads a native report; `image_override`, when given, names the image instead of `image`.
@@ -95,16 +95,18 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
         if let Some(date) = v.published.as_deref().filter(|d| !is_rfc3339(d)) {
             return Err(ScanError::invalid(at("published"), not_rfc3339(date)));
         }
-        vulnerabilities.push(Vulnerability {
-            id: v.id,
-            severity: unknown.resolve(Some(v.severity)),
-            package: v.package,
-            installed_version: v.installed_version,
-            fixed_version: v.fixed_version.filter(|f| !f.is_empty()),
-            status: v.status.filter(|s| !s.is_empty()),
-            cvss_score: v.cvss_score,
-            published: v.published,
-        });
+        let text = VulnerabilityText {
+            id: &v.id,
+            package: &v.package,
+            installed_version: &v.installed_version,
+            fixed_version: v.fixed_version.as_deref().unwrap_or_default(),
+            status: v.status.as_deref().unwrap_or_default(),
+            published: v.published.as_deref().unwrap_or_default(),
+        };
+        let severity = unknown.resolve(Some(v.severity));
+        let vulnerability = Vulnerability::new(text, severity, v.cvss_score)
+            .map_err(|e| e.at(format!("vulnerabilities[{i}]")))?;
+        vulnerabilities.push(vulnerability);
     }
     let mut malicious_files = Vec::with_capacity(report.malicious_files.0.len());
     for (i, m) in report.malicious_files.0.into_iter().enumerate() {

@@ -5,6 +5,7 @@
 //! `Secrets`. A vulnerability's `cvss_score` is the highest `V3Score` any vendor in `CVSS`
 //! gives. Filesystem, repository and archive scans name no image: they need an override.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -18,7 +19,9 @@ use super::severity::{SeverityText, UnknownSeverities};
 use super::timestamp::{self, is_rfc3339, not_rfc3339};
 use super::{
     BaselineFailure, BaselineKind, ImageScan, Os, ReportFormat, ScanError, Scanner, Vulnerability,
+    VulnerabilityText,
 };
+use crate::Severity;
 
 /// Reads a Trivy report; `image_override`, when given, names the image instead of the report.
 pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, ScanError> {
@@ -66,22 +69,20 @@ pub fn parse(bytes: &[u8], image_override: Option<&str>) -> Result<ImageScan, Sc
         let found = result.vulnerabilities.unwrap_or_default().0;
         vulnerabilities.reserve(found.len());
         for (i, v) in found.into_iter().enumerate() {
-            check_id(|| at("Vulnerabilities", i, "VulnerabilityID"), &v.id)?;
-            let published = v.published_date.filter(|d| !d.is_empty());
-            if let Some(date) = published.as_deref().filter(|d| !is_rfc3339(d)) {
+            let TrivyVulnerability {
+                mut vulnerability,
+                severity,
+            } = v;
+            check_id(
+                || at("Vulnerabilities", i, "VulnerabilityID"),
+                vulnerability.id(),
+            )?;
+            if let Some(date) = vulnerability.published().filter(|d| !is_rfc3339(d)) {
                 let path = at("Vulnerabilities", i, "PublishedDate");
                 return Err(ScanError::invalid(path, not_rfc3339(date)));
             }
-            vulnerabilities.push(Vulnerability {
-                id: v.id,
-                severity: unknown.resolve(v.severity),
-                package: v.pkg_name,
-                installed_version: v.installed_version,
-                fixed_version: v.fixed_version.filter(|f| !f.is_empty()),
-                status: v.status.filter(|s| !s.is_empty()),
-                cvss_score: v.cvss.and_then(|c| c.0),
-                published,
-            });
+            vulnerability.severity = unknown.resolve(severity);
+            vulnerabilities.push(vulnerability);
         }
         let misconfigurations = result.misconfigurations.unwrap_or_default().0;
         for (i, m) in misconfigurations.into_iter().enumerate() {
@@ -171,21 +172,53 @@ struct TrivyResult {
     secrets: Option<Capped<Secret>>,
 }
 
+/// One entry of `Vulnerabilities`, compact as soon as it is read (see `Vulnerability`): the
+/// list of a report is never held as owned strings per field. Severity is resolved, and the
+/// id and date checked, with the entry's path afterwards.
+struct TrivyVulnerability {
+    vulnerability: Vulnerability,
+    severity: Option<SeverityText>,
+}
+
+/// The fields read of an entry, borrowed from the report where JSON escapes allow.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TrivyVulnerability {
-    #[serde(rename = "VulnerabilityID")]
-    id: String,
-    #[serde(default)]
-    pkg_name: String,
-    #[serde(default)]
-    installed_version: String,
-    fixed_version: Option<String>,
-    status: Option<String>,
+struct RawVulnerability<'a> {
+    #[serde(rename = "VulnerabilityID", borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pkg_name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    installed_version: Cow<'a, str>,
+    #[serde(borrow)]
+    fixed_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
     severity: Option<SeverityText>,
     #[serde(rename = "CVSS")]
     cvss: Option<HighestV3Score>,
-    published_date: Option<String>,
+    #[serde(borrow)]
+    published_date: Option<Cow<'a, str>>,
+}
+
+impl<'de> Deserialize<'de> for TrivyVulnerability {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = RawVulnerability::deserialize(deserializer)?;
+        let text = VulnerabilityText {
+            id: &raw.id,
+            package: &raw.pkg_name,
+            installed_version: &raw.installed_version,
+            fixed_version: raw.fixed_version.as_deref().unwrap_or_default(),
+            status: raw.status.as_deref().unwrap_or_default(),
+            published: raw.published_date.as_deref().unwrap_or_default(),
+        };
+        let vulnerability = Vulnerability::new(text, Severity::Unknown, raw.cvss.and_then(|c| c.0))
+            .map_err(|_| de::Error::custom("its texts add up to more than 4 GiB"))?;
+        Ok(Self {
+            vulnerability,
+            severity: raw.severity,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -289,6 +322,25 @@ mod tests {
 
     fn parse_value(report: &Value, image: Option<&str>) -> Result<ImageScan, ScanError> {
         parse(report.to_string().as_bytes(), image)
+    }
+
+    #[test]
+    fn escaped_texts_are_read_unescaped() {
+        // Unescaped texts are borrowed from the report, escaped ones decoded: both read alike.
+        let report = r#"{"SchemaVersion": 2, "ArtifactName": "alpine:3.19",
+            "ArtifactType": "container_image", "Results": [{"Target": "alpine",
+            "Vulnerabilities": [{"VulnerabilityID": "CVE-2024-0727", "PkgName": "lib\"ssl\u00e9",
+            "InstalledVersion": "3.1\/4", "FixedVersion": "", "Severity": "LOW"}]}]}"#;
+        let scan = parse(report.as_bytes(), None).unwrap();
+        let v = &scan.vulnerabilities[0];
+        assert_eq!(v.id(), "CVE-2024-0727");
+        assert_eq!(v.package(), "lib\"ssl\u{e9}");
+        assert_eq!(v.installed_version(), "3.1/4");
+        assert_eq!(
+            (v.fixed_version(), v.status(), v.published()),
+            (None, None, None)
+        );
+        assert_eq!(v.severity, Severity::Low);
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn import(
             for i in range {
                 let request = ImportReportRequest {
                     format: "trivy".into(),
-                    report: report(i, &args),
+                    report: report(i, &args).into(),
                     image: String::new(),
                 };
                 let sent = Instant::now();
