@@ -51,6 +51,16 @@ fn reflection_lists_services_and_health_serves() {
 }
 
 #[test]
+fn runs_with_freed_memory_returned_at_once() {
+    // The binary runs itself again with mimalloc's purge delay at 0 (main.rs): the process
+    // that serves, under the same pid, has it in its environment.
+    let cp = ControlPlane::start();
+    let environ = std::fs::read(format!("/proc/{}/environ", cp.pid().unwrap())).unwrap();
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    assert!(vars.contains(&&b"MIMALLOC_PURGE_DELAY=0"[..]), "{vars:?}");
+}
+
+#[test]
 fn grpcurl_creates_and_gets_a_policy_as_json() {
     let cp = ControlPlane::start();
     let token = cp.admin_token();
