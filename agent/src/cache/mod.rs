@@ -536,6 +536,23 @@ mod tests {
     use super::*;
     use portcullis_proto::v1::{ResourceRules, Rules};
 
+    /// Opens the cache in `dir` again after a test dropped it: sled lets go of its lock when
+    /// its last handle (a background flush) is gone, which a loaded machine can delay.
+    async fn reopen(dir: &Path) -> Opened {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match Cache::open_or_recover(dir) {
+                Ok(opened) => return opened,
+                Err(CacheError::Sled(sled::Error::Io(_)))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("reopening the cache: {error}"),
+            }
+        }
+    }
+
     fn mk_policy(name: &str) -> Arc<LoadedPolicy> {
         let proto = Policy {
             name: name.into(),
@@ -591,7 +608,7 @@ mod tests {
             .unwrap();
         drop(opened);
 
-        let reopened = Cache::open_or_recover(dir.path()).unwrap();
+        let reopened = reopen(dir.path()).await;
         assert!(reopened.recovered.is_none());
         let state = reopened.state;
         assert_eq!(
@@ -694,7 +711,7 @@ mod tests {
             .unwrap();
         drop((cache, abandoned));
 
-        let reopened = Cache::open_or_recover(dir.path()).unwrap();
+        let reopened = reopen(dir.path()).await;
         assert_eq!(reopened.recovered, None);
         assert_eq!(scan_ids(&reopened.state), ["2", "3"]);
         assert_eq!(
@@ -734,7 +751,7 @@ mod tests {
             .await
             .unwrap();
         drop(reopened);
-        let again = Cache::open_or_recover(dir.path()).unwrap();
+        let again = reopen(dir.path()).await;
         assert_eq!(scan_ids(&again.state), ["7"]);
         assert_eq!(again.state.revision, 5);
     }
@@ -931,7 +948,7 @@ mod tests {
                 .unwrap();
             opened.cache.db.flush().unwrap();
         }
-        let opened = Cache::open_or_recover(dir.path()).unwrap();
+        let opened = reopen(dir.path()).await;
         let note = opened.recovered.expect("recovered");
         assert!(
             note.contains("cache is corrupt") && note.contains("cache.corrupt-"),
