@@ -268,7 +268,7 @@ async fn validate(State(webhook): State<Webhook>, body: Body) -> Response {
     let hook = webhook.clone();
     let decided = webhook
         .pool
-        .run(move || hook.review(&body).map(review::to_body));
+        .run_small(body.len(), move || hook.review(&body).map(review::to_body));
     match decided.await {
         Ok(Ok(response)) => {
             ([(header::CONTENT_TYPE, "application/json")], response).into_response()

@@ -3,11 +3,17 @@
 //! heartbeats. A full queue refuses at once; a request that waited in the queue longer than
 //! its budget is shed before it is evaluated (the caller answers 503 with `Retry-After`), so
 //! a flood raises refusals, not the latency of the requests that are answered.
+//!
+//! One small request at a time is decided on the connection's own thread instead
+//! (`run_small`): handing it to an evaluator and back costs two thread wake-ups, about as much
+//! as the decision itself, and that is the latency every pod create pays. Only one such
+//! decision runs at once and only for a body of at most `INLINE_MAX_BYTES` (tens of
+//! microseconds of linear work), so the connections' threads stay free under a flood.
 
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread,
@@ -40,11 +46,17 @@ pub struct PoolStats {
     pub shed: AtomicU64,
 }
 
+/// Largest body decided on the connection's thread (see the module's documentation). Real
+/// reviews of a pod or a workload are 2 to 11 KB.
+pub const INLINE_MAX_BYTES: usize = 32 * 1024;
+
 /// A handle to the pool; cheap to clone. The threads end when every handle is gone.
 #[derive(Clone)]
 pub struct Pool {
     queue: mpsc::SyncSender<Job>,
     max_wait: Duration,
+    /// Taken while a small request is decided on its connection's thread.
+    inline: Arc<AtomicBool>,
     pub stats: Arc<PoolStats>,
 }
 
@@ -77,8 +89,29 @@ impl Pool {
         Ok(Self {
             queue,
             max_wait,
+            inline: Arc::new(AtomicBool::new(false)),
             stats,
         })
+    }
+
+    /// Runs `work` for a body of `size` bytes: right here if it is small and no other small
+    /// one is being decided here, else as `run` does.
+    pub async fn run_small<T: Send + 'static>(
+        &self,
+        size: usize,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Refused> {
+        if size <= INLINE_MAX_BYTES
+            && self
+                .inline
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Released even if `work` panics.
+            let _slot = Slot(&self.inline);
+            return Ok(work());
+        }
+        self.run(work).await
     }
 
     /// Runs `work` on an evaluator and returns its result, unless the queue is full or the
@@ -107,6 +140,15 @@ impl Pool {
     }
 }
 
+/// Frees the inline slot when dropped.
+struct Slot<'a>(&'a AtomicBool);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +162,36 @@ mod tests {
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("portcullis-eval-"));
+    }
+
+    #[tokio::test]
+    async fn one_small_request_at_a_time_is_decided_in_place() {
+        let pool = Pool::new(1, 4, Duration::from_secs(5)).unwrap();
+        let here = || thread::current().name().map(str::to_owned);
+        let small = pool.run_small(100, here).await.unwrap();
+        assert_eq!(small, thread::current().name().map(str::to_owned));
+        // A large body goes to an evaluator.
+        let large = pool.run_small(INLINE_MAX_BYTES + 1, here).await.unwrap();
+        assert!(large.unwrap().starts_with("portcullis-eval-"));
+        // While one small request is decided in place, the next goes to an evaluator.
+        let inner = {
+            let pool = pool.clone();
+            pool.clone()
+                .run_small(100, move || {
+                    let handle = tokio::runtime::Handle::current();
+                    std::thread::scope(|s| {
+                        s.spawn(|| handle.block_on(pool.run_small(100, here)))
+                            .join()
+                            .unwrap()
+                    })
+                })
+                .await
+                .unwrap()
+        };
+        assert!(inner.unwrap().unwrap().starts_with("portcullis-eval-"));
+        // The slot is free again.
+        let again = pool.run_small(100, here).await.unwrap();
+        assert_eq!(again, thread::current().name().map(str::to_owned));
     }
 
     /// One evaluator busy with a slow request: the queue fills (refused at once), and what

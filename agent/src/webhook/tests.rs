@@ -279,8 +279,9 @@ async fn bad_input_gets_clear_errors() {
     );
 }
 
-/// One evaluator held by a slow request: with the queue full a request is refused at once,
-/// and one that waited past its budget is shed; both with 503 and `Retry-After`.
+/// One evaluator held by a slow request: a small review is still decided on its connection's
+/// thread while no other is; with that taken too and the queue full a request is refused at
+/// once, and one that waited past its budget is shed; both with 503 and `Retry-After`.
 #[tokio::test]
 async fn a_flood_is_refused_with_503() {
     let mut small = config();
@@ -296,6 +297,19 @@ async fn a_flood_is_refused_with_503() {
                 let _ = hold.recv();
             })
             .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, _) = post(&webhook, fixture("pod-create-plain.json")).await;
+    assert_eq!(status, 200, "decided in place");
+    // Another thread holds the in-place slot from here on.
+    let (release_inline, hold_inline) = std::sync::mpsc::channel::<()>();
+    let inline = {
+        let (pool, runtime) = (webhook.pool.clone(), tokio::runtime::Handle::current());
+        std::thread::spawn(move || {
+            runtime.block_on(pool.run_small(0, move || {
+                let _ = hold_inline.recv();
+            }))
         })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -316,6 +330,8 @@ async fn a_flood_is_refused_with_503() {
     assert_eq!(status, 503, "{out}");
     assert!(out.contains("waited longer"), "{out}");
     assert_eq!(webhook.refused(), (1, 1));
+    release_inline.send(()).unwrap();
+    inline.join().unwrap().unwrap();
     // Free again: answered.
     let (status, _) = post(&webhook, fixture("pod-create-plain.json")).await;
     assert_eq!(status, 200);
