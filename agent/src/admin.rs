@@ -1,14 +1,15 @@
-//! Admin HTTP: `/livez`, `/readyz` (there is state to enforce — from the cache or a sync — and
-//! the listeners are up; false while draining), `/metrics` (Prometheus), and `/state` (what the
-//! agent enforces and how its sync stands, as JSON, for operators and tests).
+//! Admin HTTP: `/livez`, `/readyz` (there is state to enforce — from the cache or a sync —, the
+//! webhook serves its certificate, and the listeners are up; false while draining; the answer
+//! names what is missing), `/metrics` (Prometheus; these three from `portcullis_runtime`), and
+//! `/state` (what the agent enforces and how its sync stands, as JSON, for operators and tests).
 
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use prometheus::{Encoder, TextEncoder};
+use axum::{Json, Router, extract::State, routing::get};
+use portcullis_runtime::admin::{Readiness, routes};
 use serde_json::{Value, json};
 
 use crate::{state::StateHandle, stats::SyncStats};
@@ -29,39 +30,31 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    fn readiness(&self) -> Readiness {
+        let (listening, tls_ready, state) = (
+            self.listening.clone(),
+            self.tls_ready.clone(),
+            self.state.clone(),
+        );
+        Readiness::default()
+            .with("listening", move || listening.load(Ordering::Acquire))
+            .with("webhook certificate", move || {
+                tls_ready.load(Ordering::Acquire)
+            })
+            .with("policy state", move || state.load().is_loaded())
+    }
+
     fn ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
-            && self.tls_ready.load(Ordering::Acquire)
-            && self.state.load().is_loaded()
+        self.readiness().ready()
     }
 }
 
 pub fn router(state: AdminState) -> Router {
+    let shared = routes(state.readiness(), state.registry.clone());
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/state", get(agent_state))
         .with_state(state)
-}
-
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, body),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string().into_bytes(),
-        ),
-    }
+        .merge(shared)
 }
 
 async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
@@ -107,7 +100,7 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
+    use axum::{body::Body, http::StatusCode};
     use tower::ServiceExt;
 
     #[tokio::test]
@@ -122,21 +115,36 @@ mod tests {
             outbox: None,
             webhook: Arc::default(),
         };
-        let status = |admin: AdminState, path: &'static str| async move {
+        let get = |admin: AdminState, path: &'static str| async move {
             let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
-            router(admin).oneshot(request).await.unwrap().status()
+            let response = router(admin).oneshot(request).await.unwrap();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (
+                status,
+                content_type,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
         };
         admin.listening.store(true, Ordering::Release);
-        assert_eq!(
-            status(admin.clone(), "/readyz").await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let (status, _, body) = get(admin.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: policy state\n");
         admin.state.store(Arc::new(crate::state::AgentState {
             epoch: "e".into(),
             ..Default::default()
         }));
-        assert_eq!(status(admin.clone(), "/readyz").await, StatusCode::OK);
-        assert_eq!(status(admin.clone(), "/state").await, StatusCode::OK);
-        assert_eq!(status(admin, "/metrics").await, StatusCode::OK);
+        assert_eq!(get(admin.clone(), "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get(admin.clone(), "/state").await.0, StatusCode::OK);
+        // Prometheus 3 refuses to scrape an unknown content type by default.
+        let (status, content_type, _) = get(admin, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
     }
 }

@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+pub use portcullis_runtime::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,12 +23,6 @@ pub struct Cli {
         default_value = "plain"
     )]
     pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,7 +156,7 @@ pub struct RunArgs {
     pub webhook_max_body_bytes: usize,
     /// Admission requests waiting for an evaluator at most; more are refused with HTTP 503
     /// (and `Retry-After`) at once.
-    #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512)]
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub webhook_max_in_flight: usize,
     /// CA certificates (PEM) of the clients the webhook accepts: with it, every client must
     /// present a certificate they signed (mutual TLS; the API server sends one when its
@@ -170,7 +165,7 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_WEBHOOK_CLIENT_CA")]
     pub webhook_client_ca: Option<PathBuf>,
     /// Threads that evaluate admission requests [default: one per CPU].
-    #[arg(long, env = "PORTCULLIS_WEBHOOK_EVALUATORS")]
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_EVALUATORS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub webhook_evaluators: Option<usize>,
     /// Milliseconds a request may wait for an evaluator; one that waited longer is shed with
     /// HTTP 503 and `Retry-After`, so answered requests stay fast under a flood.
@@ -178,18 +173,18 @@ pub struct RunArgs {
         long,
         env = "PORTCULLIS_WEBHOOK_MAX_QUEUE_WAIT_MS",
         default_value_t = 500
-    )]
+    , value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_max_queue_wait_ms: u64,
     /// Connections the webhook serves at once; more wait in the listen backlog.
     #[arg(
         long,
         env = "PORTCULLIS_WEBHOOK_MAX_CONNECTIONS",
         default_value_t = 1024
-    )]
+    , value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub webhook_max_connections: usize,
     /// Seconds a client has to send a request's head (and, on a kept-alive connection, the
     /// next request) and, separately, its body.
-    #[arg(long, env = "PORTCULLIS_WEBHOOK_REQUEST_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_request_timeout: u64,
     /// Record an event for every blocked or alerted admission (not dry runs) and send it to
     /// the control plane.
@@ -201,26 +196,30 @@ pub struct RunArgs {
         long,
         env = "PORTCULLIS_EVENT_OUTBOX_MAX_EVENTS",
         default_value_t = 100_000
-    )]
+    , value_parser = clap::value_parser!(u64).range(1..))]
     pub event_outbox_max_events: u64,
     /// Bytes the outbox holds at most (encoded events).
-    #[arg(long, env = "PORTCULLIS_EVENT_OUTBOX_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "PORTCULLIS_EVENT_OUTBOX_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_outbox_max_bytes: u64,
     /// Events per ReportEvents call.
-    #[arg(long, env = "PORTCULLIS_EVENT_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "PORTCULLIS_EVENT_BATCH_SIZE", default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub event_batch_size: usize,
     /// Heartbeats missed in a row before the Sync stream counts as dead.
-    #[arg(long, env = "PORTCULLIS_HEARTBEAT_MISSES", default_value_t = 3)]
+    #[arg(long, env = "PORTCULLIS_HEARTBEAT_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub heartbeat_misses: u32,
     /// Longest wait between reconnect attempts, in seconds.
-    #[arg(long, env = "PORTCULLIS_RECONNECT_MAX", default_value_t = 30)]
+    #[arg(long, env = "PORTCULLIS_RECONNECT_MAX", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconnect_max: u64,
     /// Seconds between periodic status reports.
-    #[arg(long, env = "PORTCULLIS_STATUS_INTERVAL", default_value_t = 30)]
+    #[arg(long, env = "PORTCULLIS_STATUS_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub status_interval: u64,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
+
+/// Longest certificate validity accepted, in days (a hundred years).
+pub const MAX_CERT_DAYS: i64 = 36_500;
+const DAY: i64 = 86_400;
 
 /// Kubernetes mode (everything but `--standalone`).
 #[derive(clap::Args, Debug, Clone)]
@@ -263,29 +262,50 @@ pub struct KubeArgs {
     #[arg(long, env = "PORTCULLIS_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// Validity of the generated CA, in days.
-    #[arg(long, env = "PORTCULLIS_CERT_CA_DAYS", default_value_t = 3650)]
+    #[arg(long, env = "PORTCULLIS_CERT_CA_DAYS", default_value_t = 3650, value_parser = clap::value_parser!(i64).range(2..=MAX_CERT_DAYS))]
     pub cert_ca_days: i64,
     /// Validity of the serving certificate, in days.
-    #[arg(long, env = "PORTCULLIS_CERT_DAYS", default_value_t = 365)]
+    #[arg(long, env = "PORTCULLIS_CERT_DAYS", default_value_t = 365, value_parser = clap::value_parser!(i64).range(2..=MAX_CERT_DAYS))]
     pub cert_days: i64,
     /// Renew the serving certificate this many days before it expires.
-    #[arg(long, env = "PORTCULLIS_CERT_RENEW_DAYS", default_value_t = 30)]
+    #[arg(long, env = "PORTCULLIS_CERT_RENEW_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=MAX_CERT_DAYS))]
     pub cert_renew_days: i64,
     /// Validity of the serving certificate in seconds, instead of `--cert-days` (for
     /// exercising rotation; at least 10).
-    #[arg(long, env = "PORTCULLIS_CERT_VALIDITY_SECONDS")]
+    #[arg(long, env = "PORTCULLIS_CERT_VALIDITY_SECONDS", value_parser = clap::value_parser!(i64).range(10..=MAX_CERT_DAYS * DAY))]
     pub cert_validity_seconds: Option<i64>,
     /// Renew this many seconds before expiry, instead of `--cert-renew-days` (with
     /// `--cert-validity-seconds`; less than the validity).
-    #[arg(long, env = "PORTCULLIS_CERT_RENEW_BEFORE_SECONDS")]
+    #[arg(long, env = "PORTCULLIS_CERT_RENEW_BEFORE_SECONDS", value_parser = clap::value_parser!(i64).range(1..=MAX_CERT_DAYS * DAY))]
     pub cert_renew_before_seconds: Option<i64>,
     /// Seconds the webhook may fail its self-check through the Service with
     /// `failurePolicy: Fail` programmed before the leader downgrades it to Ignore.
     #[arg(long, env = "PORTCULLIS_FAIL_OPEN_AFTER", default_value_t = 120)]
     pub fail_open_after: u64,
     /// Seconds between reconciles of the certificate and the webhook configuration.
-    #[arg(long, env = "PORTCULLIS_RECONCILE_INTERVAL", default_value_t = 10)]
+    #[arg(long, env = "PORTCULLIS_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_interval: u64,
+}
+
+impl KubeArgs {
+    /// The serving certificate's validity and how long before its expiry it is renewed, in
+    /// seconds; renewing must come before expiry.
+    pub fn cert_lifetimes(&self) -> Result<(i64, i64), String> {
+        let validity = self.cert_validity_seconds.unwrap_or(self.cert_days * DAY);
+        let (renew_before, flag) =
+            match (self.cert_renew_before_seconds, self.cert_validity_seconds) {
+                (Some(seconds), _) => (seconds, "--cert-renew-before-seconds"),
+                (None, Some(seconds)) => (seconds / 3, "--cert-validity-seconds"),
+                (None, None) => (self.cert_renew_days * DAY, "--cert-renew-days"),
+            };
+        if renew_before >= validity {
+            return Err(format!(
+                "{flag}: renewing {renew_before} s before expiry must come within the serving \
+                 certificate's validity of {validity} s (--cert-days or --cert-validity-seconds)"
+            ));
+        }
+        Ok((validity, renew_before))
+    }
 }
 
 impl RunArgs {
@@ -442,5 +462,89 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// `run --standalone` with the required flags and `extra`.
+    fn run_with(extra: &[&str]) -> Result<Box<RunArgs>, clap::Error> {
+        let base = [
+            "portcullis-agent",
+            "run",
+            "--standalone",
+            "--cluster",
+            "c",
+            "--control-plane",
+            "https://x",
+            "--token-file",
+            "t",
+        ];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        Ok(args)
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_with_the_flag_and_range() {
+        for (flag, value) in [
+            ("--event-batch-size", "0"),
+            ("--event-outbox-max-events", "0"),
+            ("--event-outbox-max-bytes", "0"),
+            ("--webhook-max-queue-wait-ms", "0"),
+            ("--webhook-request-timeout", "0"),
+            ("--webhook-max-connections", "0"),
+            ("--webhook-max-in-flight", "0"),
+            ("--webhook-evaluators", "0"),
+            ("--status-interval", "0"),
+            ("--reconnect-max", "0"),
+            ("--heartbeat-misses", "0"),
+            ("--reconcile-interval", "0"),
+            ("--cert-days", "1"),
+            ("--cert-ca-days", "36501"),
+            ("--cert-renew-days", "0"),
+            ("--cert-validity-seconds", "9"),
+            ("--cert-renew-before-seconds", "0"),
+        ] {
+            let error = run_with(&[flag, value]).unwrap_err().to_string();
+            assert!(
+                error.contains(flag) && error.contains(&format!("{value} is not in")),
+                "{flag} {value}: {error}"
+            );
+        }
+        assert_eq!(
+            run_with(&["--event-batch-size", "1"])
+                .unwrap()
+                .event_batch_size,
+            1
+        );
+    }
+
+    #[test]
+    fn renewal_must_come_before_expiry() {
+        let lifetimes = |extra: &[&str]| run_with(extra).unwrap().kube.cert_lifetimes();
+        assert_eq!(lifetimes(&[]), Ok((365 * DAY, 30 * DAY)));
+        assert_eq!(lifetimes(&["--cert-validity-seconds", "90"]), Ok((90, 30)));
+        assert_eq!(
+            lifetimes(&[
+                "--cert-validity-seconds",
+                "90",
+                "--cert-renew-before-seconds",
+                "60"
+            ]),
+            Ok((90, 60))
+        );
+        let error = lifetimes(&["--cert-days", "20"]).unwrap_err();
+        assert!(error.starts_with("--cert-renew-days: "), "{error}");
+        let error = lifetimes(&[
+            "--cert-validity-seconds",
+            "60",
+            "--cert-renew-before-seconds",
+            "60",
+        ])
+        .unwrap_err();
+        assert!(
+            error.starts_with("--cert-renew-before-seconds: "),
+            "{error}"
+        );
     }
 }

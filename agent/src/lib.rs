@@ -72,6 +72,10 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         );
     }
     let exempt_namespaces = args.exempt_namespaces().map_err(anyhow::Error::msg)?;
+    if !args.standalone {
+        // Refused before anything starts, not when the leader first issues a certificate.
+        args.kube.cert_lifetimes().map_err(anyhow::Error::msg)?;
+    }
     // Only this user may read it: it holds tokens' hashes, events with user names, policies.
     // A directory someone else owns (a volume's root, group-shared through fsGroup) cannot be
     // tightened by us: that is said, not fatal.
@@ -107,10 +111,10 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let cache = Arc::new(opened.cache);
     let events_config = events::EventsConfig {
         limits: events::OutboxLimits {
-            max_events: args.event_outbox_max_events.max(1),
-            max_bytes: args.event_outbox_max_bytes.max(1),
+            max_events: args.event_outbox_max_events,
+            max_bytes: args.event_outbox_max_bytes,
         },
-        batch_events: args.event_batch_size.max(1),
+        batch_events: args.event_batch_size,
         ..Default::default()
     };
     let outbox = if args.record_events {
@@ -132,13 +136,13 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             max_body_bytes: args.webhook_max_body_bytes,
             max_in_flight: args.webhook_max_in_flight,
             evaluators: args.webhook_evaluators.unwrap_or_else(cpus),
-            max_queue_wait: Duration::from_millis(args.webhook_max_queue_wait_ms.max(1)),
-            body_timeout: Duration::from_secs(args.webhook_request_timeout.max(1)),
+            max_queue_wait: Duration::from_millis(args.webhook_max_queue_wait_ms),
+            body_timeout: Duration::from_secs(args.webhook_request_timeout),
         },
         state.clone(),
     )
     .context("starting the webhook's evaluators")?;
-    let (registry, _meter_provider) = telemetry::metrics(
+    let metrics = telemetry::metrics(
         state.clone(),
         stats.clone(),
         outbox.clone(),
@@ -152,7 +156,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         tls_ready: tls_ready.clone(),
         state: state.clone(),
         stats: stats.clone(),
-        registry,
+        registry: metrics.registry.clone(),
         outbox: outbox.clone(),
         webhook: webhook.pool_stats(),
     };
@@ -160,20 +164,11 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding admin listener {}", args.admin_listen))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut admin_task = {
-        let router = admin::router(admin_state.clone());
-        let mut rx = shutdown_rx.clone();
-        tokio::spawn(
-            async move {
-                axum::serve(admin_listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|stop| *stop).await;
-                    })
-                    .await
-            }
-            .instrument(info_span!("admin")),
-        )
-    };
+    let mut admin_task = portcullis_runtime::admin::serve(
+        admin_listener,
+        admin::router(admin_state.clone()),
+        shutdown_rx.clone(),
+    );
 
     let resolver = match (&args.webhook_cert, &args.webhook_key) {
         _ if !args.standalone => {
@@ -220,18 +215,10 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             .and_then(|u| u.host().map(str::to_owned));
         let mut certs =
             k8s::certs::CertPolicy::for_service(&k.service_name, &args.namespace, host.as_deref());
-        certs.ca_validity = time::Duration::days(k.cert_ca_days.max(2));
-        certs.leaf_validity = time::Duration::days(k.cert_days.max(2));
-        certs.renew_before =
-            time::Duration::days(k.cert_renew_days.clamp(1, k.cert_days.max(2) - 1));
-        if let Some(seconds) = k.cert_validity_seconds {
-            certs.leaf_validity = time::Duration::seconds(seconds.max(10));
-            certs.renew_before = certs.leaf_validity / 3;
-        }
-        if let Some(seconds) = k.cert_renew_before_seconds {
-            let validity = certs.leaf_validity.whole_seconds();
-            certs.renew_before = time::Duration::seconds(seconds.clamp(1, validity - 1));
-        }
+        certs.ca_validity = time::Duration::days(k.cert_ca_days);
+        let (validity, renew_before) = k.cert_lifetimes().map_err(anyhow::Error::msg)?;
+        certs.leaf_validity = time::Duration::seconds(validity);
+        certs.renew_before = time::Duration::seconds(renew_before);
         let self_check_url = k.webhook_url.clone().unwrap_or_else(|| {
             format!(
                 "https://{}.{}.svc:{}/validate",
@@ -250,7 +237,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             exempt_namespaces: exempt_namespaces.clone(),
             certs,
             fail_open_after: Duration::from_secs(k.fail_open_after),
-            reconcile_every: Duration::from_secs(k.reconcile_interval.max(1)),
+            reconcile_every: Duration::from_secs(k.reconcile_interval),
             lease_seconds: 15,
         };
         let controller = k8s::Controller::new(
@@ -332,8 +319,8 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             webhook::router(webhook),
             shutdown_rx.clone(),
             webhook::server::ServeLimits {
-                max_connections: args.webhook_max_connections.max(1),
-                header_timeout: Duration::from_secs(args.webhook_request_timeout.max(1)),
+                max_connections: args.webhook_max_connections,
+                header_timeout: Duration::from_secs(args.webhook_request_timeout),
                 ..webhook::server::ServeLimits::default()
             },
         )
@@ -348,7 +335,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
                 state.clone(),
                 stats.clone(),
                 outbox.clone(),
-                Duration::from_secs(args.status_interval.max(1)),
+                Duration::from_secs(args.status_interval),
             )
             .instrument(info_span!("status")),
     );
@@ -360,7 +347,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             ca_file: args.ca_file.clone(),
             heartbeat_misses: args.heartbeat_misses,
             reconnect_initial: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(args.reconnect_max.max(1)),
+            reconnect_max: Duration::from_secs(args.reconnect_max),
         },
         cache,
         state,
@@ -387,7 +374,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         result = &mut webhook_task => {
             bail!("the webhook server stopped: {result:?}");
         }
-        () = shutdown_signal() => {}
+        () = portcullis_runtime::signal::shutdown() => {}
     }
     info!("Draining");
     admin_state.listening.store(false, Ordering::Release);
@@ -409,7 +396,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     tokio::select! {
         () = drained => info!("Drained"),
         () = tokio::time::sleep(Duration::from_secs(10)) => warn!("Drain timed out"),
-        () = shutdown_signal() => warn!("Second signal: exiting now"),
+        () = portcullis_runtime::signal::shutdown() => warn!("Second signal: exiting now"),
     }
     Ok(())
 }
@@ -438,21 +425,4 @@ impl Drop for OwnRuntime {
 /// The CPUs this process may use.
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            error!(%error, "Cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-        }
-    }
 }

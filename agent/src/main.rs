@@ -1,10 +1,11 @@
 use clap::Parser;
-use portcullis_agent::{args::Cli, run, telemetry};
+use portcullis_agent::{args::Cli, run};
+use portcullis_runtime::logging;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
+    logging::init(cli.log_format);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

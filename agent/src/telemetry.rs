@@ -1,46 +1,24 @@
-//! Logging (tracing, plain or JSON) and metrics (OpenTelemetry meters exported to the
-//! Prometheus registry that `/metrics` serves).
+//! The agent's metrics: OpenTelemetry meters exported to the Prometheus registry that
+//! `/metrics` serves (see `portcullis_runtime::metrics`).
 
 use std::sync::{Arc, atomic::Ordering};
 
-use anyhow::Context;
-use opentelemetry::metrics::MeterProvider;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use tracing_subscriber::{EnvFilter, fmt};
+use portcullis_runtime::metrics::Metrics;
 
-use crate::{
-    args::LogFormat, events::Outbox, state::StateHandle, stats::SyncStats, webhook::pool::PoolStats,
-};
-
-/// Installs the global subscriber. `PORTCULLIS_LOG` (or `RUST_LOG`) sets the filter.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
+use crate::{events::Outbox, state::StateHandle, stats::SyncStats, webhook::pool::PoolStats};
 
 /// Reads one counter of the sync statistics.
 type ReadCounter = fn(&SyncStats) -> u64;
 
-/// Registers the agent's instruments; keep the returned provider alive.
+/// Registers the agent's instruments; keep the returned `Metrics` alive.
 pub fn metrics(
     state: StateHandle,
     stats: Arc<SyncStats>,
     outbox: Option<Arc<Outbox>>,
     webhook: Arc<PoolStats>,
-) -> anyhow::Result<(prometheus::Registry, SdkMeterProvider)> {
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .build()
-        .context("building the Prometheus exporter")?;
-    let provider = SdkMeterProvider::builder().with_reader(exporter).build();
-    let meter = provider.meter("portcullis-agent");
+) -> anyhow::Result<Metrics> {
+    let metrics = Metrics::new()?;
+    let meter = metrics.meter("portcullis-agent");
     let counters: [(&str, &str, ReadCounter); 4] = [
         (
             "portcullis_agent_snapshots_applied",
@@ -124,5 +102,5 @@ pub fn metrics(
                 .build();
         }
     }
-    Ok((registry, provider))
+    Ok(metrics)
 }

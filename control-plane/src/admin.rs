@@ -1,5 +1,6 @@
 //! Admin HTTP: `/livez` (the process runs), `/readyz` (the store is open and the gRPC listener
-//! is up; false while draining), `/metrics` (Prometheus text from the OpenTelemetry meters).
+//! is up; false while draining), `/metrics` (Prometheus text from the OpenTelemetry meters);
+//! the routes are `portcullis_runtime`'s, shared with the agent.
 
 use std::{
     net::SocketAddr,
@@ -10,8 +11,8 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use prometheus::{Encoder, TextEncoder};
+use axum::Router;
+use portcullis_runtime::admin::{Readiness, routes};
 use tokio::net::TcpListener;
 
 /// Shared by the admin server and the wiring that flips readiness.
@@ -22,35 +23,9 @@ pub struct AdminState {
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
-        Ok(()) => (
-            StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
-            body,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain")],
-            e.to_string().into_bytes(),
-        ),
-    }
+    let serving = state.ready.clone();
+    let readiness = Readiness::default().with("serving", move || serving.load(Ordering::Acquire));
+    routes(readiness, state.registry)
 }
 
 /// Binds the admin listener.
@@ -63,7 +38,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
+    use axum::{body::Body, http::StatusCode};
     use tower::ServiceExt;
 
     async fn get_status(router: Router, path: &str) -> StatusCode {

@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+pub use portcullis_runtime::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,12 +29,6 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API (TLS) and the admin HTTP endpoints.
     Serve(ServeArgs),
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -67,10 +62,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PORTCULLIS_CHANGELOG_KEEP", default_value_t = 100_000)]
     pub changelog_keep: u64,
     /// Seconds between change-log compactions.
-    #[arg(long, env = "PORTCULLIS_COMPACTION_INTERVAL", default_value_t = 60)]
+    #[arg(long, env = "PORTCULLIS_COMPACTION_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub compaction_interval: u64,
     /// Seconds between heartbeats on an idle agent Sync stream.
-    #[arg(long, env = "PORTCULLIS_HEARTBEAT_INTERVAL", default_value_t = 10)]
+    #[arg(long, env = "PORTCULLIS_HEARTBEAT_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_interval: u64,
     /// Largest scan report `ImportReport` accepts, in bytes; larger ones are refused whole.
     #[arg(
@@ -86,7 +81,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PORTCULLIS_EVENT_MAX_COUNT", default_value_t = 1_000_000)]
     pub event_max_count: u64,
     /// Events one `ReportEvents` call may carry; larger batches are refused whole.
-    #[arg(long, env = "PORTCULLIS_EVENT_MAX_BATCH", default_value_t = 1000)]
+    #[arg(long, env = "PORTCULLIS_EVENT_MAX_BATCH", default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub event_max_batch: usize,
     /// Seconds to drain streams and in-flight requests on SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
@@ -117,5 +112,22 @@ mod tests {
             Cli::try_parse_from(["cp", "serve", "--tls-san", "a,b", "--tls-san", "c"]).unwrap();
         let Command::Serve(args) = cli.command;
         assert_eq!(args.tls_sans, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_with_the_flag_and_range() {
+        for flag in [
+            "--event-max-batch",
+            "--heartbeat-interval",
+            "--compaction-interval",
+        ] {
+            let error = Cli::try_parse_from(["cp", "serve", flag, "0"])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(flag) && error.contains("0 is not in"),
+                "{error}"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! token, which only the agent service accepts. Tokens are kept and compared as SHA-256 hashes,
 //! in constant time, and never logged.
 
-use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::Path, sync::Arc};
+use std::{fs, path::Path, sync::Arc};
 
 use base64::Engine;
 use rand::RngCore;
@@ -110,14 +110,7 @@ pub fn bootstrap_admin_token(path: &Path) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     let token = generate_token("pca_");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(file, "{token}")?;
-    file.sync_all()?;
+    portcullis_runtime::files::write_private(path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 

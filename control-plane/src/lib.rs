@@ -10,7 +10,6 @@ pub mod fleet;
 pub mod server;
 pub mod store;
 pub mod sync;
-pub mod telemetry;
 pub mod tls;
 
 use args::{Cli, Command};

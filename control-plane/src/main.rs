@@ -2,7 +2,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
-use portcullis_control_plane::{args::Cli, run, telemetry};
+use portcullis_control_plane::{args::Cli, run};
+use portcullis_runtime::logging;
 
 /// mimalloc instead of the system allocator: decoding, storing and answering event batches
 /// allocates and frees many small strings on every worker thread, and glibc's allocator spent
@@ -45,7 +46,7 @@ fn with_allocator_options() {
 
 #[tokio::main]
 async fn serve(cli: Cli) -> ExitCode {
-    telemetry::init_logging(cli.log_format);
+    logging::init(cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -27,7 +27,6 @@ use crate::{
     fleet::Fleet,
     store::Store,
     sync::SyncSettings,
-    telemetry::Metrics,
     tls,
 };
 
@@ -77,8 +76,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let metrics = Metrics::new()?;
-    let meter = metrics.meter();
+    let metrics = portcullis_runtime::metrics::Metrics::new()?;
+    let meter = metrics.meter("portcullis-control-plane");
     let gauge_store = store.clone();
     let _revision_gauge = meter
         .u64_observable_gauge("portcullis_store_revision")
@@ -128,20 +127,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let admin_task = {
-        let mut rx = shutdown_rx.clone();
-        let router = admin::router(admin_state.clone());
-        tokio::spawn(
-            async move {
-                axum::serve(admin_listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|stop| *stop).await;
-                    })
-                    .await
-            }
-            .instrument(info_span!("admin")),
-        )
-    };
+    let admin_task = portcullis_runtime::admin::serve(
+        admin_listener,
+        admin::router(admin_state.clone()),
+        shutdown_rx.clone(),
+    );
     let compaction_task = tokio::spawn(
         compact_periodically(store.clone(), args.changelog_keep, args.compaction_interval)
             .instrument(info_span!("compaction")),
@@ -152,7 +142,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             EventSettings {
                 max_age: Duration::from_secs(args.event_max_age_hours.saturating_mul(3600)),
                 max_count: args.event_max_count,
-                max_batch: args.event_max_batch.max(1),
+                max_batch: args.event_max_batch,
             },
         )
         .context("opening the event store")?,
@@ -207,7 +197,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             authenticator.clone(),
             fleet,
             SyncSettings {
-                heartbeat: Duration::from_secs(args.heartbeat_interval.max(1)),
+                heartbeat: Duration::from_secs(args.heartbeat_interval),
             },
         )));
     let grpc_addr = grpc_listener.local_addr()?;
@@ -237,7 +227,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 Err(e) => Err(e).context("gRPC server task panicked"),
             };
         }
-        () = shutdown_signal() => {}
+        () = portcullis_runtime::signal::shutdown() => {}
     }
 
     info!(timeout_s = args.shutdown_timeout, "Draining");
@@ -252,7 +242,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::select! {
         () = drain => info!("Drained"),
         () = tokio::time::sleep(Duration::from_secs(args.shutdown_timeout)) => warn!("Drain timed out"),
-        () = shutdown_signal() => warn!("Second signal: exiting now"),
+        () = portcullis_runtime::signal::shutdown() => warn!("Second signal: exiting now"),
     }
     Ok(())
 }
@@ -270,21 +260,5 @@ async fn compact_periodically(store: Arc<Store>, keep: u64, interval_s: u64) {
             ),
             Err(error) => error!(%error, "Change log compaction failed"),
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            error!(%error, "Cannot listen for SIGTERM");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

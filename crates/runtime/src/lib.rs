@@ -1,0 +1,10 @@
+//! What both binaries share, so that they cannot drift apart: the log format flag and the
+//! subscriber it installs, the Prometheus registry the OpenTelemetry meters export to, the
+//! admin server's `/livez`, `/readyz` (named conditions) and `/metrics` (the Prometheus text
+//! content type), the shutdown signals, and files only the owner may read.
+
+pub mod admin;
+pub mod files;
+pub mod logging;
+pub mod metrics;
+pub mod signal;
