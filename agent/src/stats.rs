@@ -39,8 +39,8 @@ impl SyncStats {
         self.last_heard_ms.store(crate::now_ms(), Ordering::Relaxed);
     }
 
-    pub fn set_mode(&self, mode: &str) {
-        *self.last_mode.lock().unwrap_or_else(|e| e.into_inner()) = mode.to_owned();
+    pub fn set_mode(&self, mode: portcullis_proto::words::SyncMode) {
+        *self.last_mode.lock().unwrap_or_else(|e| e.into_inner()) = mode.as_str().to_owned();
     }
 
     pub fn mode(&self) -> String {
@@ -79,9 +79,9 @@ impl SyncStats {
     }
 
     /// Records the protection state (and, for "deploy-failed", the error).
-    pub fn set_protection(&self, state: &str, error: &str) {
+    pub fn set_protection(&self, state: portcullis_proto::words::ProtectionState, error: &str) {
         *self.protection.lock().unwrap_or_else(|e| e.into_inner()) =
-            (state.to_owned(), error.to_owned());
+            (state.as_str().to_owned(), error.to_owned());
     }
 
     /// The protection state and the deploy error.

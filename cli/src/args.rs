@@ -7,6 +7,7 @@ use clap::{
     builder::{PossibleValuesParser, TypedValueParser},
 };
 use portcullis_policy::scan::ReportFormat;
+use portcullis_proto::words::{EventAction, EventState, FailurePolicy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,7 +154,7 @@ pub enum ClusterCommand {
         /// Register with protection off.
         #[arg(long)]
         disabled: bool,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = failure_policy())]
         failure_policy: Option<FailurePolicy>,
         /// Webhook timeout in seconds (1-30).
         #[arg(long)]
@@ -181,7 +182,7 @@ pub enum ClusterCommand {
         enable: bool,
         #[arg(long)]
         disable: bool,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = failure_policy())]
         failure_policy: Option<FailurePolicy>,
         /// Webhook timeout in seconds (1-30).
         #[arg(long)]
@@ -245,9 +246,9 @@ pub struct EventFilterArgs {
     pub name: Option<String>,
     #[arg(long)]
     pub policy: Option<String>,
-    #[arg(long, value_parser = ["blocked", "alerted"])]
+    #[arg(long, value_parser = PossibleValuesParser::new(EventAction::NAMES))]
     pub action: Option<String>,
-    #[arg(long, value_parser = ["new", "handled", "ignored"])]
+    #[arg(long, value_parser = PossibleValuesParser::new(EventState::NAMES))]
     pub state: Option<String>,
     /// Events at or after this time: RFC 3339, or an age such as 30m, 2h, 7d.
     #[arg(long, value_name = "TIME")]
@@ -292,7 +293,7 @@ pub enum EventsCommand {
         #[arg(long, default_value = "")]
         note: String,
         /// The state to set.
-        #[arg(long, default_value = "handled", value_parser = ["handled", "ignored", "new"])]
+        #[arg(long, default_value = "handled", value_parser = PossibleValuesParser::new(EventState::NAMES))]
         state: String,
     },
     /// Counts by cluster, policy and action.
@@ -308,19 +309,9 @@ pub enum EventsCommand {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FailurePolicy {
-    Ignore,
-    Fail,
-}
-
-impl FailurePolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailurePolicy::Ignore => "ignore",
-            FailurePolicy::Fail => "fail",
-        }
-    }
+/// `ignore` or `fail`, listed in `--help`.
+fn failure_policy() -> impl TypedValueParser<Value = FailurePolicy> {
+    PossibleValuesParser::new(FailurePolicy::NAMES).try_map(|name| name.parse::<FailurePolicy>())
 }
 
 /// `trivy`, `grype` or `native`, listed in `--help`.

@@ -5,12 +5,11 @@ use std::fs;
 
 use anyhow::{Context, Result, bail};
 use tonic::{
-    Request, Status,
-    metadata::MetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
+    service::interceptor::InterceptedService,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
+use portcullis_proto::auth::Bearer;
 use portcullis_proto::v1::{
     cluster_service_client::ClusterServiceClient, event_service_client::EventServiceClient,
     policy_service_client::PolicyServiceClient, scan_service_client::ScanServiceClient,
@@ -18,20 +17,7 @@ use portcullis_proto::v1::{
 
 use crate::args::Connection;
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub type Authed = InterceptedService<Channel, BearerToken>;
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// The clients of one connection.
 pub struct Clients {
@@ -53,8 +39,7 @@ pub async fn connect(connection: &Connection) -> Result<Clients> {
             .to_owned(),
         (None, None) => bail!("no token: pass --token or --token-file (or set PORTCULLIS_TOKEN)"),
     };
-    let bearer = MetadataValue::try_from(format!("Bearer {token}"))
-        .context("the token has characters that cannot go in a header")?;
+    let bearer = Bearer::new(&token)?;
 
     let url = &connection.server;
     if !url.starts_with("https://") {
@@ -76,7 +61,6 @@ pub async fn connect(connection: &Connection) -> Result<Clients> {
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let bearer = BearerToken(bearer);
     Ok(Clients {
         policies: PolicyServiceClient::with_interceptor(channel.clone(), bearer.clone()),
         clusters: ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),

@@ -16,6 +16,7 @@ use portcullis_proto::v1::{
     SnapshotChunk, SnapshotEnd, SyncRequest, SyncResponse, SyncStart, policy_change, scan_change,
     sync_response::Message,
 };
+use portcullis_proto::words::SyncMode;
 
 use crate::store::{Change, ChangesSince, Store, StoreError, VulnerabilityIds};
 
@@ -134,7 +135,7 @@ async fn stream(
             send(
                 tx,
                 Message::Start(SyncStart {
-                    mode: "snapshot".into(),
+                    mode: SyncMode::Snapshot.as_str().into(),
                     epoch: snapshot.epoch.clone(),
                     revision: snapshot.revision,
                     heartbeat_interval_ms,
@@ -184,7 +185,7 @@ async fn stream(
             send(
                 tx,
                 Message::Start(SyncStart {
-                    mode: "resume".into(),
+                    mode: SyncMode::Resume.as_str().into(),
                     epoch: store.epoch().to_owned(),
                     revision: store.revision(),
                     heartbeat_interval_ms,

@@ -14,3 +14,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portcullis_descriptor.bin"));
 
 pub mod limits;
+pub mod words;
+
+#[cfg(feature = "grpc")]
+pub mod auth;

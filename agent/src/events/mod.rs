@@ -25,6 +25,7 @@ use portcullis_policy::{
 };
 use portcullis_proto::limits;
 use portcullis_proto::v1::{Event, EventFinding};
+use portcullis_proto::words::EventAction;
 use tracing::warn;
 
 use crate::{state::AgentState, webhook::review};
@@ -191,7 +192,7 @@ pub fn build(
                     .policies
                     .get(&finding.policy)
                     .map_or(0, |p| p.proto.revision),
-                action: "alerted".into(),
+                action: EventAction::Alerted.as_str().into(),
                 admission_uid: request.uid.clone(),
                 count: 1,
                 ..Default::default()
@@ -201,7 +202,7 @@ pub fn build(
             continue;
         };
         if finding.action == Action::Block {
-            event.action = "blocked".into();
+            event.action = EventAction::Blocked.as_str().into();
         }
         let f = &finding.finding;
         event.findings.push(EventFinding {

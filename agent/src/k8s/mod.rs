@@ -34,6 +34,7 @@ use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams},
 };
+use portcullis_proto::words::{FailurePolicy, ProtectionState};
 use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
@@ -93,8 +94,8 @@ pub struct Controller {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Round {
     pub leader: bool,
-    /// "protected", "protected-without-policy", "unprotected", or "" (no state yet).
-    pub protection: &'static str,
+    /// Not `DeployFailed`: a failed round is an error, recorded by the caller.
+    pub protection: ProtectionState,
     /// A note for operators (a held-back or downgraded failure policy).
     pub note: String,
 }
@@ -180,7 +181,7 @@ impl Controller {
                 Err(error) => {
                     error!(%error, "Kubernetes reconcile failed; retrying");
                     self.stats
-                        .set_protection("deploy-failed", &error.to_string());
+                        .set_protection(ProtectionState::DeployFailed, &error.to_string());
                     retry.next_delay()
                 }
             };
@@ -293,7 +294,7 @@ impl Controller {
         let enabled = protection.as_ref().is_some_and(|p| p.enabled) && !election.uninstalling;
         if protection.is_none() && !election.uninstalling {
             // Never synced: leave whatever is there until the control plane says.
-            round.protection = "";
+            round.protection = ProtectionState::Unknown;
             return Ok(());
         }
         if !enabled {
@@ -305,7 +306,7 @@ impl Controller {
                     Err(e) => return Err(api_error(format!("deleting {name}"))(e)),
                 }
             }
-            round.protection = "unprotected";
+            round.protection = ProtectionState::Unprotected;
             return Ok(());
         }
         let Some(material) = material else {
@@ -345,10 +346,14 @@ impl Controller {
         if !in_place {
             if !election.leader {
                 // The leader will put it right; until then this replica says what it sees.
-                round.protection = if actual.is_some() { "protected" } else { "" };
+                round.protection = if actual.is_some() {
+                    ProtectionState::Protected
+                } else {
+                    ProtectionState::Unknown
+                };
                 return Ok(());
             }
-            info!(config = %name, drift = actual.is_some(), failure_policy, "Applying the webhook configuration");
+            info!(config = %name, drift = actual.is_some(), failure_policy = failure_policy.kubernetes(), "Applying the webhook configuration");
             self.configs
                 .patch(
                     &name,
@@ -361,9 +366,9 @@ impl Controller {
                 )))?;
         }
         round.protection = if state.policies.is_empty() {
-            "protected-without-policy"
+            ProtectionState::ProtectedWithoutPolicy
         } else {
-            "protected"
+            ProtectionState::Protected
         };
         Ok(())
     }
@@ -377,16 +382,19 @@ impl Controller {
         ca_pem: &str,
         now: OffsetDateTime,
         round: &mut Round,
-    ) -> &'static str {
-        let programmed_fail = actual.and_then(webhook_config::failure_policy_of) == Some("Fail");
-        if wanted != "fail" {
+    ) -> FailurePolicy {
+        let programmed_fail =
+            actual.and_then(webhook_config::failure_policy_of) == Some(FailurePolicy::Fail);
+        // The control plane validates the word; one this agent does not know (from a newer
+        // control plane) keeps the default.
+        if wanted.parse::<FailurePolicy>() != Ok(FailurePolicy::Fail) {
             self.failing_since = None;
-            return "Ignore";
+            return FailurePolicy::Ignore;
         }
         match (self.self_check)(ca_pem.to_owned()).await {
             Ok(()) => {
                 self.failing_since = None;
-                "Fail"
+                FailurePolicy::Fail
             }
             Err(why) if programmed_fail => {
                 let since = *self.failing_since.get_or_insert(now);
@@ -398,9 +406,9 @@ impl Controller {
                          self-check through the Service since {since}: {why}"
                     );
                     warn!(note = %round.note, "Failing open");
-                    "Ignore"
+                    FailurePolicy::Ignore
                 } else {
-                    "Fail"
+                    FailurePolicy::Fail
                 }
             }
             Err(why) => {
@@ -408,7 +416,7 @@ impl Controller {
                     "failurePolicy Fail held back (Ignore programmed) until the webhook \
                      answers its self-check through the Service: {why}"
                 );
-                "Ignore"
+                FailurePolicy::Ignore
             }
         }
     }

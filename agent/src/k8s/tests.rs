@@ -146,7 +146,7 @@ async fn first_install_writes_lease_secret_and_configuration() {
         round,
         Round {
             leader: true,
-            protection: "protected",
+            protection: ProtectionState::Protected,
             note: String::new()
         }
     );
@@ -256,13 +256,13 @@ async fn protection_off_deletes_the_configuration_and_on_restores_it() {
     let mut controller = h.controller("agent-0", tokio_clock());
     assert_eq!(
         controller.reconcile().await.unwrap().protection,
-        "protected-without-policy"
+        ProtectionState::ProtectedWithoutPolicy
     );
     h.state.store(Arc::new(mk_state(false, "ignore", 0)));
     h.fake.clear_calls();
     assert_eq!(
         controller.reconcile().await.unwrap().protection,
-        "unprotected"
+        ProtectionState::Unprotected
     );
     assert_eq!(
         h.fake.writes(),
@@ -272,7 +272,7 @@ async fn protection_off_deletes_the_configuration_and_on_restores_it() {
     h.state.store(Arc::new(mk_state(true, "ignore", 3)));
     assert_eq!(
         controller.reconcile().await.unwrap().protection,
-        "protected"
+        ProtectionState::Protected
     );
     assert!(h.fake.object(CONFIG).is_some());
 }
@@ -296,7 +296,7 @@ async fn uninstall_removes_the_configuration_and_the_leader_stays_away() {
     );
     assert_eq!(
         controller.reconcile().await.unwrap().protection,
-        "unprotected"
+        ProtectionState::Unprotected
     );
     assert!(h.fake.object(CONFIG).is_none(), "not recreated");
     // Uninstalling twice is fine.

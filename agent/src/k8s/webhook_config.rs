@@ -3,6 +3,7 @@
 //! CA bundle, the cluster's timeout and failure policy, and a namespace selector that leaves
 //! out the exempt namespaces. Built as JSON for server-side apply.
 
+use portcullis_proto::words::FailurePolicy;
 use serde_json::{Value, json};
 
 /// The webhook's name inside the configuration.
@@ -28,8 +29,7 @@ pub struct Desired {
     pub endpoint: Endpoint,
     pub ca_bundle_pem: String,
     pub exempt_namespaces: Vec<String>,
-    /// `Ignore` or `Fail`.
-    pub failure_policy: &'static str,
+    pub failure_policy: FailurePolicy,
     pub timeout_seconds: u32,
 }
 
@@ -87,7 +87,7 @@ impl Desired {
                 "sideEffects": "None",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": self.timeout_seconds,
-                "failurePolicy": self.failure_policy,
+                "failurePolicy": self.failure_policy.kubernetes(),
                 "matchPolicy": "Equivalent",
                 "namespaceSelector": {"matchExpressions": [{
                     "key": "kubernetes.io/metadata.name",
@@ -128,13 +128,16 @@ impl Desired {
     }
 }
 
-/// The failure policy an existing configuration has, if it is ours.
-pub fn failure_policy_of(actual: &Value) -> Option<&str> {
-    actual["webhooks"]
+/// The failure policy an existing configuration has, if it is ours and one we know.
+pub fn failure_policy_of(actual: &Value) -> Option<FailurePolicy> {
+    let programmed = actual["webhooks"]
         .as_array()?
         .iter()
         .find(|w| w["name"] == WEBHOOK_NAME)?["failurePolicy"]
-        .as_str()
+        .as_str()?;
+    [FailurePolicy::Ignore, FailurePolicy::Fail]
+        .into_iter()
+        .find(|p| p.kubernetes() == programmed)
 }
 
 #[cfg(test)]
@@ -151,7 +154,7 @@ mod tests {
             },
             ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
             exempt_namespaces: vec!["kube-system".into(), "portcullis-system".into()],
-            failure_policy: "Ignore",
+            failure_policy: FailurePolicy::Ignore,
             timeout_seconds: 10,
         }
     }
@@ -202,7 +205,7 @@ mod tests {
             json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "portcullis-system"]})
         );
         assert!(desired().matches(&object));
-        assert_eq!(failure_policy_of(&object), Some("Ignore"));
+        assert_eq!(failure_policy_of(&object), Some(FailurePolicy::Ignore));
     }
 
     #[test]

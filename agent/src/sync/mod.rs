@@ -20,6 +20,7 @@ use portcullis_proto::v1::{
     SyncRequest, SyncResponse, SyncStart, agent_service_client::AgentServiceClient,
     sync_response::Message,
 };
+use portcullis_proto::words::{SyncMode, UnknownWord};
 
 use portcullis_policy::{engine::ScanIndex, scan::VulnerabilityDictionary};
 
@@ -168,7 +169,8 @@ impl SyncClient {
             ))
         })?;
         *self.last_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.trim().to_owned());
-        let bearer = Bearer::new(token.trim()).map_err(SessionError::Local)?;
+        let bearer = Bearer::new(token.trim())
+            .map_err(|e| SessionError::Local(format!("the token file: {e}")))?;
         let mut tls = ClientTlsConfig::new();
         tls = match &self.config.ca_file {
             Some(path) => {
@@ -230,19 +232,22 @@ impl SyncClient {
         self.stats.set_connected(true);
         let deadline = Duration::from_millis(u64::from(start.heartbeat_interval_ms).max(100))
             * self.config.heartbeat_misses.max(1);
-        match start.mode.as_str() {
-            "snapshot" => self.receive_snapshot(&mut stream, &start, deadline).await?,
-            "resume" if start.epoch == held.epoch => {
+        let mode: SyncMode = start
+            .mode
+            .parse()
+            .map_err(|e: UnknownWord| SessionError::Protocol(e.to_string()))?;
+        match mode {
+            SyncMode::Snapshot => self.receive_snapshot(&mut stream, &start, deadline).await?,
+            SyncMode::Resume if start.epoch == held.epoch => {
                 info!(revision = held.revision, "Resuming");
-                self.stats.set_mode("resume");
+                self.stats.set_mode(SyncMode::Resume);
             }
-            "resume" => {
+            SyncMode::Resume => {
                 return Err(SessionError::Protocol(format!(
                     "resume offered in epoch {}, the agent holds {}",
                     start.epoch, held.epoch
                 )));
             }
-            other => return Err(SessionError::Protocol(format!("unknown mode {other:?}"))),
         }
         reconnect.reset();
         loop {
@@ -307,7 +312,7 @@ impl SyncClient {
         self.stats
             .snapshots
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.stats.set_mode("snapshot");
+        self.stats.set_mode(SyncMode::Snapshot);
         Ok(())
     }
 

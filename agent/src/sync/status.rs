@@ -6,41 +6,14 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::watch;
-use tonic::{
-    Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::debug;
 
 use portcullis_proto::v1::{ReportStatusRequest, agent_service_client::AgentServiceClient};
 
 use crate::{state::StateHandle, stats::SyncStats};
 
-/// Adds the cluster's agent token to every call.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Bearer {
-    pub fn new(token: &str) -> Result<Self, String> {
-        if token.is_empty() {
-            return Err("the token file is empty".into());
-        }
-        MetadataValue::try_from(format!("Bearer {token}"))
-            .map(Self)
-            .map_err(|_| "the token has characters that cannot go in a header".into())
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
+pub use portcullis_proto::auth::Bearer;
 
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
 

@@ -11,6 +11,7 @@ use portcullis_proto::v1::{
     ListClustersResponse, ProtectionSettings, RegisterClusterRequest, RegisterClusterResponse,
     SetProtectionRequest, cluster_service_server::ClusterService,
 };
+use portcullis_proto::words::FailurePolicy;
 
 use super::{check_name, paging};
 use crate::{
@@ -52,19 +53,17 @@ fn protection_settings(
     let Some(mut settings) = given else {
         return Ok(ProtectionSettings {
             enabled: true,
-            failure_policy: "ignore".into(),
+            failure_policy: FailurePolicy::Ignore.as_str().into(),
             timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
         });
     };
-    settings.failure_policy = match settings.failure_policy.to_ascii_lowercase().as_str() {
-        "" | "ignore" => "ignore".into(),
-        "fail" => "fail".into(),
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "{field}.failurePolicy: unknown failure policy {other:?}: expected ignore or fail"
-            )));
-        }
+    let policy = match settings.failure_policy.to_ascii_lowercase().as_str() {
+        "" => FailurePolicy::Ignore,
+        word => word
+            .parse::<FailurePolicy>()
+            .map_err(|e| Status::invalid_argument(format!("{field}.failurePolicy: {e}")))?,
     };
+    settings.failure_policy = policy.as_str().into();
     settings.timeout_seconds = match settings.timeout_seconds {
         0 => DEFAULT_TIMEOUT_SECONDS,
         t @ 1..=30 => t,

@@ -14,6 +14,7 @@ use portcullis_proto::v1::{
     ListEventsRequest, ListEventsResponse, SummarizeRequest, SummarizeResponse, WatchEventsRequest,
     event_service_server::EventService,
 };
+use portcullis_proto::words::{EventAction, EventState, UnknownWord};
 
 use super::paging;
 use crate::{
@@ -39,18 +40,21 @@ fn listing(filter: &EventFilter) -> String {
 }
 
 fn check_filter(filter: &EventFilter) -> Result<(), Status> {
-    let word = |field: &str, value: &str, allowed: &[&str]| {
-        if value.is_empty() || allowed.contains(&value) {
-            Ok(())
-        } else {
-            Err(Status::invalid_argument(format!(
-                "filter.{field}: {value:?} is not one of {}",
-                allowed.join(", ")
-            )))
-        }
+    let invalid = |field: &str, error: UnknownWord| {
+        Status::invalid_argument(format!("filter.{field}: {error}"))
     };
-    word("action", &filter.action, &["blocked", "alerted"])?;
-    word("state", &filter.state, &["new", "handled", "ignored"])?;
+    if !filter.action.is_empty() {
+        filter
+            .action
+            .parse::<EventAction>()
+            .map_err(|e| invalid("action", e))?;
+    }
+    if !filter.state.is_empty() {
+        filter
+            .state
+            .parse::<EventState>()
+            .map_err(|e| invalid("state", e))?;
+    }
     if let (Some(since), Some(until)) = (&filter.since, &filter.until)
         && (since.seconds, since.nanos) > (until.seconds, until.nanos)
     {
@@ -131,12 +135,10 @@ impl EventService for EventApi {
     ) -> Result<Response<HandleEventsResponse>, Status> {
         let operator = self.auth.operator(request.metadata(), Access::Write)?;
         let request = request.into_inner();
-        if !matches!(request.state.as_str(), "handled" | "ignored" | "new") {
-            return Err(Status::invalid_argument(format!(
-                "state: {:?} is not one of handled, ignored, new",
-                request.state
-            )));
-        }
+        let state: EventState = request
+            .state
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("state: {e}")))?;
         if request.ids.is_empty() {
             return Err(Status::invalid_argument("ids: required"));
         }
@@ -162,7 +164,7 @@ impl EventService for EventApi {
             .collect::<Result<Vec<_>, _>>()?;
         let events = self
             .events
-            .handle(&ids, &request.state, &request.note, &operator.name)
+            .handle(&ids, state, &request.note, &operator.name)
             .await?;
         tracing::info!(operator = %operator.name, state = %request.state, count = events.len(), "Events handled");
         Ok(Response::new(HandleEventsResponse { events }))
@@ -254,7 +256,7 @@ mod tests {
                 .message()
                 .contains("filter.action")
         );
-        filter.action = "blocked".into();
+        filter.action = EventAction::Blocked.as_str().into();
         filter.state = "open".into();
         assert!(
             check_filter(&filter)

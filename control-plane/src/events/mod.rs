@@ -30,6 +30,7 @@ use tokio::sync::{Mutex, broadcast};
 use tracing::{info, warn};
 
 use portcullis_proto::v1::{Event, EventCount, EventFilter};
+use portcullis_proto::words::EventState;
 
 use crate::store::{Store, StoreError, now_millis, timestamp_from_millis};
 use index::{Entry, Index, RECORD_HEADER, push_record, record_at, records};
@@ -402,7 +403,7 @@ impl EventStore {
     pub async fn handle(
         &self,
         ids: &[uuid::Uuid],
-        state: &str,
+        state: EventState,
         note: &str,
         by: &str,
     ) -> Result<Vec<Event>, StoreError> {
@@ -416,9 +417,9 @@ impl EventStore {
                     kind: "event",
                     name: id.to_string(),
                 })?;
-                event.state = state.to_owned();
+                event.state = state.as_str().to_owned();
                 event.note = note.to_owned();
-                if state == "new" {
+                if state == EventState::New {
                     event.handled_by.clear();
                     event.handled_time = None;
                 } else {

@@ -185,7 +185,7 @@ async fn filters_and_pages_return_exactly_the_expected_events() {
         .map(|e| uuid::Uuid::parse_str(&e.id).unwrap())
         .collect();
     let updated = events
-        .handle(&handled, "handled", "patched", "alice")
+        .handle(&handled, EventState::Handled, "patched", "alice")
         .await
         .unwrap();
     assert!(
@@ -200,7 +200,7 @@ async fn filters_and_pages_return_exactly_the_expected_events() {
     assert_eq!(list_all(filter(|f| f.state = "new".into()), 100).len(), 57);
     let missing = uuid::Uuid::now_v7();
     let error = events
-        .handle(&[handled[0], missing], "ignored", "", "alice")
+        .handle(&[handled[0], missing], EventState::Ignored, "", "alice")
         .await
         .unwrap_err();
     assert!(error.to_string().contains(&missing.to_string()), "{error}");
@@ -310,7 +310,7 @@ async fn events_and_their_handling_survive_a_restart() {
     assert!(events.read_index().segments.len() >= 3);
     let handled = uuid::Uuid::parse_str(&batch[10].id).unwrap();
     events
-        .handle(&[handled], "ignored", "known", "alice")
+        .handle(&[handled], EventState::Ignored, "known", "alice")
         .await
         .unwrap();
     let before = all_ids(&events);
@@ -347,7 +347,7 @@ async fn retention_rewrites_partly_expired_segments() {
     let (gone, oldest_kept) = (id(doomed - 1), id(doomed));
     for handled in [gone, oldest_kept] {
         events
-            .handle(&[handled], "handled", "", "bob")
+            .handle(&[handled], EventState::Handled, "", "bob")
             .await
             .unwrap();
     }

@@ -3,6 +3,7 @@
 //! id) and the field.
 
 use portcullis_proto::v1::Event;
+use portcullis_proto::words::EventAction;
 
 use super::filter::{ID_TIME_SLACK_MS, millis};
 use crate::store::now_millis;
@@ -71,11 +72,8 @@ pub fn validate_batch(
                 "time: more than an hour in the future".into(),
             )));
         }
-        if !matches!(event.action.as_str(), "blocked" | "alerted") {
-            return Err(BatchError::Invalid(at(format!(
-                "action: {:?} is not blocked or alerted",
-                event.action
-            ))));
+        if let Err(error) = event.action.parse::<EventAction>() {
+            return Err(BatchError::Invalid(at(format!("action: {error}"))));
         }
         if event.policy.is_empty() || event.policy.contains('\0') {
             return Err(BatchError::Invalid(at("policy: required".into())));

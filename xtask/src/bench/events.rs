@@ -115,7 +115,9 @@ pub async fn run(args: EventsArgs) -> Result<()> {
             let mut clients: Vec<_> = tokens
                 .iter()
                 .map(|t| {
-                    Bearer::new(t).map(|b| AgentServiceClient::with_interceptor(channel.clone(), b))
+                    Bearer::new(t)
+                        .map(|b| AgentServiceClient::with_interceptor(channel.clone(), b))
+                        .map_err(anyhow::Error::from)
                 })
                 .collect::<Result<_>>()?;
             let mut latencies = Vec::new();
