@@ -158,18 +158,7 @@ async fn stream(
                 )
                 .await?;
             }
-            let spelling = if request.vulnerability_refs {
-                Spelling::Refs
-            } else {
-                Spelling::Ids
-            };
-            send_scans(
-                tx,
-                store.scan_summaries(),
-                store.vulnerability_ids(),
-                spelling,
-            )
-            .await?;
+            send_scans(tx, store.scan_summaries(), store.vulnerability_ids()).await?;
             send(
                 tx,
                 Message::SnapshotEnd(SnapshotEnd {
@@ -216,36 +205,23 @@ async fn stream(
     }
 }
 
-/// How a snapshot's summaries name their vulnerabilities.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Spelling {
-    /// By number, each id once in the snapshot's dictionary (agents that say they read it).
-    Refs,
-    /// Each id in full in every summary (agents before the dictionary).
-    Ids,
-}
-
 /// Sends every image summary in chunks of about `SCAN_CHUNK_BYTES`, read on a blocking thread
 /// (sled reads may hit the disk) while earlier chunks are on the wire. Stored summaries number
-/// their vulnerabilities: with `Spelling::Refs` they go as stored, and each id goes once, in
-/// the dictionary of the chunk of the first summary that uses it; with `Spelling::Ids` each
-/// summary spells its ids out.
+/// their vulnerabilities: they go as stored, and each id goes once, in the dictionary of the
+/// chunk of the first summary that uses it.
 async fn send_scans(
     tx: &Sender,
     encoded: impl Iterator<Item = Result<sled::IVec, StoreError>> + Send + 'static,
     ids: VulnerabilityIds,
-    spelling: Spelling,
 ) -> Result<(), End> {
     let tx = tx.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), End> {
         let mut chunk = ChunkBuilder::new(tx);
-        // The ids numbered so far (read from the store as summaries need them); kept only to
-        // spell them out.
+        // How many ids, numbered from 0, the snapshot has sent so far.
         let mut read = 0usize;
-        let mut spelled: Vec<String> = Vec::new();
         for value in encoded {
             let value = value?;
-            let mut summary = ImageSummary::decode(value.as_ref())
+            let summary = ImageSummary::decode(value.as_ref())
                 .map_err(|e| End::Error(Status::internal(format!("stored image summary: {e}"))))?;
             let needed = summary
                 .vulnerability_refs
@@ -265,26 +241,11 @@ async fn send_scans(
                         needed - 1
                     ))));
                 }
-                match spelling {
-                    Spelling::Refs => {
-                        for id in more {
-                            chunk.add_id(id)?;
-                        }
-                    }
-                    Spelling::Ids => spelled.extend(more),
+                for id in more {
+                    chunk.add_id(id)?;
                 }
             }
-            let size = match spelling {
-                Spelling::Refs => value.len(),
-                Spelling::Ids => {
-                    summary.vulnerability_ids = std::mem::take(&mut summary.vulnerability_refs)
-                        .into_iter()
-                        .map(|n| spelled[n as usize].clone())
-                        .collect();
-                    summary.encoded_len()
-                }
-            };
-            chunk.add_scan(summary, size)?;
+            chunk.add_scan(summary, value.len())?;
         }
         chunk.finish()
     });
@@ -573,7 +534,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn agents_that_read_refs_get_each_id_once_and_others_get_ids() {
+    async fn a_snapshot_sends_each_id_once() {
         let h = Harness::new().await;
         h.store
             .put_scan(mk_scan_of("1.25", &["CVE-2", "CVE-1"]))
@@ -583,11 +544,7 @@ mod tests {
             .put_scan(mk_scan_of("1.26", &["CVE-3", "CVE-1"]))
             .await
             .unwrap();
-        let mut rx = h.open_with(SyncRequest {
-            cluster: "c1".into(),
-            vulnerability_refs: true,
-            ..Default::default()
-        });
+        let mut rx = h.open("", 0);
         let chunks = scan_chunks(&mut rx).await;
         assert_eq!(chunks.len(), 1);
         // Numbered as first imported: CVE-1 and CVE-2 with the first scan, then CVE-3.
@@ -614,35 +571,13 @@ mod tests {
                 ("docker.io/library/nginx:1.26", &[0, 2][..], &[11, 11][..]),
             ]
         );
-
-        // An agent that did not ask gets the same summaries with their ids spelled out.
-        let mut rx = h.open("", 0);
-        let chunks = scan_chunks(&mut rx).await;
-        assert!(chunks[0].vulnerability_dictionary.is_empty());
-        let ids: Vec<(&[String], &[u32])> = chunks[0]
-            .scans
-            .iter()
-            .map(|s| {
-                (
-                    s.vulnerability_ids.as_slice(),
-                    s.vulnerability_refs.as_slice(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                (&["CVE-1".to_string(), "CVE-2".to_string()][..], &[][..]),
-                (&["CVE-1".to_string(), "CVE-3".to_string()][..], &[][..]),
-            ]
-        );
     }
 
     #[tokio::test]
     async fn ids_numbered_during_a_snapshot_come_before_the_summary_using_them() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("vulnerability_ids").unwrap();
-        tree.insert(0u32.to_be_bytes(), "CVE-1").unwrap();
+        VulnerabilityIds::put_block(&tree, 0, &["CVE-1"]);
         let summary = |id: &str, refs: Vec<u32>| -> Result<sled::IVec, StoreError> {
             let flags = vec![3; refs.len()];
             Ok(ImageSummary {
@@ -663,23 +598,16 @@ mod tests {
             .into_iter()
             .chain(std::iter::once_with(move || {
                 for n in 1..=1500u32 {
-                    late_tree
-                        .insert(n.to_be_bytes(), late_long(n).as_bytes())
-                        .unwrap();
+                    VulnerabilityIds::put_block(&late_tree, n, &[&late_long(n)]);
                 }
                 summary("b", vec![1500, 0])
             }))
             .chain(std::iter::once(summary("c", vec![7])));
         let (tx, mut rx) = mpsc::channel(16);
-        send_scans(
-            &tx,
-            values,
-            VulnerabilityIds::from_tree(tree),
-            Spelling::Refs,
-        )
-        .await
-        .ok()
-        .unwrap();
+        send_scans(&tx, values, VulnerabilityIds::from_tree(tree))
+            .await
+            .ok()
+            .unwrap();
         drop(tx);
         let mut chunks = Vec::new();
         let mut error = None;
@@ -731,7 +659,7 @@ mod tests {
     async fn a_summary_numbering_an_id_the_store_lacks_ends_the_snapshot() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("vulnerability_ids").unwrap();
-        tree.insert(0u32.to_be_bytes(), "CVE-1").unwrap();
+        VulnerabilityIds::put_block(&tree, 0, &["CVE-1"]);
         let value = ImageSummary {
             id: "a".into(),
             vulnerability_refs: vec![0, 4],
@@ -744,7 +672,6 @@ mod tests {
             &tx,
             std::iter::once(Ok(value.into())),
             VulnerabilityIds::from_tree(tree),
-            Spelling::Ids,
         )
         .await
         else {
@@ -774,15 +701,10 @@ mod tests {
             .collect();
         let (tx, mut rx) = mpsc::channel(16);
         let (store, _dir) = temp_store();
-        send_scans(
-            &tx,
-            values.into_iter(),
-            store.vulnerability_ids(),
-            Spelling::Refs,
-        )
-        .await
-        .ok()
-        .unwrap();
+        send_scans(&tx, values.into_iter(), store.vulnerability_ids())
+            .await
+            .ok()
+            .unwrap();
         drop(tx);
         let mut sizes = Vec::new();
         while let Some(Ok(SyncResponse {

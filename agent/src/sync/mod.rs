@@ -212,7 +212,6 @@ impl SyncClient {
             epoch: held.epoch.clone(),
             revision: held.revision,
             agent_version: crate::VERSION.into(),
-            vulnerability_refs: true,
         };
         let mut stream = client
             .sync(request)

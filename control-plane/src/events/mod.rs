@@ -47,14 +47,6 @@ const LIST_BATCH: usize = 256;
 /// of its 512 KiB log segment as a separate blob file; leaves of 6 KiB values stay under that
 /// (with 16 KiB values the control plane spent a third of its time creating blob files).
 const SEGMENT_BYTES: usize = 6 * 1024;
-/// Trees of the layout before segments (one value per event plus three index trees); their
-/// events are moved into segments when the store opens.
-const LEGACY_TREES: [&str; 4] = [
-    "events",
-    "events_by_cluster",
-    "events_by_policy",
-    "events_by_cluster_policy",
-];
 
 /// Retention and limits.
 #[derive(Clone, Debug)]
@@ -137,47 +129,7 @@ impl EventStore {
             new_events: broadcast::channel(4096).0,
             settings,
         };
-        events.migrate_legacy_layout()?;
         Ok(events)
-    }
-
-    /// Moves the events of the layout before segments (one value per event) into segments,
-    /// then drops the old trees. Runs once; a crash in between repeats it without duplicates.
-    fn migrate_legacy_layout(&self) -> Result<(), StoreError> {
-        let db = self.store.db();
-        let names = db.tree_names();
-        if !names
-            .iter()
-            .any(|n| n.as_ref() == LEGACY_TREES[0].as_bytes())
-        {
-            return Ok(());
-        }
-        let legacy = db.open_tree(LEGACY_TREES[0])?;
-        let mut moved = 0usize;
-        let mut batch = Vec::with_capacity(SEGMENT_EVENTS);
-        for item in legacy.iter() {
-            let (key, value) = item?;
-            let key: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                what: "legacy event key is not 16 bytes".into(),
-            })?;
-            if self.read_index().events.contains_key(&key) {
-                continue;
-            }
-            batch.push((key, decode(&value)?));
-            if batch.len() == SEGMENT_EVENTS {
-                moved += batch.len();
-                self.write_segments(&batch)?;
-                batch.clear();
-            }
-        }
-        moved += batch.len();
-        self.write_segments(&batch)?;
-        self.store.db().flush()?;
-        for name in LEGACY_TREES {
-            db.drop_tree(name)?;
-        }
-        info!(events = moved, "Events moved to the segment layout");
-        Ok(())
     }
 
     fn read_index(&self) -> RwLockReadGuard<'_, Index> {

@@ -376,37 +376,6 @@ async fn retention_rewrites_partly_expired_segments() {
 }
 
 #[tokio::test]
-async fn events_of_the_previous_layout_are_moved_into_segments() {
-    let (store, dir) = temp_store();
-    let now = now_millis();
-    let old: Vec<Event> = (0..300)
-        .map(|i| mk_event("c1", "p", now - 300 + i))
-        .collect();
-    {
-        let tree = store.db().open_tree("events").unwrap();
-        for event in &old {
-            let id = uuid::Uuid::parse_str(&event.id).unwrap();
-            tree.insert(key_of(id.as_bytes()), event.encode_to_vec())
-                .unwrap();
-        }
-        store
-            .db()
-            .open_tree("events_by_cluster")
-            .unwrap()
-            .insert(b"x", b"")
-            .unwrap();
-    }
-    let events = EventStore::open(Arc::new(store), EventSettings::default()).unwrap();
-    let mut expected: Vec<String> = old.iter().map(|e| e.id.clone()).collect();
-    expected.reverse();
-    assert_eq!(all_ids(&events), expected);
-    let names = events.store.db().tree_names();
-    assert!(names.iter().all(|n| !n.starts_with(b"events")), "{names:?}");
-    let events = reopened(events, &dir).await;
-    assert_eq!(all_ids(&events), expected);
-}
-
-#[tokio::test]
 async fn a_damaged_segment_is_an_error_naming_it() {
     let (events, dir) = mk_store(EventSettings::default()).await;
     let now = now_millis();

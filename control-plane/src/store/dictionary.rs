@@ -1,9 +1,7 @@
 //! Vulnerability ids by number (tree `vulnerability_ids`). The ids one write numbers are one
 //! block: key `B` + the first number (big-endian u32), value the ids, each after its length
 //! (u16, little-endian); an import of a report with 100,000 new ids is one value, not 100,000
-//! sled entries (which cost sled about 5 KB each in memory). Stores written before blocks hold
-//! one id per entry (key: the number, 4 bytes); those sort before every block and are read as
-//! blocks of one. The
+//! sled entries (which cost sled about 5 KB each in memory). The
 //! stored image summaries (`scan_summaries`) list their vulnerabilities as these numbers, so a
 //! snapshot sends each id once (`SnapshotChunk.vulnerability_dictionary`) and every summary as
 //! it is stored. Numbers are given in order from 0 and never change or go away: a number in a
@@ -137,8 +135,6 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<(u32, Vec<String>), String> 
         String::from_utf8(bytes.to_vec()).map_err(|_| "an id is not UTF-8".to_owned())
     };
     match key {
-        // One id, as stores written before blocks hold them.
-        [a, b, c, d] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), vec![utf8(value)?])),
         [b'B', a, b, c, d] => {
             let mut ids = Vec::new();
             let mut rest = value;
@@ -173,16 +169,19 @@ impl VulnerabilityIds {
         Self { tree }
     }
 
+    /// Writes `ids`, numbered from `first`, into `tree` as one block, for tests.
+    #[cfg(test)]
+    pub fn put_block(tree: &sled::Tree, first: u32, ids: &[&str]) {
+        tree.insert(block_key(first), encode_block(ids.iter().copied()))
+            .unwrap();
+    }
+
     /// The ids numbered `from` and up, in order, as far as the store has them now.
     pub fn from(&self, from: u32) -> Result<Vec<String>, StoreError> {
-        // Start at the entry holding `from`: its own (an old single-id entry), else the last
-        // block starting at or before it.
-        let start = match self.tree.get(from.to_be_bytes())? {
-            Some(_) => from.to_be_bytes().to_vec(),
-            None => match self.tree.range(block_key(0)..=block_key(from)).next_back() {
-                Some(entry) => entry?.0.to_vec(),
-                None => block_key(from).to_vec(),
-            },
+        // Start at the last block starting at or before `from`.
+        let start = match self.tree.range(block_key(0)..=block_key(from)).next_back() {
+            Some(entry) => entry?.0.to_vec(),
+            None => block_key(from).to_vec(),
         };
         let mut ids = Vec::new();
         let mut expected: Option<u32> = None;
@@ -217,33 +216,6 @@ impl Store {
         VulnerabilityIds {
             tree: self.vulnerability_ids.clone(),
         }
-    }
-
-    /// Rebuilds every scan's stored summary from its scan (numbering ids as needed), for a
-    /// store written by an older format. Runs at open, before anything else uses the store.
-    pub(super) fn rebuild_summaries(&self) -> Result<(), StoreError> {
-        use prost::Message;
-        self.scan_summaries.clear()?;
-        let mut dictionary = self.dictionary.lock().unwrap_or_else(|e| e.into_inner());
-        for entry in self.scans.iter() {
-            let (id, value) = entry?;
-            let scan: portcullis_proto::v1::ImageScan = super::decode("image scan", &value)?;
-            let mut summary = portcullis_policy::scan::summary_of_stored(&scan);
-            let mut new = NewIds::default();
-            let mut staged = Vec::new();
-            dictionary.number(&mut summary, &mut new, |number, id| {
-                staged.push((number, id.to_owned()));
-            });
-            if let Some(&(first, _)) = staged.first() {
-                let block = encode_block(staged.iter().map(|(_, id): &(u32, String)| id.as_str()));
-                self.vulnerability_ids.insert(block_key(first), block)?;
-            }
-            dictionary.publish(new);
-            self.scan_summaries.insert(id, summary.encode_to_vec())?;
-        }
-        drop(dictionary);
-        self.db.flush()?;
-        Ok(())
     }
 }
 
@@ -318,8 +290,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn numbers_survive_a_restart_and_stores_of_format_1_are_renumbered() {
-        use prost::Message;
+    async fn numbers_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
@@ -349,47 +320,17 @@ mod tests {
         ];
         assert_eq!(stored(&store), expected);
         drop(store);
-
-        // The same scans as a store of format 1 keeps them: summaries with ids, no numbers.
-        {
-            let db = sled::open(super::super::format::sled_path(dir.path())).unwrap();
-            db.drop_tree("vulnerability_ids").unwrap();
-            let scans = db.open_tree("scans").unwrap();
-            let summaries = db.open_tree("scan_summaries").unwrap();
-            for entry in scans.iter() {
-                let (id, value) = entry.unwrap();
-                let scan = portcullis_proto::v1::ImageScan::decode(value.as_ref()).unwrap();
-                let summary = portcullis_policy::scan::summary_of_stored(&scan);
-                summaries.insert(id, summary.encode_to_vec()).unwrap();
-            }
-            db.flush().unwrap();
-        }
-        std::fs::write(dir.path().join("FORMAT"), "1\n").unwrap();
         let store = crate::store::test_support::reopen(dir.path());
         assert_eq!(stored(&store), expected);
-        let format = std::fs::read_to_string(dir.path().join("FORMAT")).unwrap();
-        assert_eq!(format.trim(), "2");
-        assert!(!dir.path().join("FORMAT.new").exists());
-        // And it goes on from the rebuilt numbers.
+        // And it goes on from the numbers it read back.
         store.put_scan(mk_scan_of("3", &["CVE-4"])).await.unwrap();
         assert_eq!(store.vulnerability_ids().from(3).unwrap(), ["CVE-4"]);
     }
 
-    /// The new ids of one write are one block; entries of stores written before blocks (one id
-    /// each) are read before them as blocks of one; reads start anywhere inside a block.
+    /// The new ids of one write are one block; reads start anywhere inside a block.
     #[tokio::test]
-    async fn new_ids_are_one_block_per_write_and_old_entries_still_read() {
+    async fn new_ids_are_one_block_per_write() {
         let (store, _dir) = crate::store::test_support::temp_store();
-        // Two ids as an older store wrote them.
-        store
-            .vulnerability_ids
-            .insert(0u32.to_be_bytes(), "OLD-0")
-            .unwrap();
-        store
-            .vulnerability_ids
-            .insert(1u32.to_be_bytes(), "OLD-1")
-            .unwrap();
-        *store.dictionary.lock().unwrap() = Dictionary::load(&store.vulnerability_ids).unwrap();
         let ids: Vec<String> = (0..1000).map(|i| format!("CVE-{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         store.put_scan(mk_scan_of("1", &refs)).await.unwrap();
@@ -397,26 +338,22 @@ mod tests {
             .put_scan(mk_scan_of("2", &["CVE-5", "NEW-X"]))
             .await
             .unwrap();
-        assert_eq!(
-            store.vulnerability_ids.len(),
-            4,
-            "two old entries and two blocks"
-        );
+        assert_eq!(store.vulnerability_ids.len(), 2, "one block per write");
         let all = store.vulnerability_ids().from(0).unwrap();
-        assert_eq!(all.len(), 1003);
+        assert_eq!(all.len(), 1001);
         assert_eq!(
-            (&all[..2], all.last().unwrap().as_str()),
-            (&["OLD-0".to_owned(), "OLD-1".to_owned()][..], "NEW-X")
+            (all[0].as_str(), all.last().unwrap().as_str()),
+            ("CVE-0", "NEW-X")
         );
         let reader = store.vulnerability_ids();
-        assert_eq!(reader.from(1).unwrap().len(), 1002);
-        assert_eq!(reader.from(500).unwrap().len(), 503);
-        assert_eq!(reader.from(1002).unwrap(), ["NEW-X"]);
-        assert!(reader.from(1003).unwrap().is_empty());
+        assert_eq!(reader.from(1).unwrap().len(), 1000);
+        assert_eq!(reader.from(500).unwrap().len(), 501);
+        assert_eq!(reader.from(1000).unwrap(), ["NEW-X"]);
+        assert!(reader.from(1001).unwrap().is_empty());
         // The numbering read back at open is the same.
         let loaded = Dictionary::load(&store.vulnerability_ids).unwrap();
-        assert_eq!(loaded.numbers.len(), 1003);
-        assert_eq!(loaded.numbers["NEW-X"], 1002);
+        assert_eq!(loaded.numbers.len(), 1001);
+        assert_eq!(loaded.numbers["NEW-X"], 1000);
         // A damaged block is corruption.
         let (key, value) = store.vulnerability_ids.last().unwrap().unwrap();
         store
@@ -431,8 +368,10 @@ mod tests {
     fn a_gap_in_the_tree_is_corruption_naming_the_number() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("vulnerability_ids").unwrap();
-        tree.insert(0u32.to_be_bytes(), "CVE-1").unwrap();
-        tree.insert(2u32.to_be_bytes(), "CVE-3").unwrap();
+        tree.insert(block_key(0), encode_block(["CVE-1"].into_iter()))
+            .unwrap();
+        tree.insert(block_key(2), encode_block(["CVE-3"].into_iter()))
+            .unwrap();
         let error = Dictionary::load(&tree).unwrap_err();
         assert!(
             error

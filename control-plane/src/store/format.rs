@@ -6,16 +6,9 @@ use std::{fs, io, path::Path};
 
 use super::StoreError;
 
-/// The format this build reads and writes.
-///
-/// 1: the first. 2: stored image summaries list vulnerabilities by number (tree
-/// `vulnerability_ids`); a store of format 1 is upgraded when opened (its summaries are
-/// rebuilt from its scans), and a build of format 1 then refuses it rather than send agents
-/// summaries it would misread.
-pub const CURRENT_FORMAT: u32 = 2;
-
-/// The format whose summaries number their vulnerabilities.
-pub const NUMBERED_SUMMARIES: u32 = 2;
+/// The format this build reads and writes: 1, the first released. What a later format does
+/// with this one is the compatibility policy in docs/architecture.md.
+pub const CURRENT_FORMAT: u32 = 1;
 
 const FORMAT_FILE: &str = "FORMAT";
 const STORE_DIR: &str = "store";
@@ -54,18 +47,6 @@ pub fn check_or_init(dir: &Path) -> Result<u32, StoreError> {
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Records that the data dir is now of the current format (after its upgrade is durable):
-/// written to a temporary file and renamed over the marker, so a crash leaves one or the other.
-pub fn upgrade(dir: &Path) -> Result<(), StoreError> {
-    let marker = dir.join(FORMAT_FILE);
-    let temporary = dir.join(format!("{FORMAT_FILE}.new"));
-    fs::write(&temporary, format!("{CURRENT_FORMAT}\n"))?;
-    fs::File::open(&temporary)?.sync_all()?;
-    fs::rename(&temporary, &marker)?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// Where sled keeps its files inside the data dir.

@@ -123,7 +123,7 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a data dir of a newer format.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let format = format::check_or_init(dir)?;
+        format::check_or_init(dir)?;
         let db = sled::Config::new()
             .path(format::sled_path(dir))
             .cache_capacity(SLED_CACHE_BYTES)
@@ -161,11 +161,6 @@ impl Store {
             flush_lock: Mutex::new(()),
             durable,
         };
-        if format < format::NUMBERED_SUMMARIES {
-            // Summaries of format 1 spell their ids (or are missing, in stores older still).
-            store.rebuild_summaries()?;
-            format::upgrade(dir)?;
-        }
         Ok(store)
     }
 
