@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
-pub use portcullis_runtime::logging::LogFormat;
+use portcullis_runtime::logging::LogArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,15 +14,8 @@ pub use portcullis_runtime::logging::LogFormat;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "PORTCULLIS_LOG_FORMAT",
-        value_enum,
-        default_value = "plain"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -46,7 +46,7 @@ fn with_allocator_options() {
 
 #[tokio::main]
 async fn serve(cli: Cli) -> ExitCode {
-    logging::init(cli.log_format);
+    logging::init(cli.log.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -33,20 +33,8 @@ use crate::{
 /// Runs the control plane until SIGTERM/SIGINT.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     // Only this user may read it: it holds tokens' hashes, events with user names, policies.
-    // A directory someone else owns (a volume's root, group-shared through fsGroup) cannot be
-    // tightened by us: that is said, not fatal.
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&args.data_dir)
-            .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-        let private = std::fs::Permissions::from_mode(0o700);
-        if let Err(error) = std::fs::set_permissions(&args.data_dir, private) {
-            tracing::warn!(%error, data_dir = %args.data_dir.display(), "Cannot make the data dir private (mode 0700); its owner should");
-        }
-    }
+    portcullis_runtime::files::private_dir(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let store = Arc::new(
         Store::open(&args.data_dir)
             .with_context(|| format!("opening store in {}", args.data_dir.display()))?,

@@ -11,6 +11,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--log-format`, for every subcommand of a binary (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Installs the global subscriber; `info` unless the environment says otherwise.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
