@@ -6,10 +6,15 @@
 //! `portcullis-agent uninstall` marks the Lease: agents then stop programming the webhook and
 //! remove it, so a running leader cannot recreate what the uninstall deleted.
 
-use k8s_openapi::api::coordination::v1::Lease;
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
 use kube::{Api, api::PostParams};
-use serde_json::{Value, json};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 /// The annotation `uninstall` sets on the Lease.
 pub const UNINSTALLING: &str = "portcullis.io/uninstalling";
@@ -29,14 +34,14 @@ pub struct LeaseLock {
     duration_seconds: i64,
 }
 
-fn micro_time(t: OffsetDateTime) -> String {
-    // MicroTime: RFC 3339 with microseconds.
-    let t = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
+/// `t` to the microsecond, as a Lease holds it.
+fn micro_time(t: OffsetDateTime) -> Option<MicroTime> {
+    let micros = i64::try_from(t.unix_timestamp_nanos() / 1000).ok()?;
+    Timestamp::from_microsecond(micros).ok().map(MicroTime)
 }
 
-fn parse_time(value: &Value) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(value.as_str()?, &Rfc3339).ok()
+fn from_micro_time(t: &MicroTime) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(t.0.as_nanosecond()).ok()
 }
 
 fn is_conflict(error: &kube::Error) -> bool {
@@ -55,20 +60,22 @@ impl LeaseLock {
 
     /// Takes the lease if it is free or expired, renews it if held; says who leads.
     pub async fn acquire_or_renew(&self, now: OffsetDateTime) -> Result<Election, kube::Error> {
-        let Some(current) = self.api.get_opt(&self.name).await? else {
-            let lease: Lease = serde_json::from_value(json!({
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.name},
-                "spec": {
-                    "holderIdentity": self.identity,
-                    "leaseDurationSeconds": self.duration_seconds,
-                    "acquireTime": micro_time(now),
-                    "renewTime": micro_time(now),
-                    "leaseTransitions": 0,
+        let duration = i32::try_from(self.duration_seconds).unwrap_or(i32::MAX);
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
                 },
-            }))
-            .map_err(kube::Error::SerdeError)?;
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(duration),
+                    acquire_time: micro_time(now),
+                    renew_time: micro_time(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Election {
                     leader: true,
@@ -81,32 +88,37 @@ impl LeaseLock {
                 Err(e) => Err(e),
             };
         };
-        let mut value = serde_json::to_value(&current).map_err(kube::Error::SerdeError)?;
-        let uninstalling = value["metadata"]["annotations"][UNINSTALLING] == "true";
-        let spec = &value["spec"];
-        let holder = spec["holderIdentity"].as_str().unwrap_or_default();
-        let duration = spec["leaseDurationSeconds"]
-            .as_i64()
-            .unwrap_or(self.duration_seconds);
-        let renewed = parse_time(&spec["renewTime"]).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let uninstalling = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(UNINSTALLING))
+            .is_some_and(|v| v == "true");
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.as_deref().unwrap_or_default();
+        let held_for = spec
+            .lease_duration_seconds
+            .map_or(self.duration_seconds, i64::from);
+        let renewed = spec
+            .renew_time
+            .as_ref()
+            .and_then(from_micro_time)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let mine = holder == self.identity;
-        let expired = renewed + time::Duration::seconds(duration) < now;
+        let expired = renewed + time::Duration::seconds(held_for) < now;
         if !mine && !holder.is_empty() && !expired {
             return Ok(Election {
                 leader: false,
                 uninstalling,
             });
         }
-        let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0);
-        let spec = &mut value["spec"];
         if !mine {
-            spec["acquireTime"] = micro_time(now).into();
-            spec["leaseTransitions"] = (transitions + 1).into();
+            spec.acquire_time = micro_time(now);
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
-        spec["holderIdentity"] = self.identity.clone().into();
-        spec["leaseDurationSeconds"] = self.duration_seconds.into();
-        spec["renewTime"] = micro_time(now).into();
-        let lease: Lease = serde_json::from_value(value).map_err(kube::Error::SerdeError)?;
+        spec.holder_identity = Some(self.identity.clone());
+        spec.lease_duration_seconds = Some(duration);
+        spec.renew_time = micro_time(now);
         match self
             .api
             .replace(&self.name, &PostParams::default(), &lease)
@@ -128,11 +140,17 @@ impl LeaseLock {
 /// Marks the Lease `uninstalling` (creating it if needed), so no agent programs the webhook
 /// again.
 pub async fn mark_uninstalling(api: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name, "annotations": {UNINSTALLING: "true"}},
-    });
+    let patch = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(BTreeMap::from([(
+                UNINSTALLING.to_owned(),
+                "true".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    };
     let params = kube::api::PatchParams::apply(super::FIELD_MANAGER).force();
     api.patch(name, &params, &kube::api::Patch::Apply(&patch))
         .await

@@ -315,13 +315,10 @@ impl Controller {
             ));
         };
         let settings = protection.unwrap_or_default();
-        let actual_value = actual
-            .as_ref()
-            .map(|a| serde_json::to_value(a).unwrap_or_default());
         let failure_policy = self
             .failure_policy(
                 &settings.failure_policy,
-                actual_value.as_ref(),
+                actual.as_ref(),
                 &material.ca_cert,
                 now,
                 round,
@@ -342,7 +339,7 @@ impl Controller {
             failure_policy,
             timeout_seconds: settings.timeout_seconds.clamp(1, 30),
         };
-        let in_place = actual_value.as_ref().is_some_and(|a| desired.matches(a));
+        let in_place = actual.as_ref().is_some_and(|a| desired.matches(a));
         if !in_place {
             if !election.leader {
                 // The leader will put it right; until then this replica says what it sees.
@@ -378,7 +375,7 @@ impl Controller {
     async fn failure_policy(
         &mut self,
         wanted: &str,
-        actual: Option<&serde_json::Value>,
+        actual: Option<&ValidatingWebhookConfiguration>,
         ca_pem: &str,
         now: OffsetDateTime,
         round: &mut Round,

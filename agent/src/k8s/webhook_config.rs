@@ -3,8 +3,17 @@
 //! CA bundle, the cluster's timeout and failure policy, and a namespace selector that leaves
 //! out the exempt namespaces. Built as JSON for server-side apply.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::admissionregistration::v1::{
+        RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
+        WebhookClientConfig,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
+};
 use portcullis_proto::words::FailurePolicy;
-use serde_json::{Value, json};
 
 /// The webhook's name inside the configuration.
 pub const WEBHOOK_NAME: &str = "validate.portcullis.io";
@@ -47,94 +56,102 @@ pub const RULES: [(&str, &[&str]); 3] = [
 
 impl Desired {
     /// The object to apply.
-    pub fn object(&self) -> Value {
-        use base64::Engine;
-        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.ca_bundle_pem);
+    pub fn object(&self) -> ValidatingWebhookConfiguration {
+        let ca_bundle = Some(ByteString(self.ca_bundle_pem.as_bytes().to_vec()));
         let client_config = match &self.endpoint {
             Endpoint::Service {
                 name,
                 namespace,
                 port,
-            } => json!({
-                "service": {"name": name, "namespace": namespace, "path": "/validate", "port": port},
-                "caBundle": ca_bundle,
-            }),
-            Endpoint::Url(url) => json!({"url": url, "caBundle": ca_bundle}),
+            } => WebhookClientConfig {
+                ca_bundle,
+                service: Some(ServiceReference {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    path: Some("/validate".into()),
+                    port: Some(*port),
+                }),
+                url: None,
+            },
+            Endpoint::Url(url) => WebhookClientConfig {
+                ca_bundle,
+                service: None,
+                url: Some(url.clone()),
+            },
         };
-        let rules: Vec<Value> = RULES
+        let words = |words: &[&str]| Some(words.iter().map(|w| w.to_string()).collect());
+        let rules = RULES
             .iter()
-            .map(|(group, resources)| {
-                json!({
-                    "apiGroups": [group],
-                    "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"],
-                    "resources": resources,
-                    "scope": "Namespaced",
-                })
+            .map(|(group, resources)| RuleWithOperations {
+                api_groups: words(&[group]),
+                api_versions: words(&["v1"]),
+                operations: words(&["CREATE", "UPDATE"]),
+                resources: words(resources),
+                scope: Some("Namespaced".into()),
             })
             .collect();
-        json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {
-                "name": self.name,
-                "labels": {"app.kubernetes.io/managed-by": "portcullis-agent"},
+        ValidatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "portcullis-agent".to_owned(),
+                )])),
+                ..ObjectMeta::default()
             },
-            "webhooks": [{
-                "name": WEBHOOK_NAME,
-                "clientConfig": client_config,
-                "rules": rules,
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": self.timeout_seconds,
-                "failurePolicy": self.failure_policy.kubernetes(),
-                "matchPolicy": "Equivalent",
-                "namespaceSelector": {"matchExpressions": [{
-                    "key": "kubernetes.io/metadata.name",
-                    "operator": "NotIn",
-                    "values": self.exempt_namespaces,
-                }]},
-            }],
-        })
+            webhooks: Some(vec![ValidatingWebhook {
+                name: WEBHOOK_NAME.into(),
+                client_config,
+                rules: Some(rules),
+                side_effects: "None".into(),
+                admission_review_versions: vec!["v1".into()],
+                timeout_seconds: Some(self.timeout_seconds as i32),
+                failure_policy: Some(self.failure_policy.kubernetes().into()),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".into(),
+                        operator: "NotIn".into(),
+                        values: Some(self.exempt_namespaces.clone()),
+                    }]),
+                    match_labels: None,
+                }),
+                ..ValidatingWebhook::default()
+            }]),
+        }
     }
 
     /// Whether `actual` (as read from the API server) already says what this would apply:
-    /// the fields the agent owns, compared after the server's defaulting.
-    pub fn matches(&self, actual: &Value) -> bool {
+    /// the fields the agent owns, compared after the server's defaulting. Fields the server
+    /// defaults (`matchPolicy`, `objectSelector`) are not ours to compare.
+    pub fn matches(&self, actual: &ValidatingWebhookConfiguration) -> bool {
         let desired = self.object();
-        let (Some(want), Some(have)) = (
-            desired["webhooks"].as_array(),
-            actual["webhooks"].as_array(),
-        ) else {
+        let (Some(want), Some(have)) = (&desired.webhooks, &actual.webhooks) else {
             return false;
         };
-        if want.len() != have.len() {
-            return false;
-        }
-        want.iter().zip(have).all(|(want, have)| {
-            let owned = [
-                "name",
-                "clientConfig",
-                "rules",
-                "sideEffects",
-                "admissionReviewVersions",
-                "timeoutSeconds",
-                "failurePolicy",
-                "namespaceSelector",
-            ];
-            // Fields the server defaults (matchPolicy, objectSelector) are not ours to compare.
-            owned.iter().all(|field| want[field] == have[field])
-        })
+        want.len() == have.len()
+            && want.iter().zip(have).all(|(want, have)| {
+                want.name == have.name
+                    && want.client_config == have.client_config
+                    && want.rules == have.rules
+                    && want.side_effects == have.side_effects
+                    && want.admission_review_versions == have.admission_review_versions
+                    && want.timeout_seconds == have.timeout_seconds
+                    && want.failure_policy == have.failure_policy
+                    && want.namespace_selector == have.namespace_selector
+            })
     }
 }
 
 /// The failure policy an existing configuration has, if it is ours and one we know.
-pub fn failure_policy_of(actual: &Value) -> Option<FailurePolicy> {
-    let programmed = actual["webhooks"]
-        .as_array()?
+pub fn failure_policy_of(actual: &ValidatingWebhookConfiguration) -> Option<FailurePolicy> {
+    let programmed = actual
+        .webhooks
+        .as_ref()?
         .iter()
-        .find(|w| w["name"] == WEBHOOK_NAME)?["failurePolicy"]
-        .as_str()?;
+        .find(|w| w.name == WEBHOOK_NAME)?
+        .failure_policy
+        .as_deref()?;
     [FailurePolicy::Ignore, FailurePolicy::Fail]
         .into_iter()
         .find(|p| p.kubernetes() == programmed)
@@ -142,6 +159,8 @@ pub fn failure_policy_of(actual: &Value) -> Option<FailurePolicy> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn desired() -> Desired {
@@ -161,7 +180,10 @@ mod tests {
 
     #[test]
     fn the_configuration_covers_the_protected_kinds_and_exempts_by_name() {
-        let object = desired().object();
+        let typed = desired().object();
+        let object = serde_json::to_value(&typed).unwrap();
+        assert_eq!(object["apiVersion"], "admissionregistration.k8s.io/v1");
+        assert_eq!(object["kind"], "ValidatingWebhookConfiguration");
         let webhook = &object["webhooks"][0];
         assert_eq!(webhook["sideEffects"], "None");
         assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]));
@@ -204,15 +226,15 @@ mod tests {
             webhook["namespaceSelector"]["matchExpressions"][0],
             json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "portcullis-system"]})
         );
-        assert!(desired().matches(&object));
-        assert_eq!(failure_policy_of(&object), Some(FailurePolicy::Ignore));
+        assert!(desired().matches(&typed));
+        assert_eq!(failure_policy_of(&typed), Some(FailurePolicy::Ignore));
     }
 
     #[test]
     fn a_url_replaces_the_service_and_drift_is_seen() {
         let mut with_url = desired();
         with_url.endpoint = Endpoint::Url("https://hooks.example.com:8443/validate".into());
-        let object = with_url.object();
+        let object = serde_json::to_value(with_url.object()).unwrap();
         assert_eq!(
             object["webhooks"][0]["clientConfig"]["url"],
             "https://hooks.example.com:8443/validate"
@@ -223,8 +245,9 @@ mod tests {
                 .is_none()
         );
         let mut edited = desired().object();
-        edited["webhooks"][0]["failurePolicy"] = "Fail".into();
+        edited.webhooks.as_mut().unwrap()[0].failure_policy = Some("Fail".into());
         assert!(!desired().matches(&edited));
-        assert!(!desired().matches(&json!({})));
+        assert_eq!(failure_policy_of(&edited), Some(FailurePolicy::Fail));
+        assert!(!desired().matches(&ValidatingWebhookConfiguration::default()));
     }
 }
