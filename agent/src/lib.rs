@@ -25,13 +25,7 @@ use args::{Cli, Command, RunArgs};
 /// The agent's version, reported to the control plane.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Wall-clock unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use portcullis_runtime::clock::now_millis as now_ms;
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {

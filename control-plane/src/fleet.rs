@@ -139,15 +139,7 @@ impl Fleet {
     }
 }
 
-fn timestamp(time: SystemTime) -> pbjson_types::Timestamp {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    pbjson_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
+use portcullis_runtime::clock::timestamp;
 
 #[cfg(test)]
 mod tests {

@@ -513,10 +513,7 @@ fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<i64, CacheError> {
 }
 
 fn corrupt_path(dir: &Path) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = portcullis_runtime::clock::now_secs();
     let mut n = 0;
     loop {
         let candidate = dir.join(if n == 0 {

@@ -164,10 +164,7 @@ pub fn build(
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let time = pbjson_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    };
+    let time = portcullis_runtime::clock::timestamp(now);
     let mut events: Vec<Event> = Vec::new();
     for finding in &decision.findings {
         let fresh = events.last().is_none_or(|e| e.policy != finding.policy);

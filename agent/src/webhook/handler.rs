@@ -63,9 +63,7 @@ impl Throttle {
     /// Whether a line may be logged now (then not again for `seconds`).
     fn ready(&self, seconds: u64) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = portcullis_runtime::clock::now_secs();
         let last = self.0.load(Relaxed);
         (last == 0 || now >= last + seconds)
             && self.0.compare_exchange(last, now, Relaxed, Relaxed).is_ok()

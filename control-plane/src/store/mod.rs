@@ -17,7 +17,6 @@ mod snapshot;
 use std::{
     path::Path,
     sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use prost::Message;
@@ -397,21 +396,7 @@ fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreErro
     })
 }
 
-/// Wall-clock unix milliseconds.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Converts unix milliseconds to a protobuf timestamp.
-pub fn timestamp_from_millis(millis: i64) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use portcullis_runtime::clock::{now_millis, timestamp_from_millis};
 
 /// One page of a listing: the items, and whether more follow the last one.
 #[derive(Debug)]

@@ -1,9 +1,10 @@
 //! What both binaries share, so that they cannot drift apart: the log format flag and the
 //! subscriber it installs, the Prometheus registry the OpenTelemetry meters export to, the
 //! admin server's `/livez`, `/readyz` (named conditions) and `/metrics` (the Prometheus text
-//! content type), the shutdown signals, and files only the owner may read.
+//! content type), the shutdown signals, files only the owner may read, and the clock.
 
 pub mod admin;
+pub mod clock;
 pub mod files;
 pub mod logging;
 pub mod metrics;
