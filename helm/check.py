@@ -336,6 +336,7 @@ def expect_agent_defaults(objects: Objects) -> None:
     expect_metrics_service(objects, fullname, 9090)
     absent(objects, "ServiceMonitor")
     absent(objects, "NetworkPolicy")
+    absent(objects, "ConfigMap")
     pdb = only(objects, "PodDisruptionBudget", fullname)["spec"]
     ensure(pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb, f"PDB {pdb}")
     absent(objects, "ConfigMap")
@@ -534,6 +535,13 @@ def expect_cp_nondefault(objects: Objects) -> None:
     fullname = "fleet-portcullis-control-plane"
     sts, cp = expect_cp_common(objects, fullname)
     expect_service_monitor(objects, fullname, "fleet")
+    dashboard = only(objects, "ConfigMap", f"{fullname}-dashboard")
+    labels = dashboard["metadata"]["labels"]
+    ensure(labels.get("grafana_dashboard") == "1" and labels.get("team") == "platform",
+           f"dashboard labels {labels}")
+    shipped = json.loads((HELM_DIR / "portcullis-control-plane/dashboards/portcullis.json").read_text())
+    ensure(json.loads(dashboard["data"]["portcullis.json"]) == shipped,
+           "the dashboard ConfigMap holds dashboards/portcullis.json as it is")
     labels = only(objects, "Namespace", NAMESPACE)["metadata"]["labels"]
     ensure(labels.get("pod-security.kubernetes.io/enforce") == "restricted", f"Namespace {labels}")
     policy = only(objects, "NetworkPolicy", fullname)["spec"]
