@@ -49,17 +49,15 @@ impl From<StoreError> for End {
     }
 }
 
-/// Whether `policy` is in scope for `cluster`: no cluster globs, or one that matches.
+/// Whether `policy` is in scope for `cluster`, by the engine's rule
+/// (`applicability::clusters_cover`).
 pub fn in_scope(policy: &Policy, cluster: &str) -> bool {
     let clusters = policy
         .scope
         .as_ref()
         .map(|s| s.clusters.as_slice())
         .unwrap_or_default();
-    clusters.is_empty()
-        || clusters
-            .iter()
-            .any(|glob| portcullis_policy::Glob::new(glob).is_ok_and(|g| g.matches(cluster)))
+    portcullis_policy::applicability::clusters_cover(clusters, cluster)
 }
 
 /// Serves one Sync stream into `tx` until it ends.

@@ -102,12 +102,29 @@ pub fn applies<'a>(policy: &'a Policy, target: &Target<'a>) -> Applicability<'a>
     }
 }
 
+/// Whether a policy scoped to `clusters` (globs; none: every cluster) covers `cluster`. The one
+/// rule for both sides: the engine judges admissions by it, and the control plane sends each
+/// agent the policies that cover its cluster (`clusters_cover`).
+#[inline]
+pub fn covers_cluster(clusters: &[Glob], cluster: &str) -> bool {
+    clusters.is_empty() || clusters.iter().any(|g| g.matches(cluster))
+}
+
+/// `covers_cluster` for a policy as stored (`scope.clusters` as written, validated when it
+/// was applied; a pattern that does not parse covers nothing).
+pub fn clusters_cover<S: AsRef<str>>(clusters: &[S], cluster: &str) -> bool {
+    clusters.is_empty()
+        || clusters
+            .iter()
+            .any(|pattern| Glob::new(pattern.as_ref()).is_ok_and(|g| covers_cluster(&[g], cluster)))
+}
+
 fn not_applicable<'a>(policy: &'a Policy, t: &Target<'a>) -> Option<Reason<'a>> {
     let scope = &policy.scope;
     if !policy.enabled {
         return Some(Reason::Disabled);
     }
-    if !scope.clusters.is_empty() && !scope.clusters.iter().any(|g| g.matches(t.cluster)) {
+    if !covers_cluster(&scope.clusters, t.cluster) {
         return Some(Reason::ClusterNotInScope {
             cluster: t.cluster,
             clusters: &scope.clusters,
