@@ -27,6 +27,7 @@ impl From<StoreError> for Status {
             StoreError::Conflict { .. } => Status::aborted(error.to_string()),
             StoreError::Invalid { .. } => Status::invalid_argument(error.to_string()),
             StoreError::NewerFormat { .. }
+            | StoreError::PreRelease { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Sled(_)
             | StoreError::Io(_) => {

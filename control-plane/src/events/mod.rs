@@ -98,6 +98,14 @@ pub struct EventStore {
 impl EventStore {
     pub fn open(store: Arc<Store>, settings: EventSettings) -> Result<Self, StoreError> {
         let db = store.db();
+        // Before the release events were one value each in a tree `events`: refused by name
+        // rather than left unread.
+        if db.tree_names().iter().any(|n| n.as_ref() == b"events") {
+            return Err(StoreError::PreRelease {
+                dir: "of this control plane".into(),
+                what: "events in the layout before segments",
+            });
+        }
         let segments = db.open_tree("event_segments")?;
         let updates = db.open_tree("event_updates")?;
         let mut index = Index::default();

@@ -376,6 +376,21 @@ async fn retention_rewrites_partly_expired_segments() {
 }
 
 #[tokio::test]
+async fn events_of_the_layout_before_the_release_are_refused_not_left_unread() {
+    let (store, _dir) = temp_store();
+    store
+        .db()
+        .open_tree("events")
+        .unwrap()
+        .insert(b"k", b"v")
+        .unwrap();
+    let error = EventStore::open(Arc::new(store), EventSettings::default())
+        .err()
+        .expect("refused");
+    assert!(matches!(error, StoreError::PreRelease { .. }), "{error}");
+}
+
+#[tokio::test]
 async fn a_damaged_segment_is_an_error_naming_it() {
     let (events, dir) = mk_store(EventSettings::default()).await;
     let now = now_millis();

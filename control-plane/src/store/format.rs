@@ -80,6 +80,29 @@ mod tests {
     }
 
     #[test]
+    fn a_store_from_before_the_release_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FORMAT_FILE), "1\n").unwrap();
+        {
+            let db = sled::open(sled_path(dir.path())).unwrap();
+            db.open_tree("scans").unwrap().insert("x", "y").unwrap();
+            db.flush().unwrap();
+        }
+        let err = crate::store::Store::open(dir.path())
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StoreError::PreRelease { .. }), "{err}");
+        assert!(
+            err.to_string().contains("before the first release"),
+            "{err}"
+        );
+        // A store this build wrote opens again.
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::store::Store::open(dir.path()).unwrap());
+        crate::store::test_support::reopen(dir.path());
+    }
+
+    #[test]
     fn garbage_marker_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FORMAT_FILE), "seven").unwrap();

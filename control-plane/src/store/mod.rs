@@ -57,6 +57,12 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    /// A data dir from before the first release, whose layout no build reads.
+    #[error(
+        "data dir {dir} holds {what} from before the first release, which this build does not \
+         read: move it aside and start with a new data dir"
+    )]
+    PreRelease { dir: String, what: &'static str },
     /// The caller's input cannot be stored; the gRPC layer answers InvalidArgument.
     #[error("{what}")]
     Invalid { what: String },
@@ -123,10 +129,24 @@ impl Store {
     /// Opens (or creates) the store in `dir`, refusing a data dir of a newer format.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         format::check_or_init(dir)?;
+        let existed = format::sled_path(dir).exists();
         let db = sled::Config::new()
             .path(format::sled_path(dir))
             .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
+        // Before the release, FORMAT said 1 for a layout without the numbered vulnerability
+        // dictionary; refused by name rather than served half-read.
+        if existed
+            && !db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"vulnerability_ids")
+        {
+            return Err(StoreError::PreRelease {
+                dir: dir.display().to_string(),
+                what: "a store without the vulnerability dictionary",
+            });
+        }
         let meta = db.open_tree("meta")?;
         let epoch = match meta.get(META_EPOCH)? {
             Some(bytes) => String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {
