@@ -336,7 +336,6 @@ def expect_agent_defaults(objects: Objects) -> None:
     expect_metrics_service(objects, fullname, 9090)
     absent(objects, "ServiceMonitor")
     absent(objects, "NetworkPolicy")
-    absent(objects, "ConfigMap")
     pdb = only(objects, "PodDisruptionBudget", fullname)["spec"]
     ensure(pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb, f"PDB {pdb}")
     absent(objects, "ConfigMap")
@@ -529,6 +528,7 @@ def expect_cp_defaults(objects: Objects) -> None:
     expect_metrics_service(objects, fullname, 9090)
     absent(objects, "ServiceMonitor")
     absent(objects, "NetworkPolicy")
+    absent(objects, "ConfigMap")  # the dashboard is opt-in
 
 
 def expect_cp_nondefault(objects: Objects) -> None:

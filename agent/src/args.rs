@@ -297,6 +297,16 @@ impl KubeArgs {
                  certificate's validity of {validity} s (--cert-days or --cert-validity-seconds)"
             ));
         }
+        // The CA is renewed when it has less than a leaf's lifetime and renewal left: a CA
+        // no longer than that would be replaced at every reconcile.
+        let ca = self.cert_ca_days * DAY;
+        if ca <= validity + renew_before {
+            return Err(format!(
+                "--cert-ca-days: the CA's {ca} s must be longer than the serving certificate's \
+                 validity and renewal together ({} s)",
+                validity + renew_before
+            ));
+        }
         Ok((validity, renew_before))
     }
 }

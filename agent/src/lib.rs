@@ -110,6 +110,8 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         None
     };
 
+    // Threads of the runtime that serves the webhook's connections (below).
+    let webhook_threads = cpus().min(4);
     let webhook = webhook::Webhook::new(
         webhook::WebhookConfig {
             cluster: args.cluster.clone(),
@@ -120,6 +122,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             evaluators: args.webhook_evaluators.unwrap_or_else(cpus),
             max_queue_wait: Duration::from_millis(args.webhook_max_queue_wait_ms),
             body_timeout: Duration::from_secs(args.webhook_request_timeout),
+            decide_small_inline: webhook_threads >= 2,
         },
         state.clone(),
     )
@@ -281,7 +284,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     // heartbeats or the admin server of this runtime.
     let webhook_runtime = OwnRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cpus().min(4))
+            .worker_threads(webhook_threads)
             .thread_name("portcullis-webhook")
             .enable_all()
             .build()

@@ -39,7 +39,8 @@ pub async fn connect(connection: &Connection) -> Result<Clients> {
             .to_owned(),
         (None, None) => bail!("no token: pass --token or --token-file (or set PORTCULLIS_TOKEN)"),
     };
-    let bearer = Bearer::new(&token)?;
+    let bearer =
+        Bearer::new(&token).map_err(|e| anyhow::anyhow!("--token or --token-file: {e}"))?;
 
     let url = &connection.server;
     if !url.starts_with("https://") {

@@ -38,6 +38,9 @@ pub struct WebhookConfig {
     pub max_queue_wait: Duration,
     /// Longest time to receive a request body.
     pub body_timeout: Duration,
+    /// Small reviews may be decided on their connection's thread, one at a time: only when
+    /// the runtime serving connections has more than one thread (see `pool`).
+    pub decide_small_inline: bool,
 }
 
 /// The webhook's shared state.
@@ -77,7 +80,8 @@ impl Webhook {
             config.evaluators,
             config.max_in_flight,
             config.max_queue_wait,
-        )?;
+        )?
+        .inline_small(config.decide_small_inline);
         Ok(Self {
             config: Arc::new(config),
             state,

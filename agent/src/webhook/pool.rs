@@ -1,6 +1,6 @@
 //! The evaluation pool: admission decisions run on a few threads of their own, fed by a
-//! bounded queue, never on the async runtimes that serve connections, the sync stream and the
-//! heartbeats. A full queue refuses at once; a request that waited in the queue longer than
+//! bounded queue, not on the async runtimes that serve connections, the sync stream and the
+//! heartbeats (with the one exception below). A full queue refuses at once; a request that waited in the queue longer than
 //! its budget is shed before it is evaluated (the caller answers 503 with `Retry-After`), so
 //! a flood raises refusals, not the latency of the requests that are answered.
 //!
@@ -8,7 +8,9 @@
 //! (`run_small`): handing it to an evaluator and back costs two thread wake-ups, about as much
 //! as the decision itself, and that is the latency every pod create pays. Only one such
 //! decision runs at once and only for a body of at most `INLINE_MAX_BYTES` (tens of
-//! microseconds of linear work), so the connections' threads stay free under a flood.
+//! microseconds of linear work), and only when the connections' runtime has another thread
+//! (`inline_small(false)` otherwise): with a single thread every small request would be decided
+//! there, one after another, and a flood would never meet the queue's bounds.
 
 use std::{
     sync::{
@@ -55,8 +57,8 @@ pub const INLINE_MAX_BYTES: usize = 32 * 1024;
 pub struct Pool {
     queue: mpsc::SyncSender<Job>,
     max_wait: Duration,
-    /// Taken while a small request is decided on its connection's thread.
-    inline: Arc<AtomicBool>,
+    /// Taken while a small request is decided on its connection's thread; `None`: never.
+    inline: Option<Arc<AtomicBool>>,
     pub stats: Arc<PoolStats>,
 }
 
@@ -89,9 +91,17 @@ impl Pool {
         Ok(Self {
             queue,
             max_wait,
-            inline: Arc::new(AtomicBool::new(false)),
+            inline: Some(Arc::new(AtomicBool::new(false))),
             stats,
         })
+    }
+
+    /// Whether small requests may be decided on their connection's thread (see the module).
+    pub fn inline_small(mut self, allowed: bool) -> Self {
+        if !allowed {
+            self.inline = None;
+        }
+        self
     }
 
     /// Runs `work` for a body of `size` bytes: right here if it is small and no other small
@@ -101,14 +111,14 @@ impl Pool {
         size: usize,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Refused> {
-        if size <= INLINE_MAX_BYTES
-            && self
-                .inline
+        if let Some(inline) = &self.inline
+            && size <= INLINE_MAX_BYTES
+            && inline
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
             // Released even if `work` panics.
-            let _slot = Slot(&self.inline);
+            let _slot = Slot(inline);
             return Ok(work());
         }
         self.run(work).await
@@ -192,6 +202,10 @@ mod tests {
         // The slot is free again.
         let again = pool.run_small(100, here).await.unwrap();
         assert_eq!(again, thread::current().name().map(str::to_owned));
+        // Not allowed (a runtime of one thread): every request goes to an evaluator.
+        let pool = pool.inline_small(false);
+        let small = pool.run_small(100, here).await.unwrap();
+        assert!(small.unwrap().starts_with("portcullis-eval-"));
     }
 
     /// One evaluator busy with a slow request: the queue fills (refused at once), and what

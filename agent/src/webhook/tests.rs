@@ -29,6 +29,7 @@ fn config() -> WebhookConfig {
         evaluators: 2,
         max_queue_wait: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
+        decide_small_inline: true,
     }
 }
 

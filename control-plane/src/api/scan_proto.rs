@@ -12,10 +12,7 @@ use portcullis_proto::v1::{
 use prost::{Message, encoding};
 use tonic::Status;
 
-use crate::store::NewScan;
-
-/// `ImageScan.vulnerabilities`.
-const VULNERABILITIES_FIELD: u32 = 6;
+use crate::store::{NewScan, VULNERABILITIES_FIELD};
 
 /// A parsed report as the store takes it; the server sets id, revision and import time. The
 /// summary is taken first, then the findings are encoded one at a time: a report of many

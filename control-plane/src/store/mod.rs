@@ -31,7 +31,7 @@ pub use dictionary::VulnerabilityIds;
 pub use format::CURRENT_FORMAT;
 pub use policies::ApplyOutcome;
 pub use records::{Change, ChangeRecord};
-pub use scans::NewScan;
+pub use scans::{NewScan, VULNERABILITIES_FIELD};
 pub use snapshot::StoreSnapshot;
 
 /// Errors of the store. The gRPC layer maps them to status codes.

@@ -12,6 +12,9 @@ use super::{Change, Page, Store, StoreError, TreeId, Writer, decode};
 
 const KIND: &str = "image scan";
 
+/// `ImageScan.vulnerabilities`, the field a `NewScan`'s encoded list holds entries of.
+pub const VULNERABILITIES_FIELD: u32 = 6;
+
 /// A scan to store: its message without the vulnerability list, the list already encoded (the
 /// message's field entries, which follow the rest of the record), and the summary agents
 /// receive. A report of 100,000 findings is held here as a few MB of bytes instead of a list of
@@ -32,7 +35,7 @@ impl From<ImageScan> for NewScan {
         let list = std::mem::take(&mut head.vulnerabilities);
         let mut vulnerabilities = Vec::new();
         for v in &list {
-            prost::encoding::message::encode(6, v, &mut vulnerabilities);
+            prost::encoding::message::encode(VULNERABILITIES_FIELD, v, &mut vulnerabilities);
         }
         Self {
             head,
@@ -54,6 +57,8 @@ impl Store {
             mut summary,
             ..
         } = scan.into();
+        // The list travels encoded, never in the head (it would be stored twice).
+        debug_assert!(scan.vulnerabilities.is_empty());
         let identity = scan.image.clone().unwrap_or_default();
         let keys = index_keys(&identity)?;
         let id = scan_id(&identity, &keys)?;

@@ -12,6 +12,7 @@ use axum::{
 };
 use prometheus::{Encoder, TextEncoder};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tracing::Instrument;
 
 type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -87,13 +88,16 @@ pub fn serve(
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    })
+    tokio::spawn(
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+        }
+        .instrument(tracing::info_span!("admin")),
+    )
 }
 
 #[cfg(test)]
