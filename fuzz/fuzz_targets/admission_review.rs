@@ -35,6 +35,8 @@ fn webhook() -> &'static Webhook {
             evaluators: 1,
             max_queue_wait: std::time::Duration::from_secs(1),
             body_timeout: std::time::Duration::from_secs(1),
+            // The target calls `review` itself; the pool is not exercised.
+            decide_small_inline: false,
         };
         Webhook::new(config, handle(state)).unwrap()
     })
