@@ -441,23 +441,7 @@ mod tests {
     #[test]
     fn exempting_everything_is_refused() {
         for bad in ["*", "kube-*", "", "Kube-System"] {
-            let cli = Cli::try_parse_from([
-                "portcullis-agent",
-                "run",
-                "--standalone",
-                "--cluster",
-                "c",
-                "--control-plane",
-                "https://x",
-                "--token-file",
-                "t",
-                "--exempt-namespaces",
-                bad,
-            ])
-            .unwrap();
-            let Command::Run(args) = cli.command else {
-                panic!("run")
-            };
+            let args = run_with(&["--exempt-namespaces", bad]).unwrap();
             assert!(
                 args.exempt_namespaces()
                     .unwrap_err()

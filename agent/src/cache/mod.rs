@@ -533,23 +533,6 @@ mod tests {
     use super::*;
     use portcullis_proto::v1::{ResourceRules, Rules};
 
-    /// Opens the cache in `dir` again after a test dropped it: sled lets go of its lock when
-    /// its last handle (a background flush) is gone, which a loaded machine can delay.
-    async fn reopen(dir: &Path) -> Opened {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            match Cache::open_or_recover(dir) {
-                Ok(opened) => return opened,
-                Err(CacheError::Sled(sled::Error::Io(_)))
-                    if std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(error) => panic!("reopening the cache: {error}"),
-            }
-        }
-    }
-
     fn mk_policy(name: &str) -> Arc<LoadedPolicy> {
         let proto = Policy {
             name: name.into(),
@@ -605,7 +588,7 @@ mod tests {
             .unwrap();
         drop(opened);
 
-        let reopened = reopen(dir.path()).await;
+        let reopened = open_again(dir.path());
         assert!(reopened.recovered.is_none());
         let state = reopened.state;
         assert_eq!(
@@ -708,7 +691,7 @@ mod tests {
             .unwrap();
         drop((cache, abandoned));
 
-        let reopened = reopen(dir.path()).await;
+        let reopened = open_again(dir.path());
         assert_eq!(reopened.recovered, None);
         assert_eq!(scan_ids(&reopened.state), ["2", "3"]);
         assert_eq!(
@@ -748,7 +731,7 @@ mod tests {
             .await
             .unwrap();
         drop(reopened);
-        let again = reopen(dir.path()).await;
+        let again = open_again(dir.path());
         assert_eq!(scan_ids(&again.state), ["7"]);
         assert_eq!(again.state.revision, 5);
     }
@@ -945,7 +928,7 @@ mod tests {
                 .unwrap();
             opened.cache.db.flush().unwrap();
         }
-        let opened = reopen(dir.path()).await;
+        let opened = open_again(dir.path());
         let note = opened.recovered.expect("recovered");
         assert!(
             note.contains("cache is corrupt") && note.contains("cache.corrupt-"),
