@@ -63,11 +63,7 @@ pub fn new_scan(scan: scan::ImageScan) -> NewScan {
     };
     // Sized once, exactly, with room for the head the store appends (its id is one of the
     // identity's names, plus a revision and a timestamp): no copy of the list on growth.
-    let list_len: usize = scan
-        .vulnerabilities
-        .iter()
-        .map(|v| encoding::message::encoded_len(VULNERABILITIES_FIELD, &vulnerability_message(v)))
-        .sum();
+    let list_len: usize = scan.vulnerabilities.iter().map(entry_len).sum();
     let mut vulnerabilities = Vec::with_capacity(list_len + 2 * head.encoded_len() + 64);
     for v in &scan.vulnerabilities {
         let message = vulnerability_message(v);
@@ -79,6 +75,24 @@ pub fn new_scan(scan: scan::ImageScan) -> NewScan {
         vulnerability_count,
         summary,
     }
+}
+
+/// The encoded length of `v` as a list entry, computed from its texts without building the
+/// message (the sizing pass allocates nothing; a test holds it to prost's own count).
+fn entry_len(v: &scan::Vulnerability) -> usize {
+    let text = |tag: u32, text: &str| match text.len() {
+        0 => 0,
+        n => encoding::key_len(tag) + encoding::encoded_len_varint(n as u64) + n,
+    };
+    let body = text(1, v.id())
+        + text(2, v.severity.as_str())
+        + text(3, v.package())
+        + text(4, v.installed_version())
+        + text(5, v.fixed_version().unwrap_or_default())
+        + text(6, v.status().unwrap_or_default())
+        + v.cvss_score.map_or(0, |_| encoding::key_len(7) + 4)
+        + text(8, v.published().unwrap_or_default());
+    encoding::key_len(VULNERABILITIES_FIELD) + encoding::encoded_len_varint(body as u64) + body
 }
 
 fn vulnerability_message(v: &scan::Vulnerability) -> ScanVulnerability {
@@ -179,6 +193,31 @@ impl ScanFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_is_sized_as_prost_encodes_it() {
+        let long = "x".repeat(300);
+        for (fixed, status, cvss, published) in [
+            ("", "", None, ""),
+            ("1.2.1, 2.1.3", "fixed", Some(7.5), "2024-01-09T17:15:00Z"),
+            (long.as_str(), "", Some(0.0), ""),
+        ] {
+            let text = scan::VulnerabilityText {
+                id: "CVE-2024-0727",
+                package: "openssl",
+                installed_version: "3.1.4-r0",
+                fixed_version: fixed,
+                status,
+                published,
+            };
+            let v =
+                scan::Vulnerability::new(text, portcullis_policy::Severity::High, cvss).unwrap();
+            assert_eq!(
+                entry_len(&v),
+                encoding::message::encoded_len(VULNERABILITIES_FIELD, &vulnerability_message(&v))
+            );
+        }
+    }
     use portcullis_proto::v1::{ImageIdentity, SeverityCounts};
 
     fn mk_scan(repository: &str, high: u32, malware: bool) -> ImageScan {
