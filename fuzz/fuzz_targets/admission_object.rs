@@ -1,6 +1,9 @@
-//! An admitted object's JSON, as the engine reads it for every workload kind: the direct
-//! reader must agree with serde whenever it reads the object, and deciding it (with policies
-//! that read every part of a pod) must neither panic nor misbehave.
+//! Differential: an admitted object's JSON (seeded with the objects of AdmissionReviews
+//! captured from kube-apiserver), as the engine reads it for every kind. The webhook's direct
+//! reader must read what serde reads whenever it reads the object at all, and the decision of
+//! `engine::evaluate` (the production path, with policies that read every part of a pod and
+//! a Service) must equal the decision on serde's reading alone. A difference would be an
+//! admission bypass on the hot path.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -8,7 +11,8 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use portcullis_policy::{
     Kind, Policy,
-    engine::{self, AdmissionInput, Operation, ScanIndex},
+    applicability::Target,
+    engine::{self, AdmissionInput, Object, Operation, Outcome, ScanIndex},
     k8s::direct_reader_agrees,
 };
 
@@ -29,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
+    let scans = ScanIndex::default();
     for kind in Kind::ALL {
         if let Err(difference) = direct_reader_agrees(*kind, raw) {
             panic!("the direct reader and serde disagree: {difference}");
@@ -42,6 +47,24 @@ fuzz_target!(|data: &[u8]| {
             object: Some(raw),
             old_object: None,
         };
-        let _ = engine::evaluate(&input, "fuzz", policies(), &ScanIndex::default());
+        let production = engine::evaluate(&input, "fuzz", policies(), &scans);
+        match Object::parse_with_serde(*kind, raw) {
+            Ok(object) => {
+                let target = Target {
+                    cluster: "fuzz",
+                    namespace: "default",
+                    kind: *kind,
+                    name: "fuzz",
+                    labels: &object.metadata().labels,
+                };
+                let by_serde = engine::evaluate_object(&object, &target, policies(), &scans);
+                assert_eq!(production, by_serde, "decisions differ on {kind:?} {raw}");
+            }
+            Err(error) => assert_eq!(
+                production.outcome,
+                Outcome::Invalid(error.to_string()),
+                "{kind:?} {raw}"
+            ),
+        }
     }
 });

@@ -191,10 +191,7 @@ mod tests {
             "hostIPC": true,
             "initContainers": [{"name": "i", "securityContext": {"privileged": true}}],
         }}}});
-        let pod = crate::k8s::pod_template(crate::Kind::StatefulSet, &object)
-            .unwrap()
-            .unwrap()
-            .pod;
+        let pod = crate::k8s::test_pod(crate::Kind::StatefulSet, &object);
         let rules = ResourceRules {
             forbid_privileged: true,
             host_namespaces: Some(HostNamespacesRule::default()),

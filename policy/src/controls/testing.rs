@@ -3,17 +3,17 @@
 use serde_json::{Value, json};
 
 use crate::Kind;
-use crate::k8s::{PodFinding, PodTemplate, pod_template};
+use crate::k8s::{PodFinding, PodTemplate, test_pod};
 
 /// A Pod with this spec.
 pub(super) fn mk_pod(spec: Value) -> PodTemplate {
     mk_annotated(spec, json!({}))
 }
 
-/// A Pod with this spec and these annotations.
+/// A Pod with this spec and these annotations, read as the webhook reads it.
 pub(super) fn mk_annotated(spec: Value, annotations: Value) -> PodTemplate {
     let object = json!({"metadata": {"name": "p", "annotations": annotations}, "spec": spec});
-    pod_template(Kind::Pod, &object).unwrap().unwrap().pod
+    test_pod(Kind::Pod, &object)
 }
 
 /// A pod with one container `app` whose security context is this.

@@ -17,10 +17,20 @@ impl Object {
     /// Parses raw JSON of `kind` in one pass; an object that does not fit its kind names the
     /// field.
     pub fn parse(kind: Kind, raw: &str) -> Result<Self, K8sError> {
-        // The direct reader takes the usual workload; serde reads the rest and names errors.
-        if let Some(workload) = k8s::fast_workload(kind, raw) {
+        // The direct reader takes the usual object; serde reads the rest and names errors.
+        if kind == Kind::Service {
+            if let Some(service) = k8s::fast_service(raw) {
+                return Ok(Object::Service(Box::new(service)));
+            }
+        } else if let Some(workload) = k8s::fast_workload(kind, raw) {
             return Ok(Object::Workload(workload));
         }
+        Self::from_source(kind, raw)
+    }
+
+    /// For fuzzing and tests: `parse` without the direct reader (serde's reading alone).
+    #[doc(hidden)]
+    pub fn parse_with_serde(kind: Kind, raw: &str) -> Result<Self, K8sError> {
         Self::from_source(kind, raw)
     }
 

@@ -6,29 +6,22 @@ use serde::{Deserialize, Deserializer};
 use smallvec::SmallVec;
 
 use super::pod::{Profile, SeLinuxOptions, WindowsOptions};
-use super::{Map, Text, nullable};
+use super::{Map, Text};
 
-/// `corev1.Container`, reduced to what policies read.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Container {
-    #[serde(deserialize_with = "nullable")]
-    pub name: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub image: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub ports: SmallVec<[ContainerPort; 2]>,
-    #[serde(deserialize_with = "nullable")]
-    pub security_context: SecurityContext,
-    #[serde(deserialize_with = "nullable")]
-    pub volume_mounts: SmallVec<[VolumeMount; 2]>,
-    #[serde(deserialize_with = "nullable")]
-    pub resources: ResourceRequirements,
-    pub liveness_probe: Option<Handler>,
-    pub readiness_probe: Option<Handler>,
-    pub startup_probe: Option<Handler>,
-    #[serde(deserialize_with = "nullable")]
-    pub lifecycle: Lifecycle,
+k8s_type! {
+    /// `corev1.Container`, reduced to what policies read.
+    pub struct Container {
+        "name" => pub name: Text,
+        "image" => pub image: Text,
+        "ports" => pub ports: SmallVec<[ContainerPort; 2]>,
+        "securityContext" => pub security_context: SecurityContext,
+        "volumeMounts" => pub volume_mounts: SmallVec<[VolumeMount; 2]>,
+        "resources" => pub resources: ResourceRequirements,
+        "livenessProbe" => pub liveness_probe: Option<Handler>,
+        "readinessProbe" => pub readiness_probe: Option<Handler>,
+        "startupProbe" => pub startup_probe: Option<Handler>,
+        "lifecycle" => pub lifecycle: Lifecycle,
+    }
 }
 
 impl Container {
@@ -69,66 +62,55 @@ const HOST_TARGET_PATHS: [(&str, &str); 5] = [
     ("lifecycle.preStop.httpGet", "lifecycle.preStop.tcpSocket"),
 ];
 
-/// A container port; only the host side matters to policies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ContainerPort {
-    /// 0 (the default) means no host port.
-    #[serde(deserialize_with = "nullable")]
-    pub host_port: i32,
-    #[serde(deserialize_with = "nullable")]
-    pub container_port: i32,
+k8s_type! {
+    /// A container port; only the host side matters to policies.
+    pub struct ContainerPort {
+        /// 0 (the default) means no host port.
+        "hostPort" => pub host_port: i32,
+        "containerPort" => pub container_port: i32,
+    }
 }
 
-/// `corev1.SecurityContext`; unset fields fall back to the pod's where Kubernetes does.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct SecurityContext {
-    pub privileged: Option<bool>,
-    #[serde(deserialize_with = "nullable")]
-    pub capabilities: Capabilities,
-    pub allow_privilege_escalation: Option<bool>,
-    pub read_only_root_filesystem: Option<bool>,
-    pub run_as_user: Option<i64>,
-    pub run_as_group: Option<i64>,
-    pub run_as_non_root: Option<bool>,
-    pub seccomp_profile: Option<Profile>,
-    pub app_armor_profile: Option<Profile>,
-    #[serde(rename = "seLinuxOptions")]
-    pub se_linux_options: Option<SeLinuxOptions>,
-    pub proc_mount: Option<Text>,
-    #[serde(deserialize_with = "nullable")]
-    pub windows_options: WindowsOptions,
+k8s_type! {
+    /// `corev1.SecurityContext`; unset fields fall back to the pod's where Kubernetes does.
+    pub struct SecurityContext {
+        "privileged" => pub privileged: Option<bool>,
+        "capabilities" => pub capabilities: Capabilities,
+        "allowPrivilegeEscalation" => pub allow_privilege_escalation: Option<bool>,
+        "readOnlyRootFilesystem" => pub read_only_root_filesystem: Option<bool>,
+        "runAsUser" => pub run_as_user: Option<i64>,
+        "runAsGroup" => pub run_as_group: Option<i64>,
+        "runAsNonRoot" => pub run_as_non_root: Option<bool>,
+        "seccompProfile" => pub seccomp_profile: Option<Profile>,
+        "appArmorProfile" => pub app_armor_profile: Option<Profile>,
+        "seLinuxOptions" => pub se_linux_options: Option<SeLinuxOptions>,
+        "procMount" => pub proc_mount: Option<Text>,
+        "windowsOptions" => pub windows_options: WindowsOptions,
+    }
 }
 
-/// Capabilities added to and dropped from the runtime's default set, as written.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Capabilities {
-    #[serde(deserialize_with = "nullable")]
-    pub add: SmallVec<[Text; 1]>,
-    #[serde(deserialize_with = "nullable")]
-    pub drop: SmallVec<[Text; 1]>,
+k8s_type! {
+    /// Capabilities added to and dropped from the runtime's default set, as written.
+    pub struct Capabilities {
+        "add" => pub add: SmallVec<[Text; 1]>,
+        "drop" => pub drop: SmallVec<[Text; 1]>,
+    }
 }
 
-/// A volume mounted into a container.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct VolumeMount {
-    #[serde(deserialize_with = "nullable")]
-    pub name: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub read_only: bool,
-    #[serde(deserialize_with = "nullable")]
-    pub mount_path: Text,
+k8s_type! {
+    /// A volume mounted into a container.
+    pub struct VolumeMount {
+        "name" => pub name: Text,
+        "readOnly" => pub read_only: bool,
+        "mountPath" => pub mount_path: Text,
+    }
 }
 
-/// Container resources; only which limits are set matters to policies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct ResourceRequirements {
-    #[serde(deserialize_with = "nullable")]
-    pub limits: Map<Quantity>,
+k8s_type! {
+    /// Container resources; only which limits are set matters to policies.
+    pub struct ResourceRequirements {
+        "limits" => pub limits: Map<Quantity>,
+    }
 }
 
 /// A resource quantity as written (`500m`, `1Gi`); YAML often writes plain numbers (`cpu: 1`),
@@ -161,30 +143,29 @@ impl<'de> Deserialize<'de> for Quantity {
     }
 }
 
-/// Container lifecycle hooks.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Lifecycle {
-    pub post_start: Option<Handler>,
-    pub pre_stop: Option<Handler>,
+k8s_type! {
+    /// Container lifecycle hooks.
+    pub struct Lifecycle {
+        "postStart" => pub post_start: Option<Handler>,
+        "preStop" => pub pre_stop: Option<Handler>,
+    }
 }
 
-/// A probe or lifecycle hook, reduced to the actions that reach the network (`tcpSocket` is
-/// deprecated for hooks but still accepted, so still checked).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Handler {
-    pub http_get: Option<HostTarget>,
-    pub tcp_socket: Option<HostTarget>,
+k8s_type! {
+    /// A probe or lifecycle hook, reduced to the actions that reach the network (`tcpSocket` is
+    /// deprecated for hooks but still accepted, so still checked).
+    pub struct Handler {
+        "httpGet" => pub http_get: Option<HostTarget>,
+        "tcpSocket" => pub tcp_socket: Option<HostTarget>,
+    }
 }
 
-/// An `httpGet` or `tcpSocket` action: a non-empty `host` makes the kubelet connect to another
-/// machine, which lets a pod probe hosts it could not reach itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct HostTarget {
-    #[serde(deserialize_with = "nullable")]
-    pub host: Text,
+k8s_type! {
+    /// An `httpGet` or `tcpSocket` action: a non-empty `host` makes the kubelet connect to
+    /// another machine, which lets a pod probe hosts it could not reach itself.
+    pub struct HostTarget {
+        "host" => pub host: Text,
+    }
 }
 
 #[cfg(test)]

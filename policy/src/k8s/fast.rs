@@ -1,394 +1,195 @@
-//! A direct reader of an admitted workload's JSON into the model, for the webhook's hot path.
+//! A direct reader of an admitted object's JSON into the model, for the webhook's hot path.
 //! Serde's derived readers spend most of an admission's parsing time in generic machinery
 //! (each key decoded, matched and wrapped in several layers of results); this reads the
 //! same fields in one pass over the bytes.
 //!
-//! It is only a shortcut: it answers `None` for anything it does not read exactly as the
-//! serde model does (escaped keys, numbers that are not plain integers, a value of an
-//! unexpected type, a repeated field, invalid JSON, ...), and the caller then reads the object
-//! with serde, which gives the same model or the error naming the field. So an object reads
-//! the same either way; tests compare both readers on every fixture and on damaged copies.
+//! Which fields a type has is declared once (`k8s_type!`, in `declare.rs`), and both this
+//! reader and serde's come from that declaration; how a field is read follows from its type
+//! (`Read`, below). This reader is only a shortcut: it answers `None` for anything it does not
+//! read exactly as the serde model does (escaped keys, numbers that are not plain integers, a
+//! value of an unexpected type, a repeated field, invalid JSON, ...), and the caller then reads
+//! the object with serde, which gives the same model or the error naming the field. So an
+//! object reads the same either way; tests compare both readers on every fixture and on
+//! damaged copies, and the `admission_object` fuzz target compares them and the decisions.
 
-use super::container::{
-    Capabilities, Container, ContainerPort, Handler, HostTarget, Lifecycle, Quantity,
-    ResourceRequirements, SecurityContext, VolumeMount,
-};
-use super::meta::ObjectMeta;
-use super::pod::{
-    PodOs, PodSecurityContext, PodSpec, Profile, SeLinuxOptions, Sysctl, WindowsOptions,
-};
-use super::volume::Volume;
-use super::workload::{PodTemplate, TemplatePaths, Workload};
+use serde::de::DeserializeOwned;
+use smallvec::SmallVec;
+
+use super::container::Quantity;
+use super::service::Service;
+use super::volume::{Members, Volume};
+use super::workload::{ShapeReader, Workload, read_workload};
 use super::{Map, Text};
-use crate::{Kind, VolumeType};
+use crate::Kind;
 
 /// For fuzzing and tests: whether the direct reader, when it reads `raw` at all, reads what
 /// serde reads (`Err` with both readings when not). A silent difference would be an
 /// admission bypass on the hot path.
 #[doc(hidden)]
 pub fn direct_reader_agrees(kind: Kind, raw: &str) -> Result<bool, String> {
-    let Some(fast) = workload(kind, raw) else {
-        return Ok(false);
-    };
-    match super::workload::pod_template(kind, raw) {
-        Ok(Some(serde)) if serde == *fast => Ok(true),
-        other => Err(format!(
-            "{kind:?} {raw}\n direct: {fast:?}\n serde: {other:?}"
-        )),
+    fn compare<T: PartialEq + std::fmt::Debug>(
+        kind: Kind,
+        raw: &str,
+        fast: Option<T>,
+        serde: impl FnOnce() -> Result<T, super::K8sError>,
+    ) -> Result<bool, String> {
+        let Some(fast) = fast else {
+            return Ok(false);
+        };
+        match serde() {
+            Ok(serde) if serde == fast => Ok(true),
+            other => Err(format!(
+                "{kind:?} {raw}\n direct: {fast:?}\n serde: {other:?}"
+            )),
+        }
     }
+    if kind == Kind::Service {
+        return compare(kind, raw, service(raw), || super::Source::parse(raw));
+    }
+    compare(kind, raw, workload(kind, raw).map(|w| *w), || {
+        super::workload::pod_template(kind, raw)?.ok_or_else(|| super::K8sError::InvalidField {
+            path: "object".into(),
+            reason: "no pod".into(),
+        })
+    })
 }
 
-/// The workload of `kind` in `raw`, when this reader can read it (see the module). Read into
-/// its box in place: a container is 856 bytes, and handing each value back up the readers
-/// copied the containers three times.
+/// The workload of `kind` in `raw`, when this reader can read it (see the module).
 pub(crate) fn workload(kind: Kind, raw: &str) -> Option<Box<Workload>> {
-    let paths = TemplatePaths::of(kind)?;
-    let mut r = Reader {
-        text: raw,
-        bytes: raw.as_bytes(),
-        at: 0,
-        depth: 0,
-    };
-    let mut w = Box::new(Workload {
-        kind,
-        metadata: ObjectMeta::default(),
-        pod: PodTemplate {
-            paths,
-            ..PodTemplate::default()
-        },
-    });
-    let Workload { metadata, pod, .. } = &mut *w;
-    match kind {
-        Kind::Pod => {
-            pod_shape(&mut r, pod)?;
-            *metadata = pod.metadata.clone();
-        }
-        Kind::CronJob => {
-            // {metadata, spec: {jobTemplate: {spec: {template: pod}}}}
-            r.fields(|r, key, seen| match key {
-                b"metadata" => r.once(seen, 0, |r| r.nullable_in(object_meta, metadata)),
-                b"spec" => r.once(seen, 1, |r| {
-                    r.nullable_in(
-                        |r, pod| {
-                            r.fields(|r, key, seen| match key {
-                                b"jobTemplate" => r.once(seen, 0, |r| {
-                                    r.nullable_in(
-                                        |r, pod| {
-                                            r.fields(|r, key, seen| match key {
-                                                b"spec" => r.once(seen, 0, |r| {
-                                                    r.nullable_in(template_holder, pod)
-                                                }),
-                                                _ => r.skip_value(),
-                                            })
-                                        },
-                                        pod,
-                                    )
-                                }),
-                                _ => r.skip_value(),
-                            })
-                        },
-                        pod,
-                    )
-                }),
-                _ => r.skip_value(),
-            })?;
-        }
-        _ => {
-            // {metadata, spec: {template: pod}}
-            r.fields(|r, key, seen| match key {
-                b"metadata" => r.once(seen, 0, |r| r.nullable_in(object_meta, metadata)),
-                b"spec" => r.once(seen, 1, |r| r.nullable_in(template_holder, pod)),
-                _ => r.skip_value(),
-            })?;
-        }
+    read_workload(kind, Reader::new(raw)).ok()?.map(Box::new)
+}
+
+/// The Service in `raw`, when this reader can read it (see the module).
+pub(crate) fn service(raw: &str) -> Option<Service> {
+    Reader::new(raw).read().ok()
+}
+
+/// This reader left the object to serde.
+pub(super) struct Declined;
+
+impl ShapeReader for Reader<'_> {
+    type Error = Declined;
+    fn read<T: Read + DeserializeOwned>(mut self) -> Result<T, Declined> {
+        let mut value = T::default();
+        T::read(&mut self, &mut value).ok_or(Declined)?;
+        self.end().ok_or(Declined)?;
+        Ok(value)
     }
-    r.end()?;
-    Some(w)
 }
 
-/// `{template: pod}`.
-fn template_holder(r: &mut Reader<'_>, pod: &mut PodTemplate) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"template" => r.once(seen, 0, |r| r.nullable_in(pod_shape, pod)),
-        _ => r.skip_value(),
-    })
+/// A type the direct reader reads. The model's structs get it from their declaration
+/// (`k8s_type!`); the rest is here.
+pub(super) trait Read: Default {
+    /// Reads a value that is not `null` into `out`, which is at its default.
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()>;
 }
 
-/// `{metadata, spec}` of a Pod or a pod template (its `paths` are left as they are).
-fn pod_shape(r: &mut Reader<'_>, pod: &mut PodTemplate) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"metadata" => r.once(seen, 0, |r| r.nullable_in(object_meta, &mut pod.metadata)),
-        b"spec" => r.once(seen, 1, |r| r.nullable_in(pod_spec, &mut pod.spec)),
-        _ => r.skip_value(),
-    })
+impl Read for Text {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        *out = r.string()?;
+        Some(())
+    }
 }
 
-fn object_meta(r: &mut Reader<'_>, m: &mut ObjectMeta) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut m.name)),
-        b"generateName" => r.once(seen, 1, |r| r.nullable_string(&mut m.generate_name)),
-        b"namespace" => r.once(seen, 2, |r| r.nullable_string(&mut m.namespace)),
-        b"labels" => r.once(seen, 3, |r| r.nullable_map(&mut m.labels, Reader::string)),
-        b"annotations" => r.once(seen, 4, |r| {
-            r.nullable_map(&mut m.annotations, Reader::string)
-        }),
-        _ => r.skip_value(),
-    })
+impl Read for bool {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        *out = r.bool()?;
+        Some(())
+    }
 }
 
-fn pod_spec(r: &mut Reader<'_>, s: &mut PodSpec) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"hostNetwork" => r.once(seen, 0, |r| r.nullable_bool(&mut s.host_network)),
-        b"hostPID" => r.once(seen, 1, |r| r.nullable_bool(&mut s.host_pid)),
-        b"hostIPC" => r.once(seen, 2, |r| r.nullable_bool(&mut s.host_ipc)),
-        b"hostUsers" => r.once(seen, 3, |r| r.option(Reader::bool, &mut s.host_users)),
-        b"securityContext" => r.once(seen, 4, |r| {
-            r.nullable_in(pod_security_context, &mut s.security_context)
-        }),
-        b"containers" => r.once(seen, 5, |r| r.list_in(container, &mut s.containers)),
-        b"initContainers" => r.once(seen, 6, |r| r.list_in(container, &mut s.init_containers)),
-        b"ephemeralContainers" => r.once(seen, 7, |r| {
-            r.list_in(container, &mut s.ephemeral_containers)
-        }),
-        b"volumes" => r.once(seen, 8, |r| r.nullable_list(volume, &mut s.volumes)),
-        b"os" => r.once(seen, 9, |r| r.option_in(pod_os, &mut s.os)),
-        _ => r.skip_value(),
-    })
+impl Read for i32 {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        *out = r.integer_text()?.parse().ok()?;
+        Some(())
+    }
 }
 
-fn pod_os(r: &mut Reader<'_>, os: &mut PodOs) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut os.name)),
-        _ => r.skip_value(),
-    })
+impl Read for i64 {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        *out = r.integer_text()?.parse().ok()?;
+        Some(())
+    }
 }
 
-fn pod_security_context(r: &mut Reader<'_>, c: &mut PodSecurityContext) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"runAsUser" => r.once(seen, 0, |r| r.option(Reader::i64, &mut c.run_as_user)),
-        b"runAsGroup" => r.once(seen, 1, |r| r.option(Reader::i64, &mut c.run_as_group)),
-        b"runAsNonRoot" => r.once(seen, 2, |r| r.option(Reader::bool, &mut c.run_as_non_root)),
-        b"fsGroup" => r.once(seen, 3, |r| r.option(Reader::i64, &mut c.fs_group)),
-        b"supplementalGroups" => r.once(seen, 4, |r| {
-            r.nullable_list(Reader::i64, &mut c.supplemental_groups)
-        }),
-        b"seccompProfile" => r.once(seen, 5, |r| r.option_in(profile, &mut c.seccomp_profile)),
-        b"appArmorProfile" => r.once(seen, 6, |r| r.option_in(profile, &mut c.app_armor_profile)),
-        b"seLinuxOptions" => r.once(seen, 7, |r| {
-            r.option_in(se_linux_options, &mut c.se_linux_options)
-        }),
-        b"sysctls" => r.once(seen, 8, |r| r.list_in(sysctl, &mut c.sysctls)),
-        b"windowsOptions" => r.once(seen, 9, |r| {
-            r.nullable_in(windows_options, &mut c.windows_options)
-        }),
-        _ => r.skip_value(),
-    })
+impl<T: Read> Read for Option<T> {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        T::read(r, out.insert(T::default()))
+    }
 }
 
-fn profile(r: &mut Reader<'_>, p: &mut Profile) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"type" => r.once(seen, 0, |r| r.nullable_string(&mut p.type_)),
-        b"localhostProfile" => r.once(seen, 1, |r| {
-            r.option(Reader::string, &mut p.localhost_profile)
-        }),
-        _ => r.skip_value(),
-    })
+impl<T: Read> Read for Vec<T> {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        r.list(out)
+    }
 }
 
-fn se_linux_options(r: &mut Reader<'_>, o: &mut SeLinuxOptions) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"user" => r.once(seen, 0, |r| r.nullable_string(&mut o.user)),
-        b"role" => r.once(seen, 1, |r| r.nullable_string(&mut o.role)),
-        b"type" => r.once(seen, 2, |r| r.nullable_string(&mut o.type_)),
-        b"level" => r.once(seen, 3, |r| r.nullable_string(&mut o.level)),
-        _ => r.skip_value(),
-    })
+impl<T: Read, const N: usize> Read for SmallVec<[T; N]> {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        r.list(out)
+    }
 }
 
-fn sysctl(r: &mut Reader<'_>, s: &mut Sysctl) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut s.name)),
-        b"value" => r.once(seen, 1, |r| r.nullable_string(&mut s.value)),
-        _ => r.skip_value(),
-    })
-}
-
-fn windows_options(r: &mut Reader<'_>, w: &mut WindowsOptions) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"hostProcess" => r.once(seen, 0, |r| r.option(Reader::bool, &mut w.host_process)),
-        _ => r.skip_value(),
-    })
-}
-
-fn container(r: &mut Reader<'_>, c: &mut Container) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut c.name)),
-        b"image" => r.once(seen, 1, |r| r.nullable_string(&mut c.image)),
-        b"ports" => r.once(seen, 2, |r| r.list_in(container_port, &mut c.ports)),
-        b"securityContext" => r.once(seen, 3, |r| {
-            r.nullable_in(security_context, &mut c.security_context)
-        }),
-        b"volumeMounts" => r.once(seen, 4, |r| r.list_in(volume_mount, &mut c.volume_mounts)),
-        b"resources" => r.once(seen, 5, |r| r.nullable_in(resources, &mut c.resources)),
-        b"livenessProbe" => r.once(seen, 6, |r| r.option_in(handler, &mut c.liveness_probe)),
-        b"readinessProbe" => r.once(seen, 7, |r| r.option_in(handler, &mut c.readiness_probe)),
-        b"startupProbe" => r.once(seen, 8, |r| r.option_in(handler, &mut c.startup_probe)),
-        b"lifecycle" => r.once(seen, 9, |r| r.nullable_in(lifecycle, &mut c.lifecycle)),
-        _ => r.skip_value(),
-    })
-}
-
-fn container_port(r: &mut Reader<'_>, p: &mut ContainerPort) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"hostPort" => r.once(seen, 0, |r| r.nullable_i32(&mut p.host_port)),
-        b"containerPort" => r.once(seen, 1, |r| r.nullable_i32(&mut p.container_port)),
-        _ => r.skip_value(),
-    })
-}
-
-fn security_context(r: &mut Reader<'_>, c: &mut SecurityContext) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"privileged" => r.once(seen, 0, |r| r.option(Reader::bool, &mut c.privileged)),
-        b"capabilities" => r.once(seen, 1, |r| {
-            r.nullable_in(capabilities, &mut c.capabilities)
-        }),
-        b"allowPrivilegeEscalation" => r.once(seen, 2, |r| {
-            r.option(Reader::bool, &mut c.allow_privilege_escalation)
-        }),
-        b"readOnlyRootFilesystem" => r.once(seen, 3, |r| {
-            r.option(Reader::bool, &mut c.read_only_root_filesystem)
-        }),
-        b"runAsUser" => r.once(seen, 4, |r| r.option(Reader::i64, &mut c.run_as_user)),
-        b"runAsGroup" => r.once(seen, 5, |r| r.option(Reader::i64, &mut c.run_as_group)),
-        b"runAsNonRoot" => r.once(seen, 6, |r| r.option(Reader::bool, &mut c.run_as_non_root)),
-        b"seccompProfile" => r.once(seen, 7, |r| r.option_in(profile, &mut c.seccomp_profile)),
-        b"appArmorProfile" => r.once(seen, 8, |r| r.option_in(profile, &mut c.app_armor_profile)),
-        b"seLinuxOptions" => r.once(seen, 9, |r| {
-            r.option_in(se_linux_options, &mut c.se_linux_options)
-        }),
-        b"procMount" => r.once(seen, 10, |r| r.option(Reader::string, &mut c.proc_mount)),
-        b"windowsOptions" => r.once(seen, 11, |r| {
-            r.nullable_in(windows_options, &mut c.windows_options)
-        }),
-        _ => r.skip_value(),
-    })
-}
-
-fn capabilities(r: &mut Reader<'_>, c: &mut Capabilities) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"add" => r.once(seen, 0, |r| r.nullable_list(Reader::string, &mut c.add)),
-        b"drop" => r.once(seen, 1, |r| r.nullable_list(Reader::string, &mut c.drop)),
-        _ => r.skip_value(),
-    })
-}
-
-fn volume_mount(r: &mut Reader<'_>, m: &mut VolumeMount) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"name" => r.once(seen, 0, |r| r.nullable_string(&mut m.name)),
-        b"readOnly" => r.once(seen, 1, |r| r.nullable_bool(&mut m.read_only)),
-        b"mountPath" => r.once(seen, 2, |r| r.nullable_string(&mut m.mount_path)),
-        _ => r.skip_value(),
-    })
-}
-
-fn resources(r: &mut Reader<'_>, q: &mut ResourceRequirements) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"limits" => r.once(seen, 0, |r| r.nullable_map(&mut q.limits, quantity)),
-        _ => r.skip_value(),
-    })
+/// A map of string keys: a repeated key keeps the last value, as serde's map does.
+impl<T: Read> Read for Map<T> {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        let mut entries = SmallVec::new();
+        r.members(|r, key| {
+            let mut value = T::default();
+            T::read(r, &mut value)?;
+            entries.push((Text::from(key), value));
+            Some(())
+        })?;
+        *out = Map::from_entries(entries);
+        Some(())
+    }
 }
 
 /// A quantity as a string, or a plain integer kept as its text (as serde reads it: an integer
 /// past 64 bits is a float to serde, left to it).
-fn quantity(r: &mut Reader<'_>) -> Option<Quantity> {
-    match r.peek()? {
-        b'"' => r.string().map(Quantity),
-        _ => {
-            let text = r.integer_text()?;
-            let fits = text.parse::<u64>().is_ok() || text.parse::<i64>().is_ok();
-            fits.then(|| Quantity(Text::from(text)))
-        }
-    }
-}
-
-fn lifecycle(r: &mut Reader<'_>, l: &mut Lifecycle) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"postStart" => r.once(seen, 0, |r| r.option_in(handler, &mut l.post_start)),
-        b"preStop" => r.once(seen, 1, |r| r.option_in(handler, &mut l.pre_stop)),
-        _ => r.skip_value(),
-    })
-}
-
-fn handler(r: &mut Reader<'_>, h: &mut Handler) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"httpGet" => r.once(seen, 0, |r| r.option_in(host_target, &mut h.http_get)),
-        b"tcpSocket" => r.once(seen, 1, |r| r.option_in(host_target, &mut h.tcp_socket)),
-        _ => r.skip_value(),
-    })
-}
-
-fn host_target(r: &mut Reader<'_>, t: &mut HostTarget) -> Option<()> {
-    r.fields(|r, key, seen| match key {
-        b"host" => r.once(seen, 0, |r| r.nullable_string(&mut t.host)),
-        _ => r.skip_value(),
-    })
-}
-
-/// A volume, as `Volume`'s own serde reader takes it: a repeated `name` or source is not an
-/// error (the last name wins; sources add up), `null` leaves a source unset.
-fn volume(r: &mut Reader<'_>) -> Option<Volume> {
-    let mut v = Volume::default();
-    r.members(|r, key| {
-        if key == "name" {
-            v.name = if r.null() {
-                Text::default()
-            } else {
-                r.string()?
-            };
-            return Some(());
-        }
-        let Some(source) = VolumeType::from_name(key) else {
-            return r.skip_value();
-        };
-        if r.null() {
-            return Some(());
-        }
-        match source {
-            VolumeType::HostPath => v.host_path = Some(one_string_field(r, b"path")?),
-            VolumeType::FlexVolume => {
-                v.flex_volume_driver = Some(one_string_field(r, b"driver")?);
-            }
-            VolumeType::Image => v.image = Some(one_string_field(r, b"reference")?),
+impl Read for Quantity {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        *out = match r.peek()? {
+            b'"' => Quantity(r.string()?),
             _ => {
-                (r.peek()? == b'{').then_some(())?;
-                r.skip_value()?;
+                let text = r.integer_text()?;
+                let fits = text.parse::<u64>().is_ok() || text.parse::<i64>().is_ok();
+                fits.then(|| Quantity(Text::from(text)))?
             }
-        }
-        v.sources.insert(source);
+        };
         Some(())
-    })?;
-    if v.sources.is_empty() {
-        v.sources.insert(VolumeType::EmptyDir);
     }
-    Some(v)
 }
 
-/// An object of which only the string field `name` is read (`null` or absent: empty).
-fn one_string_field(r: &mut Reader<'_>, name: &[u8]) -> Option<Text> {
-    let mut value = Text::default();
-    r.fields(|r, key, seen| {
-        if key == name {
-            r.once(seen, 0, |r| r.nullable_string(&mut value))
-        } else {
-            r.skip_value()
+/// A volume, member by member as `Volume::member` describes it.
+impl Read for Volume {
+    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+        r.members(|r, key| out.member(key, &mut DirectMembers(r)).ok())?;
+        out.finish();
+        Some(())
+    }
+}
+
+struct DirectMembers<'r, 'a>(&'r mut Reader<'a>);
+
+impl Members for DirectMembers<'_, '_> {
+    type Error = Declined;
+    fn value<T: Read + DeserializeOwned>(&mut self) -> Result<Option<T>, Declined> {
+        if self.0.null() {
+            return Ok(None);
         }
-    })?;
-    Some(value)
+        let mut value = T::default();
+        T::read(self.0, &mut value).ok_or(Declined)?;
+        Ok(Some(value))
+    }
+    fn skip(&mut self) -> Result<(), Declined> {
+        self.0.skip_value().ok_or(Declined)
+    }
 }
 
 /// A cursor over the JSON text. Every method answers `None` for what it does not read.
 /// Strings are cut at their (ASCII) quotes, so every slice of `text` is on a char boundary.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
@@ -400,6 +201,15 @@ struct Reader<'a> {
 const MAX_SKIPPED_DEPTH: u32 = 64;
 
 impl<'a> Reader<'a> {
+    fn new(text: &'a str) -> Self {
+        Reader {
+            text,
+            bytes: text.as_bytes(),
+            at: 0,
+            depth: 0,
+        }
+    }
+
     fn skip_whitespace(&mut self) {
         let rest = self.bytes.get(self.at..).unwrap_or_default();
         self.at += rest
@@ -576,115 +386,27 @@ impl<'a> Reader<'a> {
         self.text.get(start..self.at)
     }
 
-    fn i64(&mut self) -> Option<i64> {
-        self.integer_text()?.parse().ok()
-    }
-
-    fn nullable_i32(&mut self, out: &mut i32) -> Option<()> {
-        self.nullable_into(|r| r.integer_text()?.parse().ok(), out)
-    }
-
-    fn nullable_bool(&mut self, out: &mut bool) -> Option<()> {
-        self.nullable_into(Reader::bool, out)
-    }
-
-    fn nullable_string(&mut self, out: &mut Text) -> Option<()> {
-        self.nullable_into(Reader::string, out)
-    }
-
-    /// An optional field: `null` is `None` (for a field whose `null` reads as its default,
-    /// the caller takes the default for `None`).
-    fn option<T>(
-        &mut self,
-        read: impl FnOnce(&mut Self) -> Option<T>,
-        out: &mut Option<T>,
-    ) -> Option<()> {
-        *out = if self.null() { None } else { Some(read(self)?) };
-        Some(())
-    }
-
-    /// A field whose `null` reads as its default.
-    fn nullable_into<T: Default>(
-        &mut self,
-        read: impl FnOnce(&mut Self) -> Option<T>,
-        out: &mut T,
-    ) -> Option<()> {
-        *out = if self.null() {
-            T::default()
-        } else {
-            read(self)?
-        };
-        Some(())
-    }
-
-    /// A struct field read in place, `null` leaving it as it is. Only for a field still at its
+    /// A field's value: `null` leaves it at its default. Only for a field still at its
     /// default: the struct it belongs to was just made, and `once` lets each field be read
     /// one time.
-    fn nullable_in<T>(
-        &mut self,
-        read: impl FnOnce(&mut Self, &mut T) -> Option<()>,
-        out: &mut T,
-    ) -> Option<()> {
+    pub(super) fn field<T: Read>(&mut self, out: &mut T) -> Option<()> {
         if self.null() {
             return Some(());
         }
-        read(self, out)
+        T::read(self, out)
     }
 
-    /// An optional struct field (`null` is `None`), read in place as `nullable_in`.
-    fn option_in<T: Default>(
-        &mut self,
-        read: impl FnOnce(&mut Self, &mut T) -> Option<()>,
-        out: &mut Option<T>,
-    ) -> Option<()> {
-        if self.null() {
-            *out = None;
-            return Some(());
-        }
-        read(self, out.insert(T::default()))
-    }
-
-    /// A list of structs, each read in place at the end of the list (as `nullable_list`).
-    fn list_in<T: Default, L: Default + Extend<T> + AsMut<[T]>>(
-        &mut self,
-        mut read: impl FnMut(&mut Self, &mut T) -> Option<()>,
-        out: &mut L,
-    ) -> Option<()> {
-        self.list(out, |r, out| {
-            out.extend(std::iter::once(T::default()));
-            read(r, out.as_mut().last_mut()?)
-        })
-    }
-
-    /// A list (a `Vec`, or a `SmallVec` for lists that usually hold an item or two).
-    fn nullable_list<T, L: Default + Extend<T>>(
-        &mut self,
-        mut read: impl FnMut(&mut Self) -> Option<T>,
-        out: &mut L,
-    ) -> Option<()> {
-        self.list(out, |r, out| {
-            out.extend(std::iter::once(read(r)?));
-            Some(())
-        })
-    }
-
-    /// A list or `null` (empty), each item added to `out` by `item`.
-    fn list<L: Default>(
-        &mut self,
-        out: &mut L,
-        mut item: impl FnMut(&mut Self, &mut L) -> Option<()>,
-    ) -> Option<()> {
-        *out = L::default();
-        if self.null() {
-            return Some(());
-        }
+    /// A list (a `Vec`, or a `SmallVec` for lists that usually hold an item or two), each
+    /// item read in place at its end; `out` is empty.
+    fn list<T: Read, L: Extend<T> + AsMut<[T]>>(&mut self, out: &mut L) -> Option<()> {
         self.eat(b'[')?;
         if self.peek()? == b']' {
             self.at += 1;
             return Some(());
         }
         loop {
-            item(self, out)?;
+            out.extend(std::iter::once(T::default()));
+            T::read(self, out.as_mut().last_mut()?)?;
             match self.peek()? {
                 b',' => self.at += 1,
                 b']' => {
@@ -694,25 +416,6 @@ impl<'a> Reader<'a> {
                 _ => return None,
             }
         }
-    }
-
-    /// A map of string keys: a repeated key keeps the last value, as serde's map does.
-    fn nullable_map<T>(
-        &mut self,
-        out: &mut Map<T>,
-        mut read: impl FnMut(&mut Self) -> Option<T>,
-    ) -> Option<()> {
-        out.clear();
-        if self.null() {
-            return Some(());
-        }
-        let mut entries = smallvec::SmallVec::new();
-        self.members(|r, key| {
-            entries.push((Text::from(key), read(r)?));
-            Some(())
-        })?;
-        *out = Map::from_entries(entries);
-        Some(())
     }
 
     /// A key as bytes (struct fields are matched on bytes, so no `str` boundaries are
@@ -764,7 +467,7 @@ impl<'a> Reader<'a> {
 
     /// A struct's fields: like `members`, with a set of the fields seen so far (serde's
     /// derived readers refuse a repeated field).
-    fn fields(
+    pub(super) fn fields(
         &mut self,
         mut field: impl FnMut(&mut Self, &'a [u8], &mut u32) -> Option<()>,
     ) -> Option<()> {
@@ -773,7 +476,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads field number `bit` with `read`, unless it was seen before.
-    fn once(
+    pub(super) fn once(
         &mut self,
         seen: &mut u32,
         bit: u32,
@@ -787,7 +490,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Any JSON value, checked as strictly as serde checks a value it ignores.
-    fn skip_value(&mut self) -> Option<()> {
+    pub(super) fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
             open @ (b'{' | b'[') => {
                 // Nesting deeper than this is left to serde (which skips unknown values
@@ -891,6 +594,7 @@ mod tests {
 
     use super::*;
     use crate::engine::Object;
+    use crate::k8s::TemplatePaths;
 
     /// Every workload the tests have: the upstream Pod Security fixtures (YAML, read as JSON)
     /// and the objects of the AdmissionReviews captured from kube-apiserver.

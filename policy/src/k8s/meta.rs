@@ -1,27 +1,20 @@
 //! Object metadata: the identity, labels and annotations that scope, whitelist and the legacy
 //! seccomp and AppArmor annotations are read from.
 
-use serde::Deserialize;
+use super::{Map, Text};
 
-use super::{Map, Text, nullable};
-
-/// `metav1.ObjectMeta`, reduced to what policies read.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ObjectMeta {
-    #[serde(deserialize_with = "nullable")]
-    pub name: Text,
-    /// Used when `name` is empty: the API server appends a random suffix.
-    #[serde(deserialize_with = "nullable")]
-    pub generate_name: Text,
-    /// Empty in pod templates and often in the object of an admission request (the request
-    /// carries it).
-    #[serde(deserialize_with = "nullable")]
-    pub namespace: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub labels: Map<Text>,
-    #[serde(deserialize_with = "nullable")]
-    pub annotations: Map<Text>,
+k8s_type! {
+    /// `metav1.ObjectMeta`, reduced to what policies read.
+    pub struct ObjectMeta {
+        "name" => pub name: Text,
+        /// Used when `name` is empty: the API server appends a random suffix.
+        "generateName" => pub generate_name: Text,
+        /// Empty in pod templates and often in the object of an admission request (the
+        /// request carries it).
+        "namespace" => pub namespace: Text,
+        "labels" => pub labels: Map<Text>,
+        "annotations" => pub annotations: Map<Text>,
+    }
 }
 
 impl ObjectMeta {

@@ -3,6 +3,9 @@
 //! ignored, so any valid object parses; a field of the wrong JSON type is an error naming its
 //! path (`spec.template.spec.containers[0].ports[1].hostPort: invalid type: ...`).
 
+#[macro_use]
+mod declare;
+
 mod container;
 mod fast;
 mod map;
@@ -18,7 +21,7 @@ pub use container::{
 };
 #[doc(hidden)]
 pub use fast::direct_reader_agrees;
-pub(crate) use fast::workload as fast_workload;
+pub(crate) use fast::{service as fast_service, workload as fast_workload};
 pub use map::Map;
 pub use meta::ObjectMeta;
 pub use pod::{
@@ -89,6 +92,15 @@ fn path_error<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> K8s
         path,
         reason: error.into_inner().to_string(),
     }
+}
+
+/// For tests: the pod of an object of `kind`, read as the webhook reads it (by the direct
+/// reader, which must read it itself and read what serde reads).
+#[cfg(test)]
+pub(crate) fn test_pod(kind: crate::Kind, object: &serde_json::Value) -> PodTemplate {
+    let raw = object.to_string();
+    assert_eq!(direct_reader_agrees(kind, &raw), Ok(true), "{raw}");
+    fast_workload(kind, &raw).expect("read directly").pod
 }
 
 /// Reads `null` as the default value, as the API server does for non-pointer fields.

@@ -1,35 +1,26 @@
 //! The pod spec and its pod-level security context.
 
-use serde::Deserialize;
-
+use super::Text;
 use super::container::Container;
 use super::volume::Volume;
-use super::{Text, nullable};
 
-/// `corev1.PodSpec`, reduced to what policies read.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PodSpec {
-    #[serde(deserialize_with = "nullable")]
-    pub host_network: bool,
-    #[serde(rename = "hostPID", deserialize_with = "nullable")]
-    pub host_pid: bool,
-    #[serde(rename = "hostIPC", deserialize_with = "nullable")]
-    pub host_ipc: bool,
-    /// `Some(false)` runs the pod in a user namespace, which relaxes some Pod Security checks.
-    pub host_users: Option<bool>,
-    #[serde(deserialize_with = "nullable")]
-    pub security_context: PodSecurityContext,
-    #[serde(deserialize_with = "nullable")]
-    pub containers: Vec<Container>,
-    #[serde(deserialize_with = "nullable")]
-    pub init_containers: Vec<Container>,
-    /// Ephemeral containers share the container fields policies read.
-    #[serde(deserialize_with = "nullable")]
-    pub ephemeral_containers: Vec<Container>,
-    #[serde(deserialize_with = "nullable")]
-    pub volumes: Vec<Volume>,
-    pub os: Option<PodOs>,
+k8s_type! {
+    /// `corev1.PodSpec`, reduced to what policies read.
+    pub struct PodSpec {
+        "hostNetwork" => pub host_network: bool,
+        "hostPID" => pub host_pid: bool,
+        "hostIPC" => pub host_ipc: bool,
+        /// `Some(false)` runs the pod in a user namespace, which relaxes some Pod Security
+        /// checks.
+        "hostUsers" => pub host_users: Option<bool>,
+        "securityContext" => pub security_context: PodSecurityContext,
+        "containers" => pub containers: Vec<Container>,
+        "initContainers" => pub init_containers: Vec<Container>,
+        /// Ephemeral containers share the container fields policies read.
+        "ephemeralContainers" => pub ephemeral_containers: Vec<Container>,
+        "volumes" => pub volumes: Vec<Volume>,
+        "os" => pub os: Option<PodOs>,
+    }
 }
 
 impl PodSpec {
@@ -45,56 +36,46 @@ impl PodSpec {
     }
 }
 
-/// `corev1.PodOS`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct PodOs {
-    #[serde(deserialize_with = "nullable")]
-    pub name: Text,
+k8s_type! {
+    /// `corev1.PodOS`.
+    pub struct PodOs {
+        "name" => pub name: Text,
+    }
 }
 
-/// `corev1.PodSecurityContext`: defaults for every container, plus pod-only settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PodSecurityContext {
-    pub run_as_user: Option<i64>,
-    pub run_as_group: Option<i64>,
-    pub run_as_non_root: Option<bool>,
-    pub fs_group: Option<i64>,
-    #[serde(deserialize_with = "nullable")]
-    pub supplemental_groups: Vec<i64>,
-    pub seccomp_profile: Option<Profile>,
-    pub app_armor_profile: Option<Profile>,
-    #[serde(rename = "seLinuxOptions")]
-    pub se_linux_options: Option<SeLinuxOptions>,
-    #[serde(deserialize_with = "nullable")]
-    pub sysctls: Vec<Sysctl>,
-    #[serde(deserialize_with = "nullable")]
-    pub windows_options: WindowsOptions,
+k8s_type! {
+    /// `corev1.PodSecurityContext`: defaults for every container, plus pod-only settings.
+    pub struct PodSecurityContext {
+        "runAsUser" => pub run_as_user: Option<i64>,
+        "runAsGroup" => pub run_as_group: Option<i64>,
+        "runAsNonRoot" => pub run_as_non_root: Option<bool>,
+        "fsGroup" => pub fs_group: Option<i64>,
+        "supplementalGroups" => pub supplemental_groups: Vec<i64>,
+        "seccompProfile" => pub seccomp_profile: Option<Profile>,
+        "appArmorProfile" => pub app_armor_profile: Option<Profile>,
+        "seLinuxOptions" => pub se_linux_options: Option<SeLinuxOptions>,
+        "sysctls" => pub sysctls: Vec<Sysctl>,
+        "windowsOptions" => pub windows_options: WindowsOptions,
+    }
 }
 
-/// A seccomp or AppArmor profile field: `type` is `RuntimeDefault`, `Unconfined` or
-/// `Localhost` (then `localhostProfile` names the profile).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Profile {
-    #[serde(rename = "type", deserialize_with = "nullable")]
-    pub type_: Text,
-    pub localhost_profile: Option<Text>,
+k8s_type! {
+    /// A seccomp or AppArmor profile field: `type` is `RuntimeDefault`, `Unconfined` or
+    /// `Localhost` (then `localhostProfile` names the profile).
+    pub struct Profile {
+        "type" => pub type_: Text,
+        "localhostProfile" => pub localhost_profile: Option<Text>,
+    }
 }
 
-/// `corev1.SELinuxOptions`; an empty string is an unset field.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct SeLinuxOptions {
-    #[serde(deserialize_with = "nullable")]
-    pub user: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub role: Text,
-    #[serde(rename = "type", deserialize_with = "nullable")]
-    pub type_: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub level: Text,
+k8s_type! {
+    /// `corev1.SELinuxOptions`; an empty string is an unset field.
+    pub struct SeLinuxOptions {
+        "user" => pub user: Text,
+        "role" => pub role: Text,
+        "type" => pub type_: Text,
+        "level" => pub level: Text,
+    }
 }
 
 impl SeLinuxOptions {
@@ -107,21 +88,19 @@ impl SeLinuxOptions {
     }
 }
 
-/// A namespaced kernel parameter set for the pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Sysctl {
-    #[serde(deserialize_with = "nullable")]
-    pub name: Text,
-    #[serde(deserialize_with = "nullable")]
-    pub value: Text,
+k8s_type! {
+    /// A namespaced kernel parameter set for the pod.
+    pub struct Sysctl {
+        "name" => pub name: Text,
+        "value" => pub value: Text,
+    }
 }
 
-/// `corev1.WindowsSecurityContextOptions`, reduced to HostProcess.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct WindowsOptions {
-    pub host_process: Option<bool>,
+k8s_type! {
+    /// `corev1.WindowsSecurityContextOptions`, reduced to HostProcess.
+    pub struct WindowsOptions {
+        "hostProcess" => pub host_process: Option<bool>,
+    }
 }
 
 #[cfg(test)]

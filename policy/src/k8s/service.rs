@@ -1,29 +1,23 @@
 //! Services, reduced to the fields service rules read.
 
-use serde::Deserialize;
-
+use super::Text;
 use super::meta::ObjectMeta;
-use super::{Text, nullable};
 
-/// A `v1/Service` object; parse it with `k8s::parse`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Service {
-    #[serde(deserialize_with = "nullable")]
-    pub metadata: ObjectMeta,
-    #[serde(deserialize_with = "nullable")]
-    pub spec: ServiceSpec,
+k8s_type! {
+    /// A `v1/Service` object; parse it with `k8s::parse`.
+    pub struct Service {
+        "metadata" => pub metadata: ObjectMeta,
+        "spec" => pub spec: ServiceSpec,
+    }
 }
 
-/// `corev1.ServiceSpec`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct ServiceSpec {
-    /// As written; empty means `ClusterIP` (see `effective_type`).
-    #[serde(rename = "type", deserialize_with = "nullable")]
-    pub type_: Text,
-    #[serde(rename = "externalIPs", deserialize_with = "nullable")]
-    pub external_ips: Vec<Text>,
+k8s_type! {
+    /// `corev1.ServiceSpec`.
+    pub struct ServiceSpec {
+        /// As written; empty means `ClusterIP` (see `effective_type`).
+        "type" => pub type_: Text,
+        "externalIPs" => pub external_ips: Vec<Text>,
+    }
 }
 
 impl ServiceSpec {

@@ -3,11 +3,13 @@
 //! the API server defaults it.
 
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::Text;
+use super::fast::Read;
 use crate::VolumeType;
 
 /// A pod volume.
@@ -59,33 +61,82 @@ fn bit(source: VolumeType) -> u32 {
     1 << (source as u32)
 }
 
-/// `hostPath`, reduced to its path.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct HostPathSource {
-    #[serde(deserialize_with = "super::nullable")]
-    path: String,
+k8s_type! {
+    /// `hostPath`, reduced to its path.
+    struct HostPathSource {
+        "path" => path: Text,
+    }
 }
 
-/// `flexVolume`, reduced to its driver.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct FlexVolumeSource {
-    #[serde(deserialize_with = "super::nullable")]
-    driver: String,
+k8s_type! {
+    /// `flexVolume`, reduced to its driver.
+    struct FlexVolumeSource {
+        "driver" => driver: Text,
+    }
 }
 
-/// `image`, reduced to its reference.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct ImageSource {
-    #[serde(deserialize_with = "super::nullable")]
-    reference: String,
+k8s_type! {
+    /// `image`, reduced to its reference.
+    struct ImageSource {
+        "reference" => reference: Text,
+    }
 }
 
-/// Any other source: only checked to be an object.
-#[derive(Deserialize)]
-struct OtherSource {}
+k8s_type! {
+    /// Any other source: only checked to be an object.
+    struct OtherSource {}
+}
+
+/// The values of a volume object's members, read by serde or by the direct reader: a volume
+/// is read member by member (its keys are the source names of `VolumeType`), by `member`, the
+/// one description of it for both readers.
+pub(super) trait Members {
+    type Error;
+    /// The current member's value; `None` for `null`.
+    fn value<T: Read + DeserializeOwned>(&mut self) -> Result<Option<T>, Self::Error>;
+    /// Skips the current member's value.
+    fn skip(&mut self) -> Result<(), Self::Error>;
+}
+
+impl Volume {
+    /// Reads the member `key` of a volume: a repeated `name` or source is not an error (the
+    /// last name wins; sources add up); `null` leaves a source unset, as in the API.
+    pub(super) fn member<M: Members>(&mut self, key: &str, m: &mut M) -> Result<(), M::Error> {
+        if key == "name" {
+            self.name = m.value::<Text>()?.unwrap_or_default();
+            return Ok(());
+        }
+        let Some(source) = VolumeType::from_name(key) else {
+            return m.skip();
+        };
+        let set = match source {
+            VolumeType::HostPath => m
+                .value::<HostPathSource>()?
+                .map(|s| self.host_path = Some(s.path))
+                .is_some(),
+            VolumeType::FlexVolume => m
+                .value::<FlexVolumeSource>()?
+                .map(|s| self.flex_volume_driver = Some(s.driver))
+                .is_some(),
+            VolumeType::Image => m
+                .value::<ImageSource>()?
+                .map(|s| self.image = Some(s.reference))
+                .is_some(),
+            _ => m.value::<OtherSource>()?.is_some(),
+        };
+        if set {
+            self.sources.insert(source);
+        }
+        Ok(())
+    }
+
+    /// After the last member: a volume without a source is an `emptyDir`.
+    pub(super) fn finish(&mut self) {
+        if self.sources.is_empty() {
+            self.sources.insert(VolumeType::EmptyDir);
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for Volume {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -105,38 +156,22 @@ impl<'de> Visitor<'de> for VolumeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Volume, A::Error> {
         let mut volume = Volume::default();
         while let Some(key) = map.next_key::<String>()? {
-            if key == "name" {
-                volume.name = map.next_value::<Option<Text>>()?.unwrap_or_default();
-                continue;
-            }
-            let Some(source) = VolumeType::from_name(&key) else {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            };
-            // `null` leaves the source unset, as in the API.
-            let set = match source {
-                VolumeType::HostPath => map
-                    .next_value::<Option<HostPathSource>>()?
-                    .map(|s| volume.host_path = Some(s.path.into()))
-                    .is_some(),
-                VolumeType::FlexVolume => map
-                    .next_value::<Option<FlexVolumeSource>>()?
-                    .map(|s| volume.flex_volume_driver = Some(s.driver.into()))
-                    .is_some(),
-                VolumeType::Image => map
-                    .next_value::<Option<ImageSource>>()?
-                    .map(|s| volume.image = Some(s.reference.into()))
-                    .is_some(),
-                _ => map.next_value::<Option<OtherSource>>()?.is_some(),
-            };
-            if set {
-                volume.sources.insert(source);
-            }
+            volume.member(&key, &mut SerdeMembers(&mut map, PhantomData))?;
         }
-        if volume.sources.is_empty() {
-            volume.sources.insert(VolumeType::EmptyDir);
-        }
+        volume.finish();
         Ok(volume)
+    }
+}
+
+struct SerdeMembers<'a, 'de, A>(&'a mut A, PhantomData<&'de ()>);
+
+impl<'de, A: MapAccess<'de>> Members for SerdeMembers<'_, 'de, A> {
+    type Error = A::Error;
+    fn value<T: Read + DeserializeOwned>(&mut self) -> Result<Option<T>, A::Error> {
+        self.0.next_value()
+    }
+    fn skip(&mut self) -> Result<(), A::Error> {
+        self.0.next_value::<IgnoredAny>().map(drop)
     }
 }
 

@@ -4,12 +4,13 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::container::Container;
+use super::fast::Read;
 use super::meta::ObjectMeta;
 use super::pod::PodSpec;
-use super::{K8sError, Source, nullable};
+use super::{K8sError, Source};
 use crate::{Finding, Kind};
 
 /// Where a pod's metadata and spec sit in the admitted object.
@@ -247,20 +248,43 @@ pub fn pod_template<S: Source + ?Sized>(
     kind: Kind,
     object: &S,
 ) -> Result<Option<Workload>, K8sError> {
+    read_workload(kind, SerdeShapes(object))
+}
+
+/// Reads one of the shapes below from a whole object: with serde, or with the direct reader.
+pub(super) trait ShapeReader {
+    type Error;
+    fn read<T: Read + DeserializeOwned>(self) -> Result<T, Self::Error>;
+}
+
+struct SerdeShapes<'a, S: ?Sized>(&'a S);
+
+impl<S: Source + ?Sized> ShapeReader for SerdeShapes<'_, S> {
+    type Error = K8sError;
+    fn read<T: Read + DeserializeOwned>(self) -> Result<T, K8sError> {
+        self.0.parse()
+    }
+}
+
+/// The workload of `kind` (see `pod_template`), its shape read by `reader`.
+pub(super) fn read_workload<R: ShapeReader>(
+    kind: Kind,
+    reader: R,
+) -> Result<Option<Workload>, R::Error> {
     let Some(paths) = TemplatePaths::of(kind) else {
         return Ok(None);
     };
     let (metadata, pod) = match kind {
         Kind::Pod => {
-            let pod: PodShape = object.parse()?;
+            let pod: PodShape = reader.read()?;
             (pod.metadata.clone(), pod)
         }
         Kind::CronJob => {
-            let cron: CronJobShape = object.parse()?;
+            let cron: CronJobShape = reader.read()?;
             (cron.metadata, cron.spec.job_template.spec.template)
         }
         _ => {
-            let owner: TemplateOwner = object.parse()?;
+            let owner: TemplateOwner = reader.read()?;
             (owner.metadata, owner.spec.template)
         }
     };
@@ -275,54 +299,47 @@ pub fn pod_template<S: Source + ?Sized>(
     }))
 }
 
-/// A Pod, or a pod template: metadata and spec.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct PodShape {
-    #[serde(deserialize_with = "nullable")]
-    metadata: ObjectMeta,
-    #[serde(deserialize_with = "nullable")]
-    spec: PodSpec,
+// The shapes around a pod, by kind (`TemplatePaths` names their paths).
+
+k8s_type! {
+    /// A Pod, or a pod template: metadata and spec.
+    pub(super) struct PodShape {
+        "metadata" => pub(super) metadata: ObjectMeta,
+        "spec" => pub(super) spec: PodSpec,
+    }
 }
 
-/// A workload whose spec holds a pod template.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct TemplateOwner {
-    #[serde(deserialize_with = "nullable")]
-    metadata: ObjectMeta,
-    #[serde(deserialize_with = "nullable")]
-    spec: TemplateHolder,
+k8s_type! {
+    /// A workload whose spec holds a pod template.
+    pub(super) struct TemplateOwner {
+        "metadata" => pub(super) metadata: ObjectMeta,
+        "spec" => pub(super) spec: TemplateHolder,
+    }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct TemplateHolder {
-    #[serde(deserialize_with = "nullable")]
-    template: PodShape,
+k8s_type! {
+    pub(super) struct TemplateHolder {
+        "template" => pub(super) template: PodShape,
+    }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct CronJobShape {
-    #[serde(deserialize_with = "nullable")]
-    metadata: ObjectMeta,
-    #[serde(deserialize_with = "nullable")]
-    spec: CronJobSpec,
+k8s_type! {
+    pub(super) struct CronJobShape {
+        "metadata" => pub(super) metadata: ObjectMeta,
+        "spec" => pub(super) spec: CronJobSpec,
+    }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct CronJobSpec {
-    #[serde(deserialize_with = "nullable")]
-    job_template: JobTemplate,
+k8s_type! {
+    pub(super) struct CronJobSpec {
+        "jobTemplate" => pub(super) job_template: JobTemplate,
+    }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct JobTemplate {
-    #[serde(deserialize_with = "nullable")]
-    spec: TemplateHolder,
+k8s_type! {
+    pub(super) struct JobTemplate {
+        "spec" => pub(super) spec: TemplateHolder,
+    }
 }
 
 #[cfg(test)]

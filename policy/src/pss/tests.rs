@@ -5,15 +5,15 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::Kind;
-use crate::k8s::pod_template;
+use crate::k8s::test_pod;
 
 const BASELINE: PodSecurityLevel = PodSecurityLevel::Baseline;
 const RESTRICTED: PodSecurityLevel = PodSecurityLevel::Restricted;
 
-/// A Pod with this spec and these annotations.
+/// A Pod with this spec and these annotations, read as the webhook reads it.
 fn mk_pod(spec: Value, annotations: Value) -> PodTemplate {
     let object = json!({"metadata": {"name": "p", "annotations": annotations}, "spec": spec});
-    pod_template(Kind::Pod, &object).unwrap().unwrap().pod
+    test_pod(Kind::Pod, &object)
 }
 
 /// A pod whose single container has this security context.
@@ -89,7 +89,7 @@ fn workload_findings_are_under_the_template() {
         "metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/app": "unconfined"}},
         "spec": {"containers": [{"name": "app", "ports": [{"hostPort": 80}]}]},
     }}}}});
-    let pod = pod_template(Kind::CronJob, &object).unwrap().unwrap().pod;
+    let pod = test_pod(Kind::CronJob, &object);
     let paths: Vec<_> = at(BASELINE, 35, &pod)
         .into_iter()
         .map(|f| f.finding.path)
