@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 
-use portcullis_policy::engine::ScanIndex;
+use portcullis_engine::ScanIndex;
 
 use portcullis_proto::v1::{Policy, ProtectionSettings};
 

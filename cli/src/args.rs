@@ -6,8 +6,8 @@ use clap::{
     Args, Parser, Subcommand, ValueEnum,
     builder::{PossibleValuesParser, TypedValueParser},
 };
-use portcullis_policy::scan::ReportFormat;
 use portcullis_proto::words::{EventAction, EventState, FailurePolicy};
+use portcullis_scan::ReportFormat;
 
 #[derive(Parser, Debug)]
 #[command(

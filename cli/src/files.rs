@@ -10,12 +10,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use portcullis_policy::{
-    MAX_FLOW_DEPTH,
-    engine::ScanIndex,
-    scan::{self, DEFAULT_MAX_REPORT_BYTES, ReportFormat, ScanError},
-};
+use portcullis_engine::ScanIndex;
+use portcullis_policy::MAX_FLOW_DEPTH;
 use portcullis_proto::v1::Policy;
+use portcullis_scan::{DEFAULT_MAX_REPORT_BYTES, ReportFormat, ScanError};
 
 /// Largest policy or manifest file read (and standard input): far above any real one, and
 /// a bound on what a pipeline's hostile input can make the CLI hold.
@@ -107,22 +105,21 @@ pub fn read_scan_reports(paths: &[PathBuf], format: Option<ReportFormat>) -> Res
     for path in paths {
         let shown = path.display();
         let bytes = read_bounded(path, DEFAULT_MAX_REPORT_BYTES as u64, "scan report")?;
-        let Some(format) = format.or_else(|| scan::detect_format(&bytes)) else {
+        let Some(format) = format.or_else(|| portcullis_scan::detect_format(&bytes)) else {
             bail!(
                 "scan report {shown}: not a report we read (expected {}); set --scan-format",
                 ReportFormat::NAMES.join(", ")
             );
         };
-        let report = scan::parse_report(format, &bytes, None, DEFAULT_MAX_REPORT_BYTES).map_err(
-            |error| match error {
+        let report = portcullis_scan::parse_report(format, &bytes, None, DEFAULT_MAX_REPORT_BYTES)
+            .map_err(|error| match error {
                 ScanError::NoImageIdentity { artifact } => anyhow!(
                     "scan report {shown}: no image identity: the report is for {artifact}; \
                      portcullis test reads only reports that name their image (scan the image \
                      by reference, or set the image of a native report)"
                 ),
                 error => anyhow!("scan report {shown} ({}): {error}", format.name()),
-            },
-        )?;
+            })?;
         index.insert(&report);
     }
     Ok(index)
@@ -271,7 +268,7 @@ mod tests {
 
     fn scan_fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../policy/tests/scans")
+            .join("../crates/scan/tests/scans")
             .join(name)
     }
 

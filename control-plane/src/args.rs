@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "PORTCULLIS_MAX_REPORT_BYTES",
-        default_value_t = portcullis_policy::scan::DEFAULT_MAX_REPORT_BYTES
+        default_value_t = portcullis_scan::DEFAULT_MAX_REPORT_BYTES
     )]
     pub max_report_bytes: usize,
     /// Events older than this many hours are deleted.

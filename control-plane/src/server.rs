@@ -143,7 +143,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let max_report_bytes = args
         .max_report_bytes
-        .min(portcullis_policy::scan::MAX_REPORT_BYTES_CEILING);
+        .min(portcullis_scan::MAX_REPORT_BYTES_CEILING);
     // ImportReport carries the report: tonic must decode a request at the limit. A request
     // slightly over it reaches the parser (InvalidArgument naming --max-report-bytes); one far
     // beyond is refused by tonic's decoder (OutOfRange, naming its limit) before buffering.

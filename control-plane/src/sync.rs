@@ -57,7 +57,7 @@ pub fn in_scope(policy: &Policy, cluster: &str) -> bool {
         .as_ref()
         .map(|s| s.clusters.as_slice())
         .unwrap_or_default();
-    portcullis_policy::applicability::clusters_cover(clusters, cluster)
+    portcullis_engine::applicability::clusters_cover(clusters, cluster)
 }
 
 /// Serves one Sync stream into `tx` until it ends.

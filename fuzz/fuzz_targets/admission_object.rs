@@ -9,12 +9,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_policy::{
-    Kind, Policy,
-    applicability::Target,
-    engine::{self, AdmissionInput, Object, Operation, Outcome, ScanIndex},
-    k8s::direct_reader_agrees,
-};
+use portcullis_policy::{Kind, Policy};
+use portcullis_engine::{applicability::Target, self as engine, AdmissionInput, Object, Operation, Outcome, ScanIndex, k8s::direct_reader_agrees};
 
 const POLICIES: &str = include_str!("../policies.yaml");
 

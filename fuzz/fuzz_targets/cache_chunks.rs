@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_policy::engine::ScanIndex;
+use portcullis_engine::ScanIndex;
 
 fuzz_target!(|data: &[u8]| {
     let mut scans = ScanIndex::default();

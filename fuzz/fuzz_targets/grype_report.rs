@@ -2,6 +2,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_policy::scan::ReportFormat;
+use portcullis_scan::ReportFormat;
 
 fuzz_target!(|data: &[u8]| portcullis_fuzz::scan_report(ReportFormat::Grype, data));

@@ -65,7 +65,7 @@ fn imported_scans_block_images_at_admission_even_offline() {
     let token = cp.register("c1");
     let dir = tempfile::tempdir().unwrap();
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../policy/tests/scans/trivy/debian-buster.json");
+        .join("../crates/scan/tests/scans/trivy/debian-buster.json");
     let imported = portcullis_integration::json(&cp.admin_cli(&[
         "scan",
         "import",

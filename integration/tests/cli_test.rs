@@ -153,7 +153,7 @@ fn only_result(stdout: &str) -> (String, Vec<(String, String, String)>) {
 
 #[test]
 fn scan_reports_block_vulnerable_images_unless_whitelisted() {
-    let report = path("../policy/tests/scans/trivy/debian-buster.json");
+    let report = path("../crates/scan/tests/scans/trivy/debian-buster.json");
     let deployment = path("tests/data/scans/debian-deployment.yaml");
     let test = |policy: &str, extra: &[&str]| {
         let policy = path(policy);
@@ -194,7 +194,7 @@ fn scan_reports_block_vulnerable_images_unless_whitelisted() {
 #[test]
 fn unscanned_block_blocks_images_without_a_report() {
     let policy = path("tests/data/scans/unscanned-block.yaml");
-    let report = path("../policy/tests/scans/trivy/debian-buster.json");
+    let report = path("../crates/scan/tests/scans/trivy/debian-buster.json");
     let (code, stdout, stderr) = portcullis(&[
         "test",
         "-p",
@@ -234,7 +234,7 @@ fn unscanned_block_blocks_images_without_a_report() {
 
 #[test]
 fn scan_reports_that_name_no_image_exit_2_naming_the_file() {
-    let report = path("../policy/tests/scans/trivy/dockerfile.json");
+    let report = path("../crates/scan/tests/scans/trivy/dockerfile.json");
     let (code, _, stderr) = portcullis(&[
         "test",
         "-p",
@@ -256,7 +256,7 @@ fn scan_reports_that_name_no_image_exit_2_naming_the_file() {
         "-f",
         &path("tests/data/scans/debian-deployment.yaml"),
         "--scan",
-        &path("../policy/tests/scans/trivy/debian-buster.json"),
+        &path("../crates/scan/tests/scans/trivy/debian-buster.json"),
         "--scan-format",
         "sarif",
     ]);

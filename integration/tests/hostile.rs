@@ -8,7 +8,7 @@ use portcullis_integration::bin_dir;
 
 const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-/// The manifest digest of the Grype fixture (`policy/tests/scans/grype/image.json`).
+/// The manifest digest of the Grype fixture (`crates/scan/tests/scans/grype/image.json`).
 const GRYPE_DIGEST: &str =
     "sha256:ca738abb87a8d58f112d3400ebb079b61ceae7dc290beb34bda735be4b1941d5";
 
@@ -87,7 +87,7 @@ fn decide(probe: &Probe) -> String {
 #[test]
 fn policy_semantics_probes() {
     let grype_fixture = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/scans/grype/image.json"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/scan/tests/scans/grype/image.json"),
     )
     .unwrap();
     let unscanned_block = "name: scanned\naction: block\nrules: {image: {unscanned: block}}\n";

@@ -294,12 +294,12 @@ fn an_image_with_a_critical_vulnerability_in_its_imported_trivy_report_is_denied
         return;
     };
     let _agent = env.start_agent("agent-0", &[]);
-    // A real Trivy report (policy/tests/scans/trivy, Apache-2.0), for the image pinned by
+    // A real Trivy report (crates/scan/tests/scans/trivy, Apache-2.0), for the image pinned by
     // digest as a pod runs it.
     let image = "ghcr.io/aquasecurity/trivy-test-images:debian-buster@sha256:\
                  0b6e42a6f3f2a4b1bd9f2ae3f35fbe4e2b6bdb6e3a1b4e6c0c7e1e0e7e5c1d2a";
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../policy/tests/scans/trivy/debian-buster.json");
+        .join("../crates/scan/tests/scans/trivy/debian-buster.json");
     success(
         &env.cp
             .admin_cli(&["scan", "import", report.to_str().unwrap(), "--image", image]),

@@ -12,10 +12,8 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::Value;
 
 use portcullis_integration::{ControlPlane, failure, json, success};
-use portcullis_policy::{
-    Severity,
-    scan::{self, DEFAULT_MAX_REPORT_BYTES, ImageScan, ReportFormat},
-};
+use portcullis_policy::{Severity, scan::ImageScan};
+use portcullis_scan::{DEFAULT_MAX_REPORT_BYTES, ReportFormat};
 
 /// Reports that name no image, and the image the test names for them.
 const OVERRIDES: [(&str, &str); 4] = [
@@ -33,7 +31,7 @@ const VIEWER: &str = "viewer-token-0123456789";
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/scans")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/scan/tests/scans")
 }
 
 /// Every fixture report (`trivy/x.json`), in name order.
@@ -66,7 +64,7 @@ fn parsed(report: &str) -> ImageScan {
     } else {
         ReportFormat::Grype
     };
-    scan::parse_report(
+    portcullis_scan::parse_report(
         format,
         &bytes,
         override_for(report),

@@ -32,10 +32,8 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use portcullis_policy::{
-    engine::ScanIndex,
-    scan::{ScanSummary, VulnerabilityDictionary},
-};
+use portcullis_engine::ScanIndex;
+use portcullis_policy::scan::{ScanSummary, VulnerabilityDictionary};
 use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings, SnapshotChunk};
 
 use crate::{

@@ -19,10 +19,8 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use portcullis_policy::{
-    Action,
-    engine::{Decision, Outcome},
-};
+use portcullis_engine::{Decision, Outcome};
+use portcullis_policy::Action;
 use portcullis_proto::limits;
 use portcullis_proto::v1::{Event, EventFinding};
 use portcullis_proto::words::EventAction;

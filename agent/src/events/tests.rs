@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use portcullis_policy::engine::{self, AdmissionInput, Operation};
+use portcullis_engine::{self as engine, AdmissionInput, Operation};
 
 use super::*;
 use crate::state::LoadedPolicy;

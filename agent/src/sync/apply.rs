@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use portcullis_engine::ScanIndex;
 use portcullis_policy::{
     SharedRules,
-    engine::ScanIndex,
     scan::{ScanSummary, VulnerabilityDictionary},
 };
 use portcullis_proto::v1::{

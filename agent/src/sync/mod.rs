@@ -22,7 +22,8 @@ use portcullis_proto::v1::{
 };
 use portcullis_proto::words::{SyncMode, UnknownWord};
 
-use portcullis_policy::{engine::ScanIndex, scan::VulnerabilityDictionary};
+use portcullis_engine::ScanIndex;
+use portcullis_policy::scan::VulnerabilityDictionary;
 
 use crate::{
     cache::{Cache, ScanPersist, StagedScans},

@@ -10,12 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use portcullis_policy::{
-    Action,
-    engine::{self, Outcome},
-    reference::ImageReference,
-    scan::SeverityCounts,
-};
+use portcullis_engine::{self as engine, Outcome};
+use portcullis_policy::{Action, reference::ImageReference, scan::SeverityCounts};
 
 use crate::state::AgentState;
 

@@ -15,7 +15,7 @@ use axum::{
 use http_body_util::BodyExt;
 use tracing::{info, warn};
 
-use portcullis_policy::engine::{self, AdmissionInput, Operation, Outcome};
+use portcullis_engine::{self as engine, AdmissionInput, Operation, Outcome};
 
 use super::pool::{Pool, Refused};
 use super::{gatekeeper, respond, review};

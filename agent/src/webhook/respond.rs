@@ -4,10 +4,8 @@
 
 use std::fmt::Write;
 
-use portcullis_policy::{
-    Action,
-    engine::{Decision, Outcome},
-};
+use portcullis_engine::{Decision, Outcome};
+use portcullis_policy::Action;
 
 use super::review::Response;
 

@@ -400,7 +400,7 @@ fn state_with_scan(policies_yaml: &str) -> AgentState {
         let loaded = LoadedPolicy::load(proto).unwrap();
         policies.insert(loaded.proto.name.clone(), Arc::new(loaded));
     }
-    let mut scans = portcullis_policy::engine::ScanIndex::default();
+    let mut scans = portcullis_engine::ScanIndex::default();
     let image = ImageIdentity {
         repository: "docker.io/library/nginx".into(),
         tags: vec!["1.25".into()],

@@ -106,7 +106,7 @@ pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
 fn read_report(path: &std::path::Path) -> Result<Vec<u8>> {
     crate::files::read_bounded(
         path,
-        portcullis_policy::scan::MAX_REPORT_BYTES_CEILING as u64,
+        portcullis_scan::MAX_REPORT_BYTES_CEILING as u64,
         "report",
     )
 }

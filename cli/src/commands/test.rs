@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use portcullis_policy::{
-    Policy,
-    engine::{self, AdmissionInput, Decision, Operation, Outcome},
-};
+use portcullis_engine::{self as engine, AdmissionInput, Decision, Operation, Outcome};
+use portcullis_policy::Policy;
 
 use crate::{
     args::{Output, TestArgs},

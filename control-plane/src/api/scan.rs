@@ -7,12 +7,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use portcullis_policy::scan::{self, ReportFormat};
 use portcullis_proto::v1::{
     DeleteImageScanRequest, DeleteImageScanResponse, GetImageScanRequest, ImageScan,
     ImportReportRequest, ListImageScansRequest, ListImageScansResponse,
     scan_service_server::ScanService,
 };
+use portcullis_scan::{self as scan, ReportFormat};
 
 use super::{
     paging,

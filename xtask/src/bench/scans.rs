@@ -5,7 +5,7 @@
 //! 2. snapshot: a fresh release agent syncing every scan: time from process start until all
 //!    are applied (persisted and ACKed), and the agent's resident memory.
 //!
-//! The verdict lookup itself is measured by criterion (`cargo bench -p portcullis-policy
+//! The verdict lookup itself is measured by criterion (`cargo bench -p portcullis-engine
 //! --bench scan_lookup`).
 
 use std::time::{Duration, Instant};
