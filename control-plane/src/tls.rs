@@ -8,10 +8,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use portcullis_runtime::tls::{self as bootstrap, read_pem_pair};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, Issuer, KeyPair};
 use time::{Duration, OffsetDateTime};
 
 /// A PEM certificate chain and private key.
@@ -35,16 +33,7 @@ pub fn tls_dir(data_dir: &Path) -> PathBuf {
 
 /// Reads the operator's certificate and key.
 pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
-    let cert_pem = fs::read_to_string(cert)
-        .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
-    let key_pem =
-        fs::read_to_string(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-    if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-        anyhow::bail!("{}: not a PEM certificate", cert.display());
-    }
-    if !key_pem.contains("PRIVATE KEY-----") {
-        anyhow::bail!("{}: not a PEM private key", key.display());
-    }
+    let (cert_pem, key_pem) = read_pem_pair(cert, key)?;
     Ok(Identity { cert_pem, key_pem })
 }
 
@@ -82,20 +71,14 @@ pub fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<Identity> {
             names.push(san.clone());
         }
     }
-    let mut params = CertificateParams::new(names).context("server certificate names")?;
-    params.distinguished_name = name("portcullis-control-plane");
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(365);
-    let key = KeyPair::generate().context("generating server key")?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .context("signing server certificate")?;
+    let (cert, key) = bootstrap::issue_server(
+        &issuer,
+        names,
+        name("portcullis-control-plane"),
+        OffsetDateTime::now_utc(),
+        Duration::days(365),
+    )
+    .context("issuing the server certificate")?;
     let ca_pem = fs::read_to_string(&ca_cert_path)?;
     let cert_pem = format!("{}{}", cert.pem(), ca_pem);
     write_private(&dir.join("server.key"), &key.serialize_pem())?;
@@ -109,13 +92,12 @@ pub fn generated(data_dir: &Path, extra_sans: &[String]) -> Result<Identity> {
 /// The CA's parameters. They are the same at every start, so the issuer rebuilt from the
 /// stored key signs with the name and key identifier of the stored certificate.
 fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = name("Portcullis local CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
-    params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
-    params
+    bootstrap::ca_params(
+        name("Portcullis local CA"),
+        BasicConstraints::Constrained(0),
+        OffsetDateTime::now_utc(),
+        Duration::days(3650),
+    )
 }
 
 fn name(common_name: &str) -> DistinguishedName {

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use portcullis_integration::{Agent, ControlPlane, admission_fixture, post_review, success};
+use portcullis_testkit::{Agent, ControlPlane, admission_fixture, post_review, success};
 
 #[test]
 fn the_agent_enforces_synced_policies_and_keeps_enforcing_offline() {
@@ -66,7 +66,7 @@ fn imported_scans_block_images_at_admission_even_offline() {
     let dir = tempfile::tempdir().unwrap();
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../crates/scan/tests/scans/trivy/debian-buster.json");
-    let imported = portcullis_integration::json(&cp.admin_cli(&[
+    let imported = portcullis_testkit::json(&cp.admin_cli(&[
         "scan",
         "import",
         report.to_str().unwrap(),
@@ -133,7 +133,7 @@ fn imported_scans_block_images_at_admission_even_offline() {
         "kind": "ProviderRequest",
         "request": {"keys": ["nginx:1.25", "redis:7"]},
     });
-    let (status, body) = portcullis_integration::post_webhook(
+    let (status, body) = portcullis_testkit::post_webhook(
         &agent,
         "/gatekeeper/verdicts",
         request.to_string().into_bytes(),

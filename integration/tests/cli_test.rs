@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use portcullis_integration::bin_dir;
+use portcullis_testkit::bin_dir;
 
 fn path(relative: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

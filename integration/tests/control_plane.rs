@@ -3,7 +3,7 @@
 
 use std::{fs, path::Path};
 
-use portcullis_integration::{ControlPlane, failure, json, success};
+use portcullis_testkit::{ControlPlane, failure, json, success};
 
 fn data(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -261,7 +261,7 @@ fn tokens_roles_and_refusals() {
 #[test]
 fn plaintext_http2_to_the_tls_port_is_refused() {
     let cp = ControlPlane::start();
-    let out = std::process::Command::new(portcullis_integration::grpcurl_path())
+    let out = std::process::Command::new(portcullis_testkit::grpcurl_path())
         .args(["-plaintext", "-max-time", "5", &cp.addr(), "list"])
         .output()
         .unwrap();

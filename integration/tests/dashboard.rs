@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use portcullis_integration::{Agent, ControlPlane, http_get};
+use portcullis_testkit::{Agent, ControlPlane, http_get};
 use serde_json::Value;
 
 /// Every `portcullis_…` metric name in the `expr` of every panel target, however nested.

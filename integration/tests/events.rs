@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fs, time::Duration};
 
 use serde_json::Value;
 
-use portcullis_integration::{
+use portcullis_testkit::{
     Agent, ControlPlane, admission_fixture, failure, json, post_many, success,
 };
 

@@ -5,7 +5,7 @@
 
 use std::{fs, path::Path};
 
-use portcullis_integration::{Agent, ControlPlane, eventually, json, success};
+use portcullis_testkit::{Agent, ControlPlane, eventually, json, success};
 
 fn write_policy(dir: &Path, name: &str, clusters: &[&str]) -> String {
     let path = dir.join(format!("{name}.yaml"));
@@ -214,4 +214,23 @@ fn wrong_revoked_and_foreign_tokens_are_refused() {
     assert!(sync(&token_b, "b").contains("Unauthenticated"));
     let listed = json(&cp.admin_cli(&["cluster", "list", "-o", "json"]));
     assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+/// The benchmarks' profile (the binaries' own defaults: no test intervals, a kept data dir)
+/// starts both binaries and syncs, as `cargo xtask bench` relies on.
+#[test]
+fn the_benchmark_profile_starts_and_syncs() {
+    let keep = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_bench(Some(keep.path().join("cp")), &[]);
+    assert!(keep.path().join("cp/admin.token").exists());
+    apply_policy(&cp, keep.path(), "p", &[]);
+    let token = cp.register("bench");
+    let agent = Agent::start_bench(&cp, "bench", &token, None, &[]);
+    let state = agent
+        .wait_state(std::time::Duration::from_secs(30), "the policy", |s| {
+            s["policies"].as_array().is_some_and(|p| p.len() == 1)
+        })
+        .unwrap();
+    assert_eq!(state["policies"][0], "p");
+    assert!(agent.rss_mib() > 0.0);
 }

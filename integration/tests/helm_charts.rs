@@ -6,7 +6,7 @@
 
 use std::{path::Path, process::Command};
 
-use portcullis_integration::bin_dir;
+use portcullis_testkit::bin_dir;
 
 #[test]
 fn charts_render_validate_and_pass_our_restricted_policy() {

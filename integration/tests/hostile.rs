@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command};
 
-use portcullis_integration::bin_dir;
+use portcullis_testkit::bin_dir;
 
 const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -320,7 +320,7 @@ fn the_cli_refuses_deep_and_endless_inputs_at_once() {
 /// revisions. Bounds are far above the measured cost (about 1 s per bomb in a debug build).
 #[test]
 fn a_label_bomb_stalls_neither_admission_nor_sync() {
-    use portcullis_integration::{Agent, ControlPlane, admission_fixture, post_review, success};
+    use portcullis_testkit::{Agent, ControlPlane, admission_fixture, post_review, success};
     let cp = ControlPlane::start();
     let token = cp.register("c1");
     let agent = Agent::start(&cp, "c1", &token);
@@ -384,11 +384,11 @@ fn a_label_bomb_stalls_neither_admission_nor_sync() {
 /// The real agent and control plane with a block policy on privileged pods and an alert
 /// policy on every image, the agent synced.
 fn events_setup() -> (
-    portcullis_integration::ControlPlane,
-    portcullis_integration::Agent,
+    portcullis_testkit::ControlPlane,
+    portcullis_testkit::Agent,
     tempfile::TempDir,
 ) {
-    use portcullis_integration::{Agent, ControlPlane, success};
+    use portcullis_testkit::{Agent, ControlPlane, success};
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start();
     let token = cp.register("c1");
@@ -413,7 +413,7 @@ fn pod_review(name: &str, images: &[String]) -> Vec<u8> {
         .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
         .collect();
     let mut review: serde_json::Value = serde_json::from_slice(
-        &portcullis_integration::admission_fixture("pod-create-plain.json"),
+        &portcullis_testkit::admission_fixture("pod-create-plain.json"),
     )
     .unwrap();
     review["request"]["uid"] = format!("uid-{name}").into();
@@ -427,7 +427,7 @@ fn pod_review(name: &str, images: &[String]) -> Vec<u8> {
 /// 2.5 MiB image name; 300 alert findings) is delivered, fitted, and the events behind it too.
 #[test]
 fn oversized_events_are_delivered_fitted_and_block_nothing_behind_them() {
-    use portcullis_integration::{json, post_review};
+    use portcullis_testkit::{json, post_review};
     let (cp, agent, _dir) = events_setup();
     let huge = vec![format!("evil.example.com/{}", "a".repeat(2_500_000))];
     let (status, _) = post_review(&agent, pod_review("huge-image", &huge));
@@ -483,7 +483,7 @@ fn oversized_events_are_delivered_fitted_and_block_nothing_behind_them() {
 /// moved aside, the agent says so, resyncs, and enforces the scan as imported.
 #[test]
 fn a_flipped_byte_in_the_agents_scan_cache_is_caught_and_resynced() {
-    use portcullis_integration::{Agent, ControlPlane, success};
+    use portcullis_testkit::{Agent, ControlPlane, success};
     let cp = ControlPlane::start();
     let token = cp.register("c1");
     let dir = tempfile::tempdir().unwrap();
@@ -530,7 +530,7 @@ fn a_flipped_byte_in_the_agents_scan_cache_is_caught_and_resynced() {
             .is_some_and(|note| note.contains("moved aside")),
         "{state}"
     );
-    let (_, review) = portcullis_integration::post_review(
+    let (_, review) = portcullis_testkit::post_review(
         &agent,
         pod_review("scanned", &["registry.example.com/app:1".to_owned()]),
     );
@@ -558,7 +558,7 @@ fn the_agent_refuses_a_cleartext_control_plane() {
 /// view: what it sent is cut with a marker, and the listing still works.
 #[test]
 fn an_agent_cannot_inflate_the_fleet_view() {
-    use portcullis_integration::{ControlPlane, json};
+    use portcullis_testkit::{ControlPlane, json};
     let cp = ControlPlane::start();
     let token = cp.register("c1");
     let report = serde_json::json!({
@@ -568,7 +568,7 @@ fn an_agent_cannot_inflate_the_fleet_view() {
         "error": "e".repeat(3 * 1024 * 1024),
     });
     // The request on standard input (it is too large for an argument).
-    let mut grpcurl = Command::new(portcullis_integration::grpcurl_path())
+    let mut grpcurl = Command::new(portcullis_testkit::grpcurl_path())
         .arg("-cacert")
         .arg(cp.ca_file())
         .args(["-H", &format!("authorization: Bearer {token}")])
@@ -606,9 +606,9 @@ fn an_agent_cannot_inflate_the_fleet_view() {
 #[test]
 fn data_dirs_are_private_to_their_user() {
     use std::os::unix::fs::PermissionsExt;
-    let cp = portcullis_integration::ControlPlane::start();
+    let cp = portcullis_testkit::ControlPlane::start();
     let token = cp.register("c1");
-    let agent = portcullis_integration::Agent::start(&cp, "c1", &token);
+    let agent = portcullis_testkit::Agent::start(&cp, "c1", &token);
     for dir in [&cp.data_dir, &agent.data_dir] {
         let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{}", dir.display());

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_integration::{free_port, http_get, kube::render_chart};
+use portcullis_testkit::{free_port, http_get, kube::render_chart};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -40,7 +40,7 @@ fn run(command: &mut Command) -> String {
 fn build(out: &Path) -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The binaries under test, as every integration test builds them.
-    portcullis_integration::bin_dir();
+    portcullis_testkit::bin_dir();
     run(Command::new(cargo)
         .args(["run", "--quiet", "--locked", "-p", "xtask", "--", "image"])
         .args(["--profile", "dev", "--out"])

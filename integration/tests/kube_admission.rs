@@ -12,10 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_integration::kube::objects::{
+use portcullis_testkit::kube::objects::{
     NO_PRIVILEGED, admitted, create, eventually_denied, namespace, pod, pod_with_image, stderr,
 };
-use portcullis_integration::{json, kube::KubeEnv, success};
+use portcullis_testkit::{json, kube::KubeEnv, success};
 use serde_json::{Value, json};
 
 #[test]
@@ -129,7 +129,7 @@ fn a_server_side_dry_run_is_decided_the_same_way_and_records_no_event() {
             .map(|e| e["name"].as_str().unwrap_or_default().to_owned())
             .collect()
     };
-    portcullis_integration::eventually("the event of the real denial", || {
+    portcullis_testkit::eventually("the event of the real denial", || {
         names().contains(&"after".to_owned())
     });
     let names = names();

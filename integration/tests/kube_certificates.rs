@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_integration::{
+use portcullis_testkit::{
     kube::{
         KubeEnv,
         objects::{NO_PRIVILEGED, admitted, create, eventually_denied, namespace, pod, stderr},

@@ -5,8 +5,8 @@
 //! them). One API server per test binary; the tests take turns, since a webhook configuration
 //! is cluster-wide.
 
-use portcullis_integration::kube::objects::{namespace, stderr};
-use portcullis_integration::kube::{ApiServer, render_chart, serial};
+use portcullis_testkit::kube::objects::{namespace, stderr};
+use portcullis_testkit::kube::{ApiServer, render_chart, serial};
 use serde_json::json;
 
 #[test]

@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_integration::kube::objects::{
+use portcullis_testkit::kube::objects::{
     NO_PRIVILEGED, admitted, create, delete, eventually_denied, namespace, pod, stderr,
     wait_protection,
 };
-use portcullis_integration::{bin_dir, kube::KubeEnv, success};
+use portcullis_testkit::{bin_dir, kube::KubeEnv, success};
 use serde_json::{Value, json};
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::process::Output;
 
-use portcullis_integration::{
+use portcullis_testkit::{
     Agent, ControlPlane,
     kube::{ApiServer, client_pki},
     success,
@@ -122,9 +122,9 @@ fn the_api_server_reaches_the_webhook_with_its_client_certificate() {
     // Anyone else who reaches the webhook port without a certificate is refused at the
     // handshake (the harness's client has none).
     let refused = std::panic::catch_unwind(|| {
-        portcullis_integration::post_review(
+        portcullis_testkit::post_review(
             &agent,
-            portcullis_integration::admission_fixture("pod-create-plain.json"),
+            portcullis_testkit::admission_fixture("pod-create-plain.json"),
         )
     });
     assert!(

@@ -11,9 +11,9 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::Value;
 
-use portcullis_integration::{ControlPlane, failure, json, success};
 use portcullis_policy::{Severity, scan::ImageScan};
 use portcullis_scan::{DEFAULT_MAX_REPORT_BYTES, ReportFormat};
+use portcullis_testkit::{ControlPlane, failure, json, success};
 
 /// Reports that name no image, and the image the test names for them.
 const OVERRIDES: [(&str, &str); 4] = [

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use portcullis_integration::{bin_dir, success};
+use portcullis_testkit::{bin_dir, success};
 
 #[test]
 fn every_binary_names_its_version_and_revision() {

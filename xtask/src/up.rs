@@ -196,5 +196,5 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 }
 
 fn http_ok(port: u16, path: &str) -> bool {
-    matches!(portcullis_integration::http_get(port, path), Some((200, _)))
+    matches!(portcullis_testkit::http_get(port, path), Some((200, _)))
 }

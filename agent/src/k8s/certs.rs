@@ -3,10 +3,8 @@
 //! is missing, unreadable, tampered with (a certificate that does not parse, a key that does
 //! not match, the wrong names) or close to expiry is replaced with fresh material.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use portcullis_runtime::tls::{ca_params as local_ca, issue_server};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, Issuer, KeyPair};
 use time::{Duration, OffsetDateTime};
 
 /// Secret keys.
@@ -75,17 +73,18 @@ impl Material {
 }
 
 fn ca_params(policy: &CertPolicy, now: OffsetDateTime) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "portcullis-agent webhook CA");
-        dn
-    };
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + policy.ca_validity;
-    params
+    local_ca(
+        common_name("portcullis-agent webhook CA"),
+        BasicConstraints::Unconstrained,
+        now,
+        policy.ca_validity,
+    )
+}
+
+fn common_name(name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn
 }
 
 /// New material: a new CA when `keep_ca` is `None`, else a new leaf from that CA.
@@ -104,21 +103,13 @@ pub fn generate(
     };
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params(policy, now), ca_key);
-    let mut params = CertificateParams::new(policy.names.clone())?;
-    params.distinguished_name = {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, policy.names[0].clone());
-        dn
-    };
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + policy.leaf_validity;
-    let key = KeyPair::generate()?;
-    let leaf = params.signed_by(&key, &issuer)?;
+    let (leaf, key) = issue_server(
+        &issuer,
+        policy.names.clone(),
+        common_name(&policy.names[0]),
+        now,
+        policy.leaf_validity,
+    )?;
     Ok(Material {
         ca_cert,
         ca_key: ca_key_pem,

@@ -650,21 +650,6 @@ async fn slow_and_surplus_connections_are_bounded() {
     assert!(matches!(served, Ok(Ok(_))));
 }
 
-/// A client CA and a client certificate it signed: (CA PEM, certificate PEM, key PEM).
-fn client_pki() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.clone().self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["kube-apiserver".into()]).unwrap();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 /// With a client CA, only clients with a certificate it signed get an answer.
 #[tokio::test]
 async fn mutual_tls_refuses_clients_without_a_certificate() {
@@ -672,7 +657,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
     let (key, cert_pem) = tls::self_signed(&["localhost".into()]).unwrap();
-    let (ca_pem, client_pem, client_key) = client_pki();
+    let (ca_pem, client_pem, client_key) = portcullis_testkit::kube::client_pki("kube-apiserver");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
     let cas = tls::load_client_cas(&dir.path().join("ca.pem")).unwrap();
@@ -730,7 +715,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
         .unwrap();
     assert_eq!(post(authenticated).await, Ok(200));
     // A certificate another CA signed is refused too.
-    let (_, other_pem, other_key) = client_pki();
+    let (_, other_pem, other_key) = portcullis_testkit::kube::client_pki("kube-apiserver");
     let chain = CertificateDer::pem_slice_iter(other_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();

@@ -109,9 +109,8 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
 
 /// Reads a certified key from files.
 pub fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey> {
-    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    certified_key(&cert_pem, &key_pem)
+    let (cert_pem, key_pem) = portcullis_runtime::tls::read_pem_pair(cert, key)?;
+    certified_key(cert_pem.as_bytes(), key_pem.as_bytes())
         .with_context(|| format!("{} / {}", cert.display(), key.display()))
 }
 

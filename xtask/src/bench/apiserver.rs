@@ -22,12 +22,12 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use portcullis_integration::kube::ApiServer;
+use portcullis_testkit::kube::ApiServer;
 use rustls::pki_types::{PrivateKeyDer, ServerName, pem::PemObject};
 use serde_json::{Value, json};
 
 use super::{
-    harness::{BenchAgent, ControlPlane, release_bin, root, tls_connector},
+    harness::{Agent, ControlPlane, release_bin, root, tls_connector},
     percentile,
 };
 
@@ -59,8 +59,8 @@ pub async fn run(args: ApiServerArgs) -> Result<()> {
     }
 
     // The control plane with the example policies, and the agent programming its webhook.
-    let cp = ControlPlane::start(&[])?;
-    let admin = cp.admin_token()?;
+    let cp = ControlPlane::start_bench(None, &[]);
+    let admin = cp.admin_token();
     let cli = |args: &[&str]| -> Result<String> {
         let out = std::process::Command::new(release_bin("portcullis"))
             .args(args)
@@ -84,11 +84,11 @@ pub async fn run(args: ApiServerArgs) -> Result<()> {
     let examples = root().join("examples/policies.yaml");
     cli(&["policy", "apply", "-f", examples.to_str().unwrap()])?;
     let exempt = format!("kube-system,portcullis-system,{NOOP},{EXEMPT}");
-    let agent = BenchAgent::start_kube(
+    let agent = Agent::start_bench(
         &cp,
         "bench",
         &token,
-        &api.kubeconfig(),
+        Some(&api.kubeconfig()),
         &[
             "--namespace",
             "portcullis-system",
@@ -97,7 +97,7 @@ pub async fn run(args: ApiServerArgs) -> Result<()> {
             "--exempt-namespaces",
             &exempt,
         ],
-    )?;
+    );
     let webhook_port = agent.webhook_port;
 
     // The no-op webhook, for NOOP only.

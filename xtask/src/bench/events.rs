@@ -15,7 +15,7 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    harness::{Bearer, ControlPlane},
+    harness::{self, Bearer, ControlPlane},
     percentile,
 };
 
@@ -75,14 +75,17 @@ fn mk_event(cluster: usize, n: usize, millis: u64) -> Event {
 }
 
 pub async fn run(args: EventsArgs) -> Result<()> {
-    let cp = ControlPlane::start(&[
-        "--event-max-count",
-        &(args.events * 2).to_string(),
-        "--event-max-batch",
-        &args.batch.to_string(),
-    ])?;
-    let channel = cp.channel().await?;
-    let admin = Bearer::new(&cp.admin_token()?)?;
+    let cp = ControlPlane::start_bench(
+        None,
+        &[
+            "--event-max-count",
+            &(args.events * 2).to_string(),
+            "--event-max-batch",
+            &args.batch.to_string(),
+        ],
+    );
+    let channel = harness::channel(&cp).await?;
+    let admin = Bearer::new(&cp.admin_token())?;
     let mut clusters = ClusterServiceClient::with_interceptor(channel.clone(), admin.clone());
     let mut tokens = Vec::new();
     for c in 0..CLUSTERS {

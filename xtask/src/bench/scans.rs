@@ -19,7 +19,7 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    harness::{Bearer, BenchAgent, ControlPlane},
+    harness::{self, Agent, Bearer, ControlPlane},
     percentile,
 };
 
@@ -91,12 +91,12 @@ pub async fn run(args: ScansArgs) -> Result<()> {
     let cp = match &args.keep {
         Some(keep) => {
             std::fs::create_dir_all(keep)?;
-            ControlPlane::start_in(super::harness::Dir::Kept(keep.clone()), &[])?
+            ControlPlane::start_bench(Some(keep.join("cp")), &[])
         }
-        None => ControlPlane::start(&[])?,
+        None => ControlPlane::start_bench(None, &[]),
     };
-    let channel = cp.channel().await?;
-    let admin = Bearer::new(&cp.admin_token()?)?;
+    let channel = harness::channel(&cp).await?;
+    let admin = Bearer::new(&cp.admin_token())?;
     if !imported {
         import(&args, &cp, channel.clone(), admin.clone()).await?;
     }
@@ -185,11 +185,13 @@ async fn snapshot(
         .await?
         .into_inner()
         .agent_token;
-    let agent = BenchAgent::start(cp, &name, &token, &[])?;
+    let agent = Agent::start_bench(cp, &name, &token, None, &[]);
     let images = args.images as u64;
-    agent.wait_state(Duration::from_secs(300), "the snapshot", |s| {
-        s["scans"].as_u64() == Some(images)
-    })?;
+    agent
+        .wait_state(Duration::from_secs(300), "the snapshot", |s| {
+            s["scans"].as_u64() == Some(images)
+        })
+        .map_err(anyhow::Error::msg)?;
     println!(
         "agent process start to {} scans applied (persisted, ACKed): {:.2?}; agent RSS {:.1} MiB",
         args.images,

@@ -18,7 +18,7 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    harness::{Bearer, BenchAgent, ControlPlane},
+    harness::{self, Agent, Bearer, ControlPlane},
     percentile,
 };
 
@@ -60,8 +60,8 @@ fn mk_policy(name: String, clusters: Vec<String>) -> Policy {
 }
 
 async fn register(cp: &ControlPlane, names: Vec<String>) -> Result<Vec<(String, String)>> {
-    let channel = cp.channel().await?;
-    let admin = Bearer::new(&cp.admin_token()?)?;
+    let channel = harness::channel(cp).await?;
+    let admin = Bearer::new(&cp.admin_token())?;
     let mut tokens = Vec::with_capacity(names.len());
     for chunk in names.chunks(32) {
         let calls = chunk.iter().cloned().map(|name| {
@@ -101,7 +101,7 @@ where
 
 async fn fan_out(agents: usize) -> Result<()> {
     println!("== fan-out: {agents} agent streams, one policy change");
-    let cp = ControlPlane::start(&["--heartbeat-interval", "10"])?;
+    let cp = ControlPlane::start_bench(None, &["--heartbeat-interval", "10"]);
     let started = Instant::now();
     let tokens = register(&cp, (0..agents).map(|i| format!("bench-{i}")).collect()).await?;
     println!("registered {agents} clusters in {:?}", started.elapsed());
@@ -132,8 +132,8 @@ async fn fan_out(agents: usize) -> Result<()> {
         connect_started.elapsed()
     );
 
-    let channel = cp.channel().await?;
-    let admin = Bearer::new(&cp.admin_token()?)?;
+    let channel = harness::channel(&cp).await?;
+    let admin = Bearer::new(&cp.admin_token())?;
     let mut policies = PolicyServiceClient::with_interceptor(channel.clone(), admin.clone());
     let t0 = Instant::now();
     let request = ApplyPoliciesRequest {
@@ -241,10 +241,10 @@ async fn one_agent(
 
 async fn snapshot(count: usize) -> Result<()> {
     println!("== snapshot: {count} policies to one fresh agent (release binary)");
-    let cp = ControlPlane::start(&[])?;
+    let cp = ControlPlane::start_bench(None, &[]);
     let tokens = register(&cp, vec!["bench-snapshot".into()]).await?;
-    let channel = cp.channel().await?;
-    let admin = Bearer::new(&cp.admin_token()?)?;
+    let channel = harness::channel(&cp).await?;
+    let admin = Bearer::new(&cp.admin_token())?;
     let mut policies = PolicyServiceClient::with_interceptor(channel, admin);
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let batch = chunk
@@ -258,10 +258,12 @@ async fn snapshot(count: usize) -> Result<()> {
             })
             .await?;
     }
-    let agent = BenchAgent::start(&cp, "bench-snapshot", &tokens[0].1, &[])?;
-    agent.wait_state(Duration::from_secs(120), "the snapshot", |s| {
-        s["policies"].as_array().is_some_and(|p| p.len() == count)
-    })?;
+    let agent = Agent::start_bench(&cp, "bench-snapshot", &tokens[0].1, None, &[]);
+    agent
+        .wait_state(Duration::from_secs(120), "the snapshot", |s| {
+            s["policies"].as_array().is_some_and(|p| p.len() == count)
+        })
+        .map_err(anyhow::Error::msg)?;
     println!(
         "agent process start to {count} policies applied (persisted, ACKed): {:?}; agent RSS {:.1} MiB",
         agent.started.elapsed(),

@@ -19,7 +19,7 @@ use portcullis_proto::v1::{
     cluster_service_client::ClusterServiceClient, policy_service_client::PolicyServiceClient,
 };
 
-use super::harness::{Bearer, BenchAgent, ControlPlane, http_get, root};
+use super::harness::{self, Agent, Bearer, ControlPlane, http_get, root};
 
 #[derive(clap::Args)]
 pub struct WebhookArgs {
@@ -87,9 +87,9 @@ fn policies() -> Vec<Policy> {
 }
 
 pub async fn run(args: WebhookArgs) -> Result<()> {
-    let cp = ControlPlane::start(&[])?;
-    let channel = cp.channel().await?;
-    let admin = Bearer::new(&cp.admin_token()?)?;
+    let cp = ControlPlane::start_bench(None, &[]);
+    let channel = harness::channel(&cp).await?;
+    let admin = Bearer::new(&cp.admin_token())?;
     let token = ClusterServiceClient::with_interceptor(channel.clone(), admin.clone())
         .register_cluster(RegisterClusterRequest {
             name: "bench".into(),
@@ -112,12 +112,20 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
     let cert = cert_dir.path().join("webhook.crt");
     let record = format!("--record-events={}", args.record_events);
     let cert_flag = format!("--webhook-cert-out={}", cert.display());
-    let agent = BenchAgent::start(&cp, "bench", &token, &[cert_flag.as_str(), record.as_str()])?;
+    let agent = Agent::start_bench(
+        &cp,
+        "bench",
+        &token,
+        None,
+        &[cert_flag.as_str(), record.as_str()],
+    );
     let webhook_port = agent.webhook_port;
     let result = async {
-        agent.wait_state(Duration::from_secs(30), "the policies", |s| {
-            s["policies"].as_array().is_some_and(|p| p.len() == count)
-        })?;
+        agent
+            .wait_state(Duration::from_secs(30), "the policies", |s| {
+                s["policies"].as_array().is_some_and(|p| p.len() == count)
+            })
+            .map_err(anyhow::Error::msg)?;
         let body = root()
             .join("agent/tests/fixtures/admission")
             .join(&args.fixture);
@@ -176,7 +184,7 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
             let flood: serde_json::Value = serde_json::from_slice(&out.stdout)?;
             println!("flood (closed loop, answered reviews; errors = shed with 503): {flood}");
             match reached {
-                Ok(()) => {
+                Ok(_) => {
                     println!("policy applied mid-flood reached the agent in {delta_ms:.0} ms")
                 }
                 Err(error) => println!("policy applied mid-flood: {error}"),

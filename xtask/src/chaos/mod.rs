@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use portcullis_integration::{Agent, ControlPlane, admission_fixture, bin_dir, post_review};
+use portcullis_testkit::{Agent, ControlPlane, admission_fixture, bin_dir, post_review};
 
 mod partition;
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use portcullis_integration::{admission_fixture, bin_dir, free_port, http_get};
+use portcullis_testkit::{admission_fixture, bin_dir, free_port, http_get};
 
 /// A namespace and its veth pair, removed on drop.
 struct Namespace {

@@ -42,7 +42,7 @@ pub fn render_chart(
     values_file: Option<&Path>,
     values: &Value,
 ) -> Vec<Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = crate::workspace_root();
     let mut command = Command::new("python3");
     command
         .arg(root.join("helm/render.py"))
