@@ -179,6 +179,11 @@ pub struct RunArgs {
     /// next request) and, separately, its body.
     #[arg(long, env = "PORTCULLIS_WEBHOOK_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_request_timeout: u64,
+    /// When traces are exported (`OTEL_EXPORTER_OTLP_ENDPOINT`), the share of admission reviews
+    /// that get a span (with the decision and the policies that fired), from 0 (none) to 1
+    /// (every one; costly at thousands of reviews per second).
+    #[arg(long, env = "PORTCULLIS_TRACE_REVIEWS", default_value_t = 0.01, value_parser = fraction)]
+    pub trace_reviews: f64,
     /// Record an event for every blocked or alerted admission (not dry runs) and send it to
     /// the control plane.
     #[arg(long, env = "PORTCULLIS_RECORD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -334,6 +339,14 @@ impl RunArgs {
             "system:serviceaccount:{}:{}",
             self.namespace, self.service_account
         )
+    }
+}
+
+/// A number from 0 to 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?}: expected a number from 0 to 1")),
     }
 }
 
@@ -533,5 +546,20 @@ mod tests {
             error.starts_with("--cert-renew-before-seconds: "),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_share_of_traced_reviews_is_a_fraction() {
+        assert_eq!(run_with(&[]).unwrap().trace_reviews, 0.01);
+        assert_eq!(
+            run_with(&["--trace-reviews", "1"]).unwrap().trace_reviews,
+            1.0
+        );
+        for bad in ["1.5", "-0.1", "NaN", "all"] {
+            let flag = format!("--trace-reviews={bad}");
+            let error = run_with(&[flag.as_str()]).unwrap_err().to_string();
+            assert!(error.contains("--trace-reviews"), "{error}");
+            assert!(error.contains("from 0 to 1"), "{error}");
+        }
     }
 }

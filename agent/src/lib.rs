@@ -126,7 +126,8 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         },
         state.clone(),
     )
-    .context("starting the webhook's evaluators")?;
+    .context("starting the webhook's evaluators")?
+    .with_trace_ratio(args.trace_reviews);
     let metrics = telemetry::metrics(
         state.clone(),
         stats.clone(),

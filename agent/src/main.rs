@@ -5,7 +5,7 @@ use portcullis_runtime::logging;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log.log_format);
+    let _telemetry = logging::init(cli.log.log_format, "portcullis-agent");
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -46,7 +46,7 @@ fn with_allocator_options() {
 
 #[tokio::main]
 async fn serve(cli: Cli) -> ExitCode {
-    logging::init(cli.log.log_format);
+    let _telemetry = logging::init(cli.log.log_format, "portcullis-control-plane");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

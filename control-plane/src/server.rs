@@ -156,6 +156,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let fleet = Fleet::default();
     let grpc = Server::builder()
+        // A span per call (the sync session and snapshot spans nest under a Sync call's).
+        .trace_fn(|request| {
+            let method = request.uri().path();
+            info_span!(
+                "grpc",
+                otel.name = %method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.method = %method,
+            )
+        })
         .tls_config(
             ServerTlsConfig::new()
                 .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem)),
@@ -186,6 +197,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             fleet,
             SyncSettings {
                 heartbeat: Duration::from_secs(args.heartbeat_interval),
+                shutdown: shutdown_rx.clone(),
             },
         )));
     let grpc_addr = grpc_listener.local_addr()?;

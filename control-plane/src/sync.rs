@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info, info_span};
 
 use prost::Message as _;
 
@@ -33,6 +33,10 @@ pub type Sender = mpsc::Sender<Result<SyncResponse, Status>>;
 #[derive(Clone, Debug)]
 pub struct SyncSettings {
     pub heartbeat: Duration,
+    /// Turns `true` when the control plane shuts down: every stream then ends with
+    /// `Unavailable`, so agents reconnect (to another replica) at once and the drain is not
+    /// held up by streams that never end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a stream ended on the server's side.
@@ -106,6 +110,7 @@ async fn stream(
     tx: &Sender,
 ) -> Result<std::convert::Infallible, End> {
     let mut durable = store.subscribe();
+    let mut shutdown = settings.shutdown.clone();
     let heartbeat_interval_ms = settings.heartbeat.as_millis().min(u32::MAX as u128) as u32;
     let snapshot_reason = if request.epoch.is_empty() {
         Some("new agent")
@@ -123,49 +128,9 @@ async fn stream(
 
     let mut cursor = match snapshot_reason {
         Some(reason) => {
-            let snapshot = store.snapshot(cluster).await?;
-            let Some(record) = snapshot.cluster else {
-                return Err(End::Error(Status::not_found(format!(
-                    "cluster {cluster:?} was deleted"
-                ))));
-            };
-            info!(%cluster, revision = snapshot.revision, reason, "Sync: snapshot");
-            send(
-                tx,
-                Message::Start(SyncStart {
-                    mode: SyncMode::Snapshot.as_str().into(),
-                    epoch: snapshot.epoch.clone(),
-                    revision: snapshot.revision,
-                    heartbeat_interval_ms,
-                    reason: reason.into(),
-                }),
-            )
-            .await?;
-            let policies: Vec<Policy> = snapshot
-                .policies
-                .into_iter()
-                .filter(|p| in_scope(p, cluster))
-                .collect();
-            for chunk in policies.chunks(CHUNK) {
-                send(
-                    tx,
-                    Message::SnapshotChunk(SnapshotChunk {
-                        policies: chunk.to_vec(),
-                        ..Default::default()
-                    }),
-                )
-                .await?;
-            }
-            send_scans(tx, store.scan_summaries(), store.vulnerability_ids()).await?;
-            send(
-                tx,
-                Message::SnapshotEnd(SnapshotEnd {
-                    revision: snapshot.revision,
-                    protection: record.protection,
-                }),
-            )
-            .await?;
-            snapshot.revision
+            send_snapshot(store, cluster, reason, heartbeat_interval_ms, tx)
+                .instrument(info_span!("snapshot", %cluster, reason))
+                .await?
         }
         None => {
             info!(%cluster, revision = request.revision, "Sync: resume");
@@ -199,8 +164,70 @@ async fn stream(
                 send(tx, Message::Heartbeat(Heartbeat { revision: cursor, time: Some(now) })).await?;
             }
             () = tx.closed() => return Err(End::Gone),
+            () = async {
+                // Without a sender there is no shutdown to wait for.
+                if shutdown.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                return Err(End::Error(Status::unavailable("the control plane is shutting down")));
+            }
         }
     }
+}
+
+/// Sends a snapshot of what `cluster` may see: the start, the policies in scope, every image
+/// summary, the end; the revision it is at.
+async fn send_snapshot(
+    store: &Store,
+    cluster: &str,
+    reason: &'static str,
+    heartbeat_interval_ms: u32,
+    tx: &Sender,
+) -> Result<u64, End> {
+    let snapshot = store.snapshot(cluster).await?;
+    let Some(record) = snapshot.cluster else {
+        return Err(End::Error(Status::not_found(format!(
+            "cluster {cluster:?} was deleted"
+        ))));
+    };
+    info!(%cluster, revision = snapshot.revision, reason, "Sync: snapshot");
+    send(
+        tx,
+        Message::Start(SyncStart {
+            mode: SyncMode::Snapshot.as_str().into(),
+            epoch: snapshot.epoch.clone(),
+            revision: snapshot.revision,
+            heartbeat_interval_ms,
+            reason: reason.into(),
+        }),
+    )
+    .await?;
+    let policies: Vec<Policy> = snapshot
+        .policies
+        .into_iter()
+        .filter(|p| in_scope(p, cluster))
+        .collect();
+    for chunk in policies.chunks(CHUNK) {
+        send(
+            tx,
+            Message::SnapshotChunk(SnapshotChunk {
+                policies: chunk.to_vec(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    }
+    send_scans(tx, store.scan_summaries(), store.vulnerability_ids()).await?;
+    send(
+        tx,
+        Message::SnapshotEnd(SnapshotEnd {
+            revision: snapshot.revision,
+            protection: record.protection,
+        }),
+    )
+    .await?;
+    Ok(snapshot.revision)
 }
 
 /// Sends every image summary in chunks of about `SCAN_CHUNK_BYTES`, read on a blocking thread
@@ -403,6 +430,7 @@ mod tests {
 
     struct Harness {
         store: Arc<Store>,
+        shutdown: tokio::sync::watch::Sender<bool>,
         _dir: tempfile::TempDir,
     }
 
@@ -415,7 +443,11 @@ mod tests {
                 ..Default::default()
             };
             store.register_cluster(cluster, [1; 32]).await.unwrap();
-            Self { store, _dir: dir }
+            Self {
+                store,
+                shutdown: tokio::sync::watch::channel(false).0,
+                _dir: dir,
+            }
         }
 
         fn open(&self, epoch: &str, revision: u64) -> mpsc::Receiver<Result<SyncResponse, Status>> {
@@ -431,6 +463,7 @@ mod tests {
             let (tx, rx) = mpsc::channel(16);
             let settings = SyncSettings {
                 heartbeat: Duration::from_secs(5),
+                shutdown: self.shutdown.subscribe(),
             };
             tokio::spawn(serve(
                 self.store.clone(),
@@ -450,6 +483,21 @@ mod tests {
             .await
             .expect("stream open")
             .map(|r| r.message.expect("message"))
+    }
+
+    #[tokio::test]
+    async fn streams_end_unavailable_when_the_control_plane_shuts_down() {
+        let h = Harness::new().await;
+        let mut rx = h.open("", 0);
+        loop {
+            if let Message::SnapshotEnd(_) = next(&mut rx).await.unwrap() {
+                break;
+            }
+        }
+        h.shutdown.send(true).unwrap();
+        let status = next(&mut rx).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("shutting down"), "{status:?}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! ServiceAccount, reached by URL through a forwarder standing in for the Service. Denials with
 //! field paths, alert warnings, server-side dry runs, updates of admitted objects, every
 //! protected kind and ephemeral containers, and imported scans. Needs
-//! envtest's `TEST_ASSET_*` variables (see `integration/src/kube/mod.rs`; `.ci/run` sets
+//! envtest's `TEST_ASSET_*` variables (see `crates/testkit/src/kube/mod.rs`; `.ci/run` sets
 //! them). One API server per test binary; the tests take turns, since a webhook configuration
 //! is cluster-wide.
 

@@ -1,7 +1,7 @@
 //! The webhook's serving certificate on the real kube-apiserver v1.28.7 (issue #17): creates
 //! keep working with failurePolicy Fail across rotations, and the first certificate names the
 //! `--webhook-url` host (by address and by name) and is not re-issued. Needs envtest's
-//! `TEST_ASSET_*` variables (see `integration/src/kube/mod.rs`; `.ci/run` sets them).
+//! `TEST_ASSET_*` variables (see `crates/testkit/src/kube/mod.rs`; `.ci/run` sets them).
 
 use std::{
     process::Command,

@@ -1,7 +1,7 @@
 //! Both Helm charts, rendered by the Helm library with default and non-default values, applied
 //! to the real kube-apiserver v1.28.7 by server-side apply with strict field validation
 //! (issue #17). Needs
-//! envtest's `TEST_ASSET_*` variables (see `integration/src/kube/mod.rs`; `.ci/run` sets
+//! envtest's `TEST_ASSET_*` variables (see `crates/testkit/src/kube/mod.rs`; `.ci/run` sets
 //! them). One API server per test binary; the tests take turns, since a webhook configuration
 //! is cluster-wide.
 

@@ -3,7 +3,7 @@
 //! configuration, protection on and off, the failure policy and its self-check, Lease
 //! takeover and drift repair, uninstall, an unreachable webhook, a missing RBAC rule, and
 //! `helm test` (certificates: `kube_certificates.rs`). Needs
-//! envtest's `TEST_ASSET_*` variables (see `integration/src/kube/mod.rs`; `.ci/run` sets
+//! envtest's `TEST_ASSET_*` variables (see `crates/testkit/src/kube/mod.rs`; `.ci/run` sets
 //! them). One API server per test binary; the tests take turns, since a webhook configuration
 //! is cluster-wide.
 

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{Notify, watch};
 use tonic::Code;
-use tracing::{debug, error, warn};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use portcullis_proto::v1::ReportEventsRequest;
 
@@ -79,7 +79,8 @@ pub async fn run_sender(
             cluster: cluster.clone(),
             events,
         };
-        match connection.report_events(request).await {
+        let span = info_span!(parent: None, "events.deliver", events = count);
+        match connection.report_events(request).instrument(span).await {
             Ok(response) => {
                 let response = response.into_inner();
                 debug!(

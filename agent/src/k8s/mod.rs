@@ -37,7 +37,7 @@ use kube::{
 use portcullis_proto::words::{FailurePolicy, ProtectionState};
 use serde_json::json;
 use time::OffsetDateTime;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     state::StateHandle, stats::SyncStats, sync::reconnect::Reconnect, webhook::tls::CertResolver,
@@ -172,7 +172,8 @@ impl Controller {
     pub async fn run(mut self) {
         let mut retry = Reconnect::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
-            let delay = match self.reconcile().await {
+            let span = info_span!(parent: None, "kubernetes.reconcile");
+            let delay = match self.reconcile().instrument(span).await {
                 Ok(round) => {
                     retry.reset();
                     self.stats.set_protection(round.protection, &round.note);

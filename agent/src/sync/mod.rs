@@ -14,7 +14,7 @@ use tonic::{
     Code, Status, Streaming,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
     SyncRequest, SyncResponse, SyncStart, agent_service_client::AgentServiceClient,
@@ -104,7 +104,9 @@ impl SyncClient {
         let mut reconnect =
             Reconnect::new(self.config.reconnect_initial, self.config.reconnect_max);
         loop {
-            let result = self.session(&mut reconnect).await;
+            // A trace per session (the task's own span lives as long as the agent).
+            let session = info_span!(parent: None, "sync.session", cluster = %self.config.cluster);
+            let result = self.session(&mut reconnect).instrument(session).await;
             self.stats.set_connected(false);
             let error = match result {
                 Ok(never) => match never {},
@@ -289,8 +291,10 @@ impl SyncClient {
             .stage_scans()
             .map_err(|e| SessionError::Local(format!("writing the cache: {e}")))?;
         let started = std::time::Instant::now();
+        let span = info_span!("snapshot", epoch = %start.epoch, revision = start.revision, reason = %start.reason);
         match self
             .receive_snapshot_into(stream, start, deadline, &staged)
+            .instrument(span)
             .await
         {
             Ok((end, result)) => {

@@ -13,7 +13,7 @@ use axum::{
     routing::post,
 };
 use http_body_util::BodyExt;
-use tracing::{info, warn};
+use tracing::{Span, info, info_span, warn};
 
 use portcullis_engine::{self as engine, AdmissionInput, Operation, Outcome};
 
@@ -55,6 +55,9 @@ pub struct Webhook {
     not_synced_warned: Throttle,
     /// Overloads, logged once a second at most.
     overload_logged: Throttle,
+    /// Every how many reviews one gets a span when traces are exported (0: none).
+    trace_every: u64,
+    reviews: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Lets a log line through at most once per period, whatever the request rate: under a flood,
@@ -89,7 +92,43 @@ impl Webhook {
             pool,
             not_synced_warned: Throttle::default(),
             overload_logged: Throttle::default(),
+            trace_every: 0,
+            reviews: Arc::default(),
         })
+    }
+
+    /// Gives a span to about `ratio` (0 to 1) of the reviews when traces are exported.
+    pub fn with_trace_ratio(mut self, ratio: f64) -> Self {
+        self.trace_every = if ratio > 0.0 {
+            (1.0 / ratio).round().max(1.0) as u64
+        } else {
+            0
+        };
+        self
+    }
+
+    /// A span for this review when it is one of the sampled; else a disabled one (no cost).
+    fn review_span(&self, request: &review::Request) -> Span {
+        if self.trace_every == 0 || !portcullis_runtime::logging::tracing_enabled() {
+            return Span::none();
+        }
+        let seen = self
+            .reviews
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !seen.is_multiple_of(self.trace_every) {
+            return Span::none();
+        }
+        info_span!(
+            parent: None,
+            "admission.review",
+            uid = %request.uid,
+            kind = %request.kind.kind,
+            namespace = %request.namespace,
+            name = %request.name,
+            operation = %request.operation,
+            outcome = tracing::field::Empty,
+            policies = tracing::field::Empty,
+        )
     }
 
     /// The evaluation pool's counts of refused and shed reviews.
@@ -134,6 +173,8 @@ impl Webhook {
             object: request.object().map(|raw| raw.get()),
             old_object: request.old_object().map(|raw| raw.get()),
         };
+        let span = self.review_span(&request);
+        let _in_span = span.enter();
         let state = self.state.load();
         let decision = engine::evaluate(
             &input,
@@ -141,6 +182,10 @@ impl Webhook {
             state.policies.values().map(|p| &p.policy),
             &state.scans,
         );
+        if !span.is_disabled() {
+            span.record("outcome", decision.outcome.word());
+            span.record("policies", decision.policy_names().join(","));
+        }
         let dry_run = request.dry_run.unwrap_or(false);
         match &decision.outcome {
             Outcome::Block | Outcome::Alert => info!(

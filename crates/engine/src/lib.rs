@@ -94,6 +94,18 @@ pub struct PolicyFinding {
     pub finding: Finding,
 }
 
+impl Outcome {
+    /// The outcome in one word: `allow`, `alert`, `block` or `invalid`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Alert => "alert",
+            Outcome::Block => "block",
+            Outcome::Invalid(_) => "invalid",
+        }
+    }
+}
+
 /// The engine's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {

@@ -115,6 +115,13 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+fn owned_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -147,6 +154,7 @@ pub struct ControlPlane {
     pub admin_port: u16,
     profile: Profile,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     _tmp: Option<TempDir>,
 }
 
@@ -158,16 +166,26 @@ impl ControlPlane {
 
     /// Starts one with extra `serve` arguments.
     pub fn start_with(extra_args: &[&str]) -> Self {
-        Self::launch(Profile::Test, None, extra_args)
+        Self::launch(Profile::Test, None, extra_args, &[])
+    }
+
+    /// Starts one with extra `serve` arguments and environment variables.
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(Profile::Test, None, extra_args, env)
     }
 
     /// Starts one as a benchmark runs it (`Profile::Bench`), on `data_dir` when given (kept
     /// afterwards), else on a temporary one.
     pub fn start_bench(data_dir: Option<PathBuf>, extra_args: &[&str]) -> Self {
-        Self::launch(Profile::Bench, data_dir, extra_args)
+        Self::launch(Profile::Bench, data_dir, extra_args, &[])
     }
 
-    fn launch(profile: Profile, data_dir: Option<PathBuf>, extra_args: &[&str]) -> Self {
+    fn launch(
+        profile: Profile,
+        data_dir: Option<PathBuf>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let (data_dir, tmp) = match data_dir {
             Some(dir) => (dir, None),
             None => {
@@ -182,6 +200,7 @@ impl ControlPlane {
             admin_port: free_port(),
             profile,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: owned_pairs(env),
             _tmp: tmp,
         };
         cp.spawn();
@@ -203,6 +222,7 @@ impl ControlPlane {
         }
         cmd.args(&self.extra_args)
             .env("PORTCULLIS_LOG", self.profile.log_level())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -401,6 +421,7 @@ pub struct Agent {
     ca_file: PathBuf,
     profile: Profile,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     _tmp: TempDir,
 }
 
@@ -412,7 +433,18 @@ impl Agent {
 
     /// Starts an agent with more arguments (kept for restarts).
     pub fn start_with(cp: &ControlPlane, cluster: &str, token: &str, extra_args: &[&str]) -> Self {
-        Self::launch(Profile::Test, cp, cluster, token, extra_args, None)
+        Self::launch(Profile::Test, cp, cluster, token, extra_args, &[], None)
+    }
+
+    /// Starts an agent with more arguments and environment variables (kept for restarts).
+    pub fn start_with_env(
+        cp: &ControlPlane,
+        cluster: &str,
+        token: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(Profile::Test, cp, cluster, token, extra_args, env, None)
     }
 
     /// Starts an agent as a benchmark runs it (`Profile::Bench`): standalone, or with a
@@ -426,11 +458,11 @@ impl Agent {
         extra_args: &[&str],
     ) -> Self {
         let kube = kubeconfig.map(|k| (k.to_path_buf(), "bench-agent".to_owned()));
-        Self::launch(Profile::Bench, cp, cluster, token, extra_args, kube)
+        Self::launch(Profile::Bench, cp, cluster, token, extra_args, &[], kube)
     }
 
     /// Starts an agent in Kubernetes mode: it talks to the API server of `kubeconfig` as
-    /// whoever that names, as replica `pod_name`, with `args` (the chart's, say).
+    /// whoever that names, as replica `pod_name`, with `args` (the chart's, say) and `env`.
     pub fn start_kube(
         cp: &ControlPlane,
         cluster: &str,
@@ -438,6 +470,7 @@ impl Agent {
         kubeconfig: &Path,
         pod_name: &str,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         Self::launch(
             Profile::Test,
@@ -445,6 +478,7 @@ impl Agent {
             cluster,
             token,
             args,
+            env,
             Some((kubeconfig.to_path_buf(), pod_name.to_owned())),
         )
     }
@@ -455,6 +489,7 @@ impl Agent {
         cluster: &str,
         token: &str,
         extra_args: &[&str],
+        env: &[(&str, &str)],
         kube: Option<(PathBuf, String)>,
     ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
@@ -473,6 +508,7 @@ impl Agent {
             ca_file: cp.ca_file(),
             profile,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            env: owned_pairs(env),
             _tmp: tmp,
         };
         agent.spawn();
@@ -517,6 +553,7 @@ impl Agent {
             .arg(format!("127.0.0.1:{}", self.webhook_port))
             .args(&self.extra_args)
             .env("PORTCULLIS_LOG", self.profile.log_level())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(log_file(&self.data_dir.with_extension("log")));
         self.started = Instant::now();
@@ -749,8 +786,8 @@ pub fn post_many(agent: &Agent, path: &str, bodies: Vec<Vec<u8>>) -> Vec<(u16, s
 
 /// An AdmissionReview fixture captured from kube-apiserver (agent/tests/fixtures/admission).
 pub fn admission_fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../agent/tests/fixtures/admission")
+    let path = workspace_root()
+        .join("agent/tests/fixtures/admission")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -185,6 +185,11 @@ impl KubeEnv {
     /// Starts replica `pod` of the agent, as the chart's ServiceAccount with the chart's
     /// arguments (and `extra`), behind the forwarder.
     pub fn start_agent(&self, pod: &str, extra: &[&str]) -> Agent {
+        self.start_agent_with_env(pod, extra, &[])
+    }
+
+    /// `start_agent`, with environment variables.
+    pub fn start_agent_with_env(&self, pod: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut args = self.agent_args();
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -195,6 +200,7 @@ impl KubeEnv {
             &self.kubeconfig,
             pod,
             &args,
+            env,
         );
         self.forwarder.add_backend(agent.webhook_port);
         agent
