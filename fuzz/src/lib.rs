@@ -1,9 +1,7 @@
 //! What the fuzz targets share.
 
-use portcullis_policy::{
-    engine::ScanIndex,
-    scan::{ReportFormat, parse_report},
-};
+use portcullis_engine::ScanIndex;
+use portcullis_scan::{ReportFormat, parse_report};
 
 /// A scan report of `format` as the control plane imports it (and `portcullis test --scan`
 /// reads it): refused with a reason or accepted, never a panic; an accepted report indexes,
