@@ -102,7 +102,7 @@ pub(super) fn probes(out: &mut Out) {
 mod tests {
     use serde_json::json;
 
-    use super::super::check;
+    use super::super::testing::check;
     use super::super::testing::{mk_pod, paths, values, with_context};
     use crate::{HostNamespacesRule, HostPortsRule, PortRange, ResourceRules};
 

@@ -179,8 +179,8 @@ pub(super) fn supplemental_groups(out: &mut Out, rule: &IdRule) {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::super::check;
-    use super::super::testing::{mk_pod, paths, values};
+    use super::super::testing::check;
+    use super::super::testing::{TestPod, mk_pod, paths, values};
     use crate::{IdRange, IdRule, IdRuleKind, ResourceRules};
 
     fn id_rule(rule: IdRuleKind) -> IdRule {
@@ -202,7 +202,7 @@ mod tests {
     }
 
     /// A pod with this pod-level security context and one container per context.
-    fn pod_with(pod_sc: Value, containers: &[Value]) -> crate::k8s::PodTemplate {
+    fn pod_with(pod_sc: Value, containers: &[Value]) -> TestPod {
         let containers: Vec<Value> = containers
             .iter()
             .enumerate()

@@ -155,7 +155,7 @@ fn bool_text(value: Option<bool>) -> &'static str {
 mod tests {
     use serde_json::json;
 
-    use super::super::check;
+    use super::super::testing::check;
     use super::super::testing::{mk_pod, paths, values, with_context};
     use crate::{
         CapabilitiesRule, Capability, ComputeResource, ProcMountRule, ProcMountType, ResourceRules,

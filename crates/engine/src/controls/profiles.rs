@@ -261,7 +261,7 @@ fn describe_se_linux(options: &SeLinuxOptions) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::super::check;
+    use super::super::testing::check;
     use super::super::testing::{mk_annotated, mk_pod, paths, values, with_context};
     use crate::{ProfileRule, ProfileType, ResourceRules, SeLinuxOptions, SeLinuxRule};
 

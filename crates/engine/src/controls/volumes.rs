@@ -165,8 +165,8 @@ fn dotted(name: &str) -> Cow<'_, str> {
 mod tests {
     use serde_json::json;
 
-    use super::super::check;
-    use super::super::testing::{mk_pod, paths, values};
+    use super::super::testing::check;
+    use super::super::testing::{TestPod, mk_pod, paths, values};
     use super::{dotted, under_prefix};
     use crate::{
         Glob, HostPathAllow, HostPathRule, ResourceRules, SysctlsRule, VolumeType, VolumesRule,
@@ -186,7 +186,7 @@ mod tests {
         }
     }
 
-    fn host_path_pod(path: &str, mounts: &[bool]) -> crate::k8s::PodTemplate {
+    fn host_path_pod(path: &str, mounts: &[bool]) -> TestPod {
         let containers: Vec<_> = mounts
             .iter()
             .enumerate()

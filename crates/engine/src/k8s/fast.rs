@@ -84,32 +84,23 @@ pub(super) trait Read: Default {
     fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()>;
 }
 
-impl Read for Text {
-    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
-        *out = r.string()?;
-        Some(())
-    }
+/// Scalars, each read by one reading of the cursor.
+macro_rules! read_scalars {
+    ($($ty:ty => $read:expr),* $(,)?) => {$(
+        impl Read for $ty {
+            fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
+                *out = ($read)(r)?;
+                Some(())
+            }
+        }
+    )*};
 }
 
-impl Read for bool {
-    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
-        *out = r.bool()?;
-        Some(())
-    }
-}
-
-impl Read for i32 {
-    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
-        *out = r.integer_text()?.parse().ok()?;
-        Some(())
-    }
-}
-
-impl Read for i64 {
-    fn read(r: &mut Reader<'_>, out: &mut Self) -> Option<()> {
-        *out = r.integer_text()?.parse().ok()?;
-        Some(())
-    }
+read_scalars! {
+    Text => Reader::string,
+    bool => Reader::bool,
+    i32 => |r: &mut Reader<'_>| r.integer_text()?.parse().ok(),
+    i64 => |r: &mut Reader<'_>| r.integer_text()?.parse().ok(),
 }
 
 impl<T: Read> Read for Option<T> {
