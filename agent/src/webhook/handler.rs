@@ -118,14 +118,16 @@ impl Webhook {
         if !seen.is_multiple_of(self.trace_every) {
             return Span::none();
         }
+        // Bounded: the export queue holds up to 2,048 spans, and a hostile review may carry
+        // megabytes in any of these.
         info_span!(
             parent: None,
             "admission.review",
-            uid = %request.uid,
-            kind = %request.kind.kind,
-            namespace = %request.namespace,
-            name = %request.name,
-            operation = %request.operation,
+            uid = bounded(&request.uid, 128),
+            kind = bounded(&request.kind.kind, 128),
+            namespace = bounded(&request.namespace, 128),
+            name = bounded(&request.name, 256),
+            operation = bounded(&request.operation, 16),
             outcome = tracing::field::Empty,
             policies = tracing::field::Empty,
         )
@@ -184,7 +186,10 @@ impl Webhook {
         );
         if !span.is_disabled() {
             span.record("outcome", decision.outcome.word());
-            span.record("policies", decision.policy_names().join(","));
+            span.record(
+                "policies",
+                bounded(&decision.policy_names().join(","), 1024),
+            );
         }
         let dry_run = request.dry_run.unwrap_or(false);
         match &decision.outcome {
@@ -216,6 +221,18 @@ impl Webhook {
         }
         Ok(response)
     }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary).
+fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The warning every review gets from an agent that has never received its policies.
@@ -329,8 +346,16 @@ async fn validate(State(webhook): State<Webhook>, body: Body) -> Response {
 }
 
 #[cfg(test)]
-mod throttle_tests {
-    use super::Throttle;
+mod tests {
+    use super::{Throttle, bounded};
+
+    #[test]
+    fn span_attributes_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("pod", 128), "pod");
+        assert_eq!(bounded(&"a".repeat(300), 256).len(), 256);
+        // "é" is two bytes: a cut inside it moves back before it.
+        assert_eq!(bounded("aé", 2), "a");
+    }
 
     #[test]
     fn a_throttle_lets_one_line_through_per_period() {
