@@ -2,21 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand};
-use portcullis_runtime::logging::LogArgs;
+use clap::Subcommand;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "portcullis-agent",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("PORTCULLIS_REVISION"), ")"),
-    about = "Portcullis per-cluster agent"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+portcullis_runtime::command_line!("portcullis-agent", "Portcullis per-cluster agent", Command);
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -352,6 +340,8 @@ fn fraction(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]

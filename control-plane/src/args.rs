@@ -2,21 +2,13 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand};
-use portcullis_runtime::logging::LogArgs;
+use clap::Subcommand;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "portcullis-control-plane",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("PORTCULLIS_REVISION"), ")"),
-    about = "Portcullis control plane"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+portcullis_runtime::command_line!(
+    "portcullis-control-plane",
+    "Portcullis control plane",
+    Command
+);
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -91,6 +83,8 @@ impl ServeArgs {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]

@@ -40,6 +40,27 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// Declares a binary's `Cli`: its name and description, `--version` with the git revision it
+/// was built from (`PORTCULLIS_REVISION`, set by the binary's build script), its subcommands,
+/// and the log flags every binary shares.
+#[macro_export]
+macro_rules! command_line {
+    ($name:literal, $about:literal, $command:ty) => {
+        #[derive(clap::Parser, Debug)]
+        #[command(
+            name = $name,
+            version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("PORTCULLIS_REVISION"), ")"),
+            about = $about
+        )]
+        pub struct Cli {
+            #[command(subcommand)]
+            pub command: $command,
+            #[command(flatten)]
+            pub log: $crate::logging::LogArgs,
+        }
+    };
+}
+
 static TRACING: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported (for spans worth making only then, such as a sampled review's).
