@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "portcullis/v1/agent.proto",
         "portcullis/v1/scan.proto",
         "portcullis/v1/event.proto",
+        "portcullis/v1/audit.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

@@ -6,14 +6,16 @@ use clap::{
     Args, Parser, Subcommand, ValueEnum,
     builder::{PossibleValuesParser, TypedValueParser},
 };
-use portcullis_proto::words::{EventAction, EventState, FailurePolicy};
+use portcullis_proto::words::{
+    EventAction, EventState, FailurePolicy, ViolationAction, ViolationState,
+};
 use portcullis_scan::ReportFormat;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis",
     version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("PORTCULLIS_REVISION"), ")"),
-    about = "Operate Portcullis: policies, clusters, image scans"
+    about = "Operate Portcullis: policies, clusters, image scans, events, audit violations"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -71,6 +73,9 @@ pub enum Command {
     /// Find, watch and handle protection events (blocked and alerted admissions).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// List, summarise and watch audit violations: running workloads that break a policy.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Test manifests against policies offline, with the agent's engine. Exits 1 if anything
     /// is blocked (or not valid for its kind), so a pipeline can gate on it.
     Test(TestArgs),
@@ -304,6 +309,71 @@ pub enum EventsCommand {
         /// RFC 3339, or an age such as 30m, 2h, 7d.
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Which violations: every flag given must match.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ViolationFilterArgs {
+    #[arg(long)]
+    pub cluster: Option<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Object kind (Deployment, Pod, Service, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Object name.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub policy: Option<String>,
+    #[arg(long, value_parser = PossibleValuesParser::new(ViolationAction::NAMES))]
+    pub action: Option<String>,
+    /// Text in an image reference (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub image: Option<String>,
+    /// A vulnerability id a finding names, e.g. CVE-2024-3094 (case-insensitive).
+    #[arg(long, value_name = "ID")]
+    pub vulnerability: Option<String>,
+    /// open, resolved, or all [default: open for list, all for watch].
+    #[arg(long, value_parser = violation_state())]
+    pub state: Option<String>,
+}
+
+/// Every violation state, or both.
+pub const ALL_STATES: &str = "all";
+
+fn violation_state() -> PossibleValuesParser {
+    PossibleValuesParser::new(ViolationState::NAMES.iter().copied().chain([ALL_STATES]))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// List violations by cluster, namespace, kind, name and policy.
+    List {
+        #[command(flatten)]
+        filter: ViolationFilterArgs,
+        /// At most this many violations (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Open violations counted by cluster, namespace, policy and severity.
+    Summary {
+        /// Only this cluster's violations.
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print violations as they open, change or resolve (one JSON document per line with
+    /// -o json).
+    Watch {
+        #[command(flatten)]
+        filter: ViolationFilterArgs,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },

@@ -11,8 +11,9 @@ use tonic::{
 
 use portcullis_proto::auth::Bearer;
 use portcullis_proto::v1::{
-    cluster_service_client::ClusterServiceClient, event_service_client::EventServiceClient,
-    policy_service_client::PolicyServiceClient, scan_service_client::ScanServiceClient,
+    audit_service_client::AuditServiceClient, cluster_service_client::ClusterServiceClient,
+    event_service_client::EventServiceClient, policy_service_client::PolicyServiceClient,
+    scan_service_client::ScanServiceClient,
 };
 
 use crate::args::Connection;
@@ -25,6 +26,7 @@ pub struct Clients {
     pub clusters: ClusterServiceClient<Authed>,
     pub scans: ScanServiceClient<Authed>,
     pub events: EventServiceClient<Authed>,
+    pub audit: AuditServiceClient<Authed>,
 }
 
 /// Largest scan result the CLI reads back (a full `ImageScan` of a large image).
@@ -67,6 +69,7 @@ pub async fn connect(connection: &Connection) -> Result<Clients> {
         clusters: ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
         scans: ScanServiceClient::with_interceptor(channel.clone(), bearer.clone())
             .max_decoding_message_size(MAX_SCAN_RESPONSE_BYTES),
-        events: EventServiceClient::with_interceptor(channel, bearer),
+        events: EventServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        audit: AuditServiceClient::with_interceptor(channel, bearer),
     })
 }

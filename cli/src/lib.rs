@@ -1,5 +1,5 @@
-//! `portcullis`, the operator command line: policies, clusters and image scans on a control plane, and
-//! offline tests of manifests against policies.
+//! `portcullis`, the operator command line: policies, clusters, image scans, events and audit
+//! violations on a control plane, and offline tests of manifests against policies.
 
 pub mod args;
 pub mod client;
@@ -18,6 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(command) => commands::cluster::run(command, &cli.connection).await?,
         Command::Scan(command) => commands::scan::run(command, &cli.connection).await?,
         Command::Events(command) => commands::events::run(command, &cli.connection).await?,
+        Command::Audit(command) => commands::audit::run(command, &cli.connection).await?,
         Command::Test(args) => return commands::test::run(args, false),
         Command::Explain(args) => return commands::test::run(args, true),
     }

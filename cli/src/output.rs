@@ -63,6 +63,32 @@ pub fn print<T: Serialize>(output: Output, value: &T, table: impl FnOnce() -> Ta
     Ok(())
 }
 
+/// Prints one item of a stream: a JSON document per line, a YAML document, or the rows of its
+/// table (the header only before the first item, while `header` is true).
+pub fn print_streamed<T: Serialize>(
+    output: Output,
+    value: &T,
+    header: &mut bool,
+    table: impl FnOnce() -> Table,
+) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(value)?),
+        Output::Yaml => print!("---\n{}", serde_yaml::to_string(value)?),
+        Output::Table => {
+            let rendered = table().render();
+            let mut lines = rendered.lines();
+            let head = lines.next().unwrap_or_default();
+            if std::mem::take(header) {
+                println!("{head}");
+            }
+            for line in lines {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// RFC 3339 time of a protobuf timestamp, or "-".
 pub fn time(ts: Option<&pbjson_types::Timestamp>) -> String {
     ts.and_then(|ts| time::OffsetDateTime::from_unix_timestamp(ts.seconds).ok())

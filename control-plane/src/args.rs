@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Events one `ReportEvents` call may carry; larger batches are refused whole.
     #[arg(long, env = "PORTCULLIS_EVENT_MAX_BATCH", default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub event_max_batch: usize,
+    /// Resolved audit violations are deleted this many days after they were resolved (at
+    /// start, then hourly).
+    #[arg(long, env = "PORTCULLIS_VIOLATION_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub violation_retention_days: u64,
     /// Seconds to drain streams and in-flight requests on SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
@@ -94,6 +98,7 @@ mod tests {
         assert_eq!(args.listen.port(), 8443);
         assert_eq!(args.admin_listen.port(), 9090);
         assert_eq!(args.max_report_bytes, 128 * 1024 * 1024);
+        assert_eq!(args.violation_retention_days, 30);
         assert!(Cli::try_parse_from(["cp", "serve", "--tls-cert", "c.pem"]).is_err());
         let cli =
             Cli::try_parse_from(["cp", "serve", "--tls-san", "a,b", "--tls-san", "c"]).unwrap();
@@ -107,6 +112,7 @@ mod tests {
             "--event-max-batch",
             "--heartbeat-interval",
             "--compaction-interval",
+            "--violation-retention-days",
         ] {
             let error = Cli::try_parse_from(["cp", "serve", flag, "0"])
                 .unwrap_err()

@@ -135,6 +135,8 @@ impl Fleet {
             protection_state: record.protection_state.clone(),
             events_dropped: record.events_dropped,
             events_pending: record.events_pending,
+            // Counted by the audit store; the cluster service fills it in.
+            open_violations: 0,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod args;
+pub mod audit;
 pub mod auth;
 pub mod events;
 pub mod fleet;

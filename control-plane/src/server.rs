@@ -1,5 +1,6 @@
 //! Wiring: open the store, set up auth and TLS, serve gRPC and admin HTTP, compact the change
-//! log and enforce event retention in the background, and drain on SIGTERM (a second signal exits at once).
+//! log, enforce event retention and purge resolved violations in the background, and drain on
+//! SIGTERM (a second signal exits at once).
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -13,15 +14,16 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
-    agent_service_server::AgentServiceServer, cluster_service_server::ClusterServiceServer,
-    event_service_server::EventServiceServer, policy_service_server::PolicyServiceServer,
-    scan_service_server::ScanServiceServer,
+    agent_service_server::AgentServiceServer, audit_service_server::AuditServiceServer,
+    cluster_service_server::ClusterServiceServer, event_service_server::EventServiceServer,
+    policy_service_server::PolicyServiceServer, scan_service_server::ScanServiceServer,
 };
 
 use crate::{
     admin::{self, AdminState},
-    api::{AgentApi, ClusterApi, EventApi, PolicyApi, REQUEST_OVERHEAD_BYTES, ScanApi},
+    api::{AgentApi, AuditApi, ClusterApi, EventApi, PolicyApi, REQUEST_OVERHEAD_BYTES, ScanApi},
     args::ServeArgs,
+    audit::{self, AuditSettings, ViolationStore},
     auth::{self, Authenticator, Role},
     events::{self, EventSettings, EventStore},
     fleet::Fleet,
@@ -94,6 +96,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     health_reporter
         .set_serving::<EventServiceServer<EventApi>>()
         .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<AuditApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -140,6 +145,28 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         events::retain_periodically(events.clone(), Duration::from_secs(60))
             .instrument(info_span!("event_retention")),
     );
+    let violations = Arc::new(
+        ViolationStore::open(
+            store.clone(),
+            AuditSettings {
+                retention: Duration::from_secs(
+                    args.violation_retention_days.saturating_mul(86_400),
+                ),
+            },
+        )
+        .context("opening the audit store")?,
+    );
+    info!(open = violations.open_total(), "Audit store open");
+    let purge_task = tokio::spawn(
+        audit::purge_periodically(violations.clone(), Duration::from_secs(3600))
+            .instrument(info_span!("violation_retention")),
+    );
+    let gauge_violations = violations.clone();
+    let _violations_gauge = meter
+        .u64_observable_gauge("portcullis_violations_open")
+        .with_description("Open audit violations of every cluster")
+        .with_callback(move |observer| observer.observe(gauge_violations.open_total(), &[]))
+        .build();
 
     let max_report_bytes = args
         .max_report_bytes
@@ -184,15 +211,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             store.clone(),
             authenticator.clone(),
             fleet.clone(),
+            violations.clone(),
         )))
         .add_service(scans)
         .add_service(EventServiceServer::new(EventApi::new(
             events.clone(),
             authenticator.clone(),
         )))
+        .add_service(AuditServiceServer::new(AuditApi::new(
+            violations.clone(),
+            store.clone(),
+            authenticator.clone(),
+        )))
         .add_service(AgentServiceServer::new(AgentApi::new(
             store.clone(),
             events,
+            violations,
             authenticator.clone(),
             fleet,
             SyncSettings {
@@ -221,6 +255,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         result = &mut grpc_task => {
             compaction_task.abort();
             retention_task.abort();
+            purge_task.abort();
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("gRPC server stopped unexpectedly")),
                 Ok(Err(e)) => Err(e).context("gRPC server failed"),
@@ -235,6 +270,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let _ = shutdown_tx.send(true);
     compaction_task.abort();
     retention_task.abort();
+    purge_task.abort();
     let drain = async {
         let _ = grpc_task.await;
         let _ = admin_task.await;

@@ -3,7 +3,7 @@
 //! accepts (`check_event`), so no event is refused for its size, and every stored string is
 //! bounded, so no listing can grow past the message limit.
 
-use crate::v1::{Event, EventFinding};
+use crate::v1::{Event, EventFinding, Violation};
 
 /// The largest message a gRPC client decodes by default (tonic, grpcurl): responses must fit.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -34,6 +34,15 @@ pub mod event {
     pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
     /// An operator's note when handling events.
     pub const MAX_NOTE: usize = 4096;
+}
+
+/// Audit violations (`ReportViolations`): each field as in an event (`event`), the whole
+/// violation at most `event::MAX_EVENT_BYTES` encoded.
+pub mod violation {
+    /// Violations per `ReportViolations` call.
+    pub const MAX_PER_REPORT: usize = 1000;
+    /// The audit run's id (a UUID).
+    pub const MAX_RUN: usize = 64;
 }
 
 /// Clusters and what their agents report (`RegisterCluster`, `ReportStatus`).
@@ -245,6 +254,62 @@ pub fn check_event(event: &Event) -> Result<(), String> {
     Ok(())
 }
 
+/// The event whose limits `violation`'s fields share (its uid as the admission uid).
+fn as_event(violation: &mut Violation) -> Event {
+    use std::mem::take;
+    Event {
+        namespace: take(&mut violation.namespace),
+        kind: take(&mut violation.kind),
+        name: take(&mut violation.name),
+        admission_uid: take(&mut violation.uid),
+        policy: take(&mut violation.policy),
+        images: take(&mut violation.images),
+        findings: take(&mut violation.findings),
+        ..Default::default()
+    }
+}
+
+fn restore(violation: &mut Violation, event: Event) {
+    violation.namespace = event.namespace;
+    violation.kind = event.kind;
+    violation.name = event.name;
+    violation.uid = event.admission_uid;
+    violation.policy = event.policy;
+    violation.images = event.images;
+    violation.findings = event.findings;
+}
+
+/// Fits `violation` to what `check_violation` accepts, as `fit_event` fits an event: cut texts
+/// are marked, findings past the limits are counted, never dropped silently. True when
+/// anything was cut.
+pub fn fit_violation(violation: &mut Violation) -> bool {
+    let mut event = as_event(violation);
+    let cut = fit_event(&mut event);
+    restore(violation, event);
+    cut || prost::Message::encoded_len(violation) > event::MAX_EVENT_BYTES && {
+        violation.history.clear();
+        true
+    }
+}
+
+/// Why `violation` is over a limit (the field and its size), if it is.
+pub fn check_violation(violation: &Violation) -> Result<(), String> {
+    let mut copy = violation.clone();
+    let event = as_event(&mut copy);
+    check_event(&event).map_err(|e| match e.strip_prefix("admission_uid") {
+        Some(rest) => format!("uid{rest}"),
+        None => e,
+    })?;
+    let size = prost::Message::encoded_len(violation);
+    if size > event::MAX_EVENT_BYTES {
+        return Err(format!(
+            "{size} bytes encoded; at most {}",
+            event::MAX_EVENT_BYTES
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +397,26 @@ mod tests {
         assert!(fit_event(&mut event));
         assert_eq!(event.findings.len(), event::MAX_FINDINGS);
         assert!(event.findings[255].message.starts_with("2 more findings"));
+    }
+
+    #[test]
+    fn a_fitted_violation_always_passes_the_check() {
+        let huge = "x".repeat(2 * 1024 * 1024);
+        let mut violation = Violation {
+            uid: huge.clone(),
+            name: huge.clone(),
+            images: vec![huge.clone(); 300],
+            findings: (0..2000).map(|i| finding(i, 300, 5000)).collect(),
+            ..Default::default()
+        };
+        let error = check_violation(&violation).unwrap_err();
+        assert!(error.starts_with("name: "), "{error}");
+        violation.name = "n".into();
+        let error = check_violation(&violation).unwrap_err();
+        assert!(error.starts_with("uid: "), "{error}");
+        assert!(fit_violation(&mut violation));
+        check_violation(&violation).unwrap();
+        assert_eq!(violation.findings.last().unwrap().rule, "truncated");
+        assert_eq!(violation.images.len(), event::MAX_ITEMS);
     }
 }

@@ -138,6 +138,35 @@ words! {
     }
 }
 
+words! {
+    /// `Violation.state`: whether an audit violation still holds.
+    ViolationState, "violation state" {
+        Open = "open",
+        Resolved = "resolved",
+    }
+}
+
+words! {
+    /// `Violation.action`: what admission would do with the object now.
+    ViolationAction, "violation action" {
+        Block = "block",
+        Alert = "alert",
+    }
+}
+
+words! {
+    /// `Violation.severity`: the highest severity of the vulnerabilities its findings name.
+    ViolationSeverity, "violation severity" {
+        Critical = "critical",
+        High = "high",
+        Medium = "medium",
+        Low = "low",
+        Unknown = "unknown",
+        /// No finding names a vulnerability.
+        None = "none",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +190,12 @@ mod tests {
             r#"unknown sync mode "x": expected snapshot or resume"#
         );
         assert_eq!(FailurePolicy::Fail.kubernetes(), "Fail");
+        for name in ViolationSeverity::NAMES {
+            assert_eq!(name.parse::<ViolationSeverity>().unwrap().as_str(), *name);
+        }
+        assert_eq!(
+            "closed".parse::<ViolationState>().unwrap_err().to_string(),
+            r#"unknown violation state "closed": expected open or resolved"#
+        );
     }
 }

@@ -351,6 +351,14 @@ impl portcullis_proto::v1::agent_service_server::AgentService for FakeControlPla
             },
         ))
     }
+
+    async fn report_violations(
+        &self,
+        _: tonic::Request<portcullis_proto::v1::ReportViolationsRequest>,
+    ) -> Result<tonic::Response<portcullis_proto::v1::ReportViolationsResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("report_violations"))
+    }
 }
 
 /// One event refused for good and one that always fails are each dropped alone (counted,

@@ -137,6 +137,7 @@ fn cluster_table(clusters: &[Cluster]) -> Table {
         "APPLIED",
         "LAG",
         "STATE",
+        "VIOLATIONS",
     ]);
     for cluster in clusters {
         let protection = cluster.protection.clone().unwrap_or_default();
@@ -164,6 +165,7 @@ fn cluster_table(clusters: &[Cluster]) -> Table {
             } else {
                 status.protection_state
             },
+            status.open_violations.to_string(),
         ]);
     }
     table

@@ -9,7 +9,7 @@ use portcullis_proto::v1::{
 
 use super::rpc;
 use crate::{
-    args::{Connection, EventFilterArgs, EventsCommand, Output},
+    args::{Connection, EventFilterArgs, EventsCommand},
     client,
     output::{self, Table},
 };
@@ -61,28 +61,16 @@ pub async fn run(command: EventsCommand, connection: &Connection) -> Result<()> 
                     filter: Some(filter),
                 })
                 .await)?;
-            let mut header = output == Output::Table;
+            let mut header = true;
             loop {
                 let event = match stream.message().await {
                     Ok(Some(event)) => event,
                     Ok(None) => return Ok(()),
                     Err(status) => bail!("{:?}: {}", status.code(), status.message()),
                 };
-                match output {
-                    Output::Json => println!("{}", serde_json::to_string(&event)?),
-                    Output::Yaml => print!("---\n{}", serde_yaml::to_string(&event)?),
-                    Output::Table => {
-                        let rendered = event_table(std::slice::from_ref(&event)).render();
-                        let mut lines = rendered.lines();
-                        let head = lines.next().unwrap_or_default();
-                        if std::mem::take(&mut header) {
-                            println!("{head}");
-                        }
-                        for line in lines {
-                            println!("{line}");
-                        }
-                    }
-                }
+                output::print_streamed(output, &event, &mut header, || {
+                    event_table(std::slice::from_ref(&event))
+                })?;
             }
         }
         EventsCommand::Handle { ids, note, state } => {

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod audit;
 pub mod cluster;
 pub mod events;
 pub mod policy;

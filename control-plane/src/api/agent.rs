@@ -1,5 +1,5 @@
-//! `portcullis.v1.AgentService`: the Sync stream and status reports. Only a cluster's own agent
-//! token is accepted, and only for that cluster.
+//! `portcullis.v1.AgentService`: the Sync stream, status reports, events and audit violations.
+//! Only a cluster's own agent token is accepted, and only for that cluster.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -10,10 +10,12 @@ use tracing::{Instrument, info_span, warn};
 
 use portcullis_proto::v1::{
     ReportEventsRequest, ReportEventsResponse, ReportStatusRequest, ReportStatusResponse,
-    SyncRequest, SyncResponse, agent_service_server::AgentService,
+    ReportViolationsRequest, ReportViolationsResponse, SyncRequest, SyncResponse,
+    agent_service_server::AgentService,
 };
 
 use crate::{
+    audit::{ReportError, ViolationStore, validate_report},
     auth::Authenticator,
     events::{BatchError, EventStore, validate_batch},
     fleet::Fleet,
@@ -24,6 +26,7 @@ use crate::{
 pub struct AgentApi {
     store: Arc<Store>,
     events: Arc<EventStore>,
+    audit: Arc<ViolationStore>,
     auth: Arc<Authenticator>,
     fleet: Fleet,
     settings: SyncSettings,
@@ -33,6 +36,7 @@ impl AgentApi {
     pub fn new(
         store: Arc<Store>,
         events: Arc<EventStore>,
+        audit: Arc<ViolationStore>,
         auth: Arc<Authenticator>,
         fleet: Fleet,
         settings: SyncSettings,
@@ -40,6 +44,7 @@ impl AgentApi {
         Self {
             store,
             events,
+            audit,
             auth,
             fleet,
             settings,
@@ -118,6 +123,31 @@ impl AgentService for AgentApi {
         Ok(Response::new(ReportEventsResponse {
             stored: ingested.stored,
             duplicates: ingested.duplicates,
+        }))
+    }
+
+    async fn report_violations(
+        &self,
+        request: Request<ReportViolationsRequest>,
+    ) -> Result<Response<ReportViolationsResponse>, Status> {
+        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let report = validate_report(&cluster, request.into_inner()).map_err(|error| {
+            warn!(%cluster, %error, "Violation report refused");
+            match error {
+                ReportError::OtherCluster(m) => Status::permission_denied(m),
+                ReportError::Invalid(m) => Status::invalid_argument(m),
+            }
+        })?;
+        let reported = self.audit.report(report).await.map_err(|error| {
+            warn!(%cluster, %error, "Violation report not applied");
+            Status::from(error)
+        })?;
+        Ok(Response::new(ReportViolationsResponse {
+            opened: reported.opened,
+            changed: reported.changed,
+            resolved: reported.resolved,
+            unchanged: reported.unchanged,
+            resync_required: reported.resync_required,
         }))
     }
 }

@@ -1,10 +1,12 @@
 //! `portcullis.v1.ClusterService`: cluster registration (the agent token is returned once and
-//! stored hashed), protection settings, and the fleet view.
+//! stored hashed), protection settings, and the fleet view (with each cluster's open audit
+//! violations). Deleting a cluster deletes its audit violations; its events stay, a record of
+//! what was admitted, until their retention.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use portcullis_proto::v1::{
     Cluster, DeleteClusterRequest, DeleteClusterResponse, GetClusterRequest, ListClustersRequest,
@@ -15,6 +17,7 @@ use portcullis_proto::words::FailurePolicy;
 
 use super::{check_name, paging};
 use crate::{
+    audit::ViolationStore,
     auth::{Access, Authenticator, generate_token, token_sha256},
     fleet::Fleet,
     store::Store,
@@ -27,20 +30,31 @@ pub struct ClusterApi {
     store: Arc<Store>,
     auth: Arc<Authenticator>,
     fleet: Fleet,
+    audit: Arc<ViolationStore>,
 }
 
 impl ClusterApi {
-    pub fn new(store: Arc<Store>, auth: Arc<Authenticator>, fleet: Fleet) -> Self {
-        Self { store, auth, fleet }
+    pub fn new(
+        store: Arc<Store>,
+        auth: Arc<Authenticator>,
+        fleet: Fleet,
+        audit: Arc<ViolationStore>,
+    ) -> Self {
+        Self {
+            store,
+            auth,
+            fleet,
+            audit,
+        }
     }
 
     /// The cluster with its agent's status filled in (the fleet view).
     fn with_status(&self, mut cluster: Cluster) -> Cluster {
-        cluster.status = Some(self.fleet.status(
-            &cluster.name,
-            self.store.epoch(),
-            self.store.revision(),
-        ));
+        let mut status =
+            self.fleet
+                .status(&cluster.name, self.store.epoch(), self.store.revision());
+        status.open_violations = self.audit.open_in(&cluster.name);
+        cluster.status = Some(status);
         cluster
     }
 }
@@ -194,6 +208,10 @@ impl ClusterService for ClusterApi {
         check_name("name", &name)?;
         let revision = self.store.delete_cluster(&name).await?;
         self.fleet.remove(&name);
+        // The cluster is gone either way: what is left is removed when the store next opens.
+        if let Err(error) = self.audit.delete_cluster(&name).await {
+            warn!(cluster = %name, %error, "Deleting the cluster's audit violations failed");
+        }
         info!(cluster = %name, revision, operator = %operator.name, "Cluster deleted, agent token revoked");
         Ok(Response::new(DeleteClusterResponse { revision }))
     }
@@ -237,8 +255,9 @@ mod tests {
         let store = Arc::new(store);
         let mut auth = Authenticator::new(store.clone());
         auth.add_operator("t", Role::Admin, TOKEN);
+        let audit = ViolationStore::open(store.clone(), Default::default()).unwrap();
         (
-            ClusterApi::new(store, Arc::new(auth), Fleet::default()),
+            ClusterApi::new(store, Arc::new(auth), Fleet::default(), Arc::new(audit)),
             dir,
         )
     }
@@ -312,6 +331,70 @@ mod tests {
         }
         assert_eq!(listed.len(), count);
         assert!(pages > count / 1000, "{pages} pages");
+    }
+
+    #[tokio::test]
+    async fn the_fleet_view_counts_open_violations_until_the_cluster_is_deleted() {
+        use crate::audit::validate_report;
+        use portcullis_proto::v1::{ReportViolationsRequest, Violation};
+
+        let (api, _dir) = api();
+        let register = RegisterClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        };
+        api.register_cluster(authorized(register)).await.unwrap();
+        let violation = |name: &str, state: &str| Violation {
+            kind: "Pod".into(),
+            name: name.into(),
+            policy: "p".into(),
+            action: "block".into(),
+            severity: "high".into(),
+            state: state.into(),
+            ..Default::default()
+        };
+        let report = |violations, resync| {
+            let request = ReportViolationsRequest {
+                cluster: "c1".into(),
+                run: "0190f3a0-1c2d-7e4f-8a5b-6c7d8e9f0a1b".into(),
+                resync_start: resync,
+                resync_end: resync,
+                violations,
+            };
+            validate_report("c1", request).unwrap()
+        };
+        let open = || async {
+            let get = GetClusterRequest { name: "c1".into() };
+            let got = api.get_cluster(authorized(get)).await.unwrap().into_inner();
+            let listed = api
+                .list_clusters(authorized(ListClustersRequest::default()))
+                .await
+                .unwrap()
+                .into_inner();
+            let listed = listed.clusters[0].status.clone().unwrap().open_violations;
+            assert_eq!(got.status.unwrap().open_violations, listed);
+            listed
+        };
+        assert_eq!(open().await, 0);
+        let both = vec![violation("a", "open"), violation("b", "open")];
+        api.audit.report(report(both, true)).await.unwrap();
+        assert_eq!(open().await, 2);
+        let resolved = vec![violation("a", "resolved")];
+        api.audit.report(report(resolved, false)).await.unwrap();
+        assert_eq!(open().await, 1);
+        // A resync that reports nothing resolves the rest.
+        api.audit.report(report(vec![], true)).await.unwrap();
+        assert_eq!(open().await, 0);
+        api.audit
+            .report(report(vec![violation("c", "open")], false))
+            .await
+            .unwrap();
+        assert_eq!(open().await, 1);
+        let delete = DeleteClusterRequest { name: "c1".into() };
+        api.delete_cluster(authorized(delete)).await.unwrap();
+        assert_eq!(api.audit.open_in("c1"), 0);
+        let all = api.audit.list(&Default::default(), 10, None).unwrap();
+        assert!(all.violations.is_empty());
     }
 
     #[tokio::test]

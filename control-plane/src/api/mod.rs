@@ -2,6 +2,7 @@
 //! `tonic::Status` here and nowhere else.
 
 mod agent;
+mod audit;
 mod cluster;
 mod event;
 mod paging;
@@ -10,6 +11,7 @@ mod scan;
 mod scan_proto;
 
 pub use agent::AgentApi;
+pub use audit::AuditApi;
 pub use cluster::ClusterApi;
 pub use event::EventApi;
 pub use policy::PolicyApi;
@@ -17,7 +19,7 @@ pub use scan::{REQUEST_OVERHEAD_BYTES, ScanApi};
 
 use tonic::Status;
 
-use crate::store::StoreError;
+use crate::{audit::AuditError, store::StoreError};
 
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
@@ -34,6 +36,15 @@ impl From<StoreError> for Status {
                 tracing::error!(%error, "Store failure");
                 Status::internal(format!("store: {error}"))
             }
+        }
+    }
+}
+
+impl From<AuditError> for Status {
+    fn from(error: AuditError) -> Self {
+        match error {
+            AuditError::Superseded { .. } => Status::failed_precondition(error.to_string()),
+            AuditError::Store(error) => error.into(),
         }
     }
 }
