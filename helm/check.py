@@ -169,7 +169,17 @@ def rules_of(role: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...], tupl
     ]
 
 
-def expect_rbac(objects: Objects, role_name: str, vwc: str, secret: str, lease: str) -> None:
+# What the audit reads (audit.enabled): list and watch, nothing else, on exactly these kinds.
+AUDIT_RULES = [
+    ("", "pods,services", (), ("list", "watch")),
+    ("apps", "deployments,statefulsets,daemonsets,replicasets", (), ("list", "watch")),
+    ("batch", "jobs,cronjobs", (), ("list", "watch")),
+]
+
+
+def expect_rbac(
+    objects: Objects, role_name: str, vwc: str, secret: str, lease: str, audit: bool = True
+) -> None:
     cluster_role = only(objects, "ClusterRole", role_name)
     vwc_group = "admissionregistration.k8s.io"
     vwc_res = "validatingwebhookconfigurations"
@@ -180,6 +190,7 @@ def expect_rbac(objects: Objects, role_name: str, vwc: str, secret: str, lease: 
                 (vwc_group, vwc_res, (vwc,), ("delete", "get", "patch", "update")),
                 (vwc_group, vwc_res, (), ("create",)),
             ]
+            + (AUDIT_RULES if audit else [])
         ),
         f"ClusterRole {role_name}: unexpected rules {rules_of(cluster_role)}",
     )
@@ -463,7 +474,9 @@ def expect_agent_nondefault(objects: Objects) -> None:
         "portcullis-staging",
         "portcullis-staging-webhook-tls",
         "portcullis-staging-leader",
+        audit=False,
     )
+    ensure(flags(agent).get("audit") == "false", f"--audit {flags(agent).get('audit')}")
 
 
 def expect_cp_common(objects: Objects, fullname: str) -> tuple[dict[str, Any], dict[str, Any]]:

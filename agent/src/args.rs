@@ -268,6 +268,12 @@ pub struct KubeArgs {
     /// `failurePolicy: Fail` programmed before the leader downgrades it to Ignore.
     #[arg(long, env = "PORTCULLIS_FAIL_OPEN_AFTER", default_value_t = 120)]
     pub fail_open_after: u64,
+    /// Audit the running workloads (Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets,
+    /// Jobs, CronJobs, Services outside the exempt namespaces) against the policies and scans,
+    /// and report their violations to the control plane. Needs `list` and `watch` on those
+    /// kinds; only the replica holding the Lease audits.
+    #[arg(long, env = "PORTCULLIS_AUDIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit: bool,
     /// Seconds between reconciles of the certificate and the webhook configuration.
     #[arg(long, env = "PORTCULLIS_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_interval: u64,

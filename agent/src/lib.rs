@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod audit;
 pub mod cache;
 pub mod events;
 pub mod k8s;
@@ -128,11 +129,14 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     )
     .context("starting the webhook's evaluators")?
     .with_trace_ratio(args.trace_reviews);
+    let audit_stats =
+        (!args.standalone && args.kube.audit).then(|| Arc::new(audit::AuditStats::default()));
     let metrics = telemetry::metrics(
         state.clone(),
         stats.clone(),
         outbox.clone(),
         webhook.pool_stats(),
+        audit_stats.clone(),
     )?;
     // Kubernetes mode serves the Secret's certificate: not ready until it is loaded.
     let tls_ready = Arc::new(std::sync::atomic::AtomicBool::new(args.standalone));
@@ -187,6 +191,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let webhook_listener = tokio::net::TcpListener::bind(args.webhook_listen)
         .await
         .with_context(|| format!("binding webhook listener {}", args.webhook_listen))?;
+    let reporter = sync::status::StatusReporter::default();
     let kube_task = if args.standalone {
         None
     } else {
@@ -227,7 +232,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             lease_seconds: 15,
         };
         let controller = k8s::Controller::new(
-            client,
+            client.clone(),
             settings,
             state.clone(),
             stats.clone(),
@@ -236,11 +241,21 @@ async fn run_agent(args: RunArgs) -> Result<()> {
             Arc::new(time::OffsetDateTime::now_utc),
         )
         .with_ready_flag(tls_ready.clone());
+        if let Some(audit_stats) = &audit_stats {
+            tokio::spawn(audit::run(
+                client,
+                cache.db().clone(),
+                audit::AuditConfig::new(&args.cluster, &exempt_namespaces),
+                state.clone(),
+                controller.leadership(),
+                reporter.client(),
+                audit_stats.clone(),
+            ));
+        }
         Some(tokio::spawn(
             controller.run().instrument(info_span!("kubernetes")),
         ))
     };
-    let reporter = sync::status::StatusReporter::default();
     // The writer stops after the webhook has drained, so no decision's event is lost.
     let (events_stop, events_stop_rx) = tokio::sync::watch::channel(false);
     let (webhook, event_tasks) = match &outbox {

@@ -5,7 +5,10 @@ use std::sync::{Arc, atomic::Ordering};
 
 use portcullis_runtime::metrics::Metrics;
 
-use crate::{events::Outbox, state::StateHandle, stats::SyncStats, webhook::pool::PoolStats};
+use crate::{
+    audit::AuditStats, events::Outbox, state::StateHandle, stats::SyncStats,
+    webhook::pool::PoolStats,
+};
 
 /// Reads one counter of the sync statistics.
 type ReadCounter = fn(&SyncStats) -> u64;
@@ -16,6 +19,7 @@ pub fn metrics(
     stats: Arc<SyncStats>,
     outbox: Option<Arc<Outbox>>,
     webhook: Arc<PoolStats>,
+    audit: Option<Arc<AuditStats>>,
 ) -> anyhow::Result<Metrics> {
     let metrics = Metrics::new()?;
     let meter = metrics.meter("portcullis-agent");
@@ -69,6 +73,77 @@ pub fn metrics(
         )
         .with_callback(move |observer| observer.observe(webhook.shed.load(Ordering::Relaxed), &[]))
         .build();
+    if let Some(audit) = audit {
+        type ReadAudit = fn(&AuditStats) -> u64;
+        let gauges: [(&str, &str, ReadAudit); 4] = [
+            (
+                "portcullis_agent_audit_running",
+                "1 while this replica audits (it holds the Lease)",
+                |a| a.running.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_agent_audit_objects",
+                "Objects the audit judges on their own (not through a controller)",
+                |a| a.objects.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_agent_audit_violations_open",
+                "Open audit violations",
+                |a| a.open.load(Ordering::Relaxed).max(0) as u64,
+            ),
+            (
+                "portcullis_agent_audit_violations_pending",
+                "Violation changes waiting for the control plane",
+                |a| a.pending.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, description, read) in gauges {
+            let audit = audit.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| observer.observe(read(&audit), &[]))
+                .build();
+        }
+        let counters: [(&str, &str, ReadAudit); 6] = [
+            ("portcullis_agent_audit_judged", "Audit judgements", |a| {
+                a.judged.load(Ordering::Relaxed)
+            }),
+            (
+                "portcullis_agent_audit_malformed_objects",
+                "Watched objects the engine could not read (skipped)",
+                |a| a.malformed.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_agent_audit_relists",
+                "Audit listings after the first (a watch restarted, e.g. after 410 Gone)",
+                |a| a.relists.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_agent_audit_watch_errors",
+                "Audit watch errors (retried with backoff)",
+                |a| a.watch_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_agent_audit_delivered",
+                "Violation changes the control plane acknowledged",
+                |a| a.delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_agent_audit_refused",
+                "Violation changes the control plane refused for good (dropped, logged)",
+                |a| a.refused.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, description, read) in counters {
+            let audit = audit.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |observer| observer.observe(read(&audit), &[]))
+                .build();
+        }
+    }
     if let Some(outbox) = outbox {
         type ReadOutbox = fn(&Outbox) -> u64;
         let gauges: [(&str, &str, ReadOutbox); 4] = [

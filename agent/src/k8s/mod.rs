@@ -88,6 +88,8 @@ pub struct Controller {
     served: Option<Material>,
     /// Since when `failurePolicy: Fail` is programmed while the self-check fails.
     failing_since: Option<OffsetDateTime>,
+    /// Whether this replica holds the Lease, as of the last round that could tell.
+    leader: tokio::sync::watch::Sender<bool>,
 }
 
 /// The outcome of one reconcile, for logs and tests.
@@ -158,7 +160,13 @@ impl Controller {
             clock,
             served: None,
             failing_since: None,
+            leader: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Follows whether this replica leads (what only one replica does, e.g. the audit).
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader.subscribe()
     }
 
     /// Uses `flag` as the readiness flag set once the Secret's certificate is served.
@@ -176,6 +184,11 @@ impl Controller {
             let delay = match self.reconcile().instrument(span).await {
                 Ok(round) => {
                     retry.reset();
+                    self.leader.send_if_modified(|held| {
+                        let changed = *held != round.leader;
+                        *held = round.leader;
+                        changed
+                    });
                     self.stats.set_protection(round.protection, &round.note);
                     self.settings.reconcile_every
                 }

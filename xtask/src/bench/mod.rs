@@ -2,6 +2,7 @@
 //! runs against real processes on loopback, and prints numbers to record in BENCHMARKS.md.
 
 mod apiserver;
+mod audit;
 mod events;
 mod harness;
 pub mod loadgen;
@@ -22,6 +23,9 @@ pub enum Bench {
     Scans(scans::ScansArgs),
     /// Pod creates on a real kube-apiserver: Portcullis vs a no-op webhook vs none.
     Apiserver(apiserver::ApiServerArgs),
+    /// Continuous audit of 1,500 Deployments, 10,000 Pods and 50 policies on a real API
+    /// server: a policy change and a scan import until their violations are listed.
+    Audit(audit::AuditArgs),
     /// 1,000,000 events ingested (events/s), then ListEvents with a cluster + policy filter.
     Events(events::EventsArgs),
 }
@@ -47,6 +51,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Scans(args) => runtime.block_on(scans::run(args)),
         Bench::Events(args) => runtime.block_on(events::run(args)),
         Bench::Apiserver(args) => runtime.block_on(apiserver::run(args)),
+        Bench::Audit(args) => runtime.block_on(audit::run(args)),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct KubeEnv {
     /// The chart ServiceAccount's kubeconfig.
     pub kubeconfig: PathBuf,
     pub forwarder: Forwarder,
+    /// The chart ServiceAccount's token.
+    pub sa_token: String,
     dir: TempDir,
     _serial: MutexGuard<'static, ()>,
 }
@@ -133,7 +135,8 @@ impl KubeEnv {
         api.apply(&rbac);
         let sa = rbac[0]["metadata"]["name"].as_str().unwrap().to_owned();
         let kubeconfig = dir.path().join("agent-kubeconfig");
-        api.write_kubeconfig(&kubeconfig, &api.mint_token(name, &sa));
+        let sa_token = api.mint_token(name, &sa);
+        api.write_kubeconfig(&kubeconfig, &sa_token);
         Some(Self {
             api,
             name: name.to_owned(),
@@ -142,6 +145,7 @@ impl KubeEnv {
             chart,
             kubeconfig,
             forwarder,
+            sa_token,
             dir,
             _serial: serial,
         })
@@ -180,6 +184,15 @@ impl KubeEnv {
     /// The webhook configuration's name.
     pub fn config_name(&self) -> String {
         self.flag("webhook-config-name")
+    }
+
+    /// Points the agents started from now on at the API server through `forwarder` (whose
+    /// backend the caller sets to the API server's port), so a test can cut their
+    /// connections.
+    pub fn route_api_through(&self, forwarder: &Forwarder) {
+        let url = format!("https://127.0.0.1:{}", forwarder.port);
+        self.api
+            .write_kubeconfig_via(&self.kubeconfig, &self.sa_token, &url);
     }
 
     /// Starts replica `pod` of the agent, as the chart's ServiceAccount with the chart's

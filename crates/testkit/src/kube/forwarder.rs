@@ -17,6 +17,8 @@ pub struct Forwarder {
     pub port: u16,
     backends: Arc<Mutex<Vec<u16>>>,
     stop: Arc<AtomicBool>,
+    /// The connections forwarded so far (both ends), for `cut`.
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Forwarder {
@@ -26,6 +28,8 @@ impl Forwarder {
         let backends: Arc<Mutex<Vec<u16>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (list, stopped) = (backends.clone(), stop.clone());
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let opened = open.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stopped.load(Ordering::Acquire) {
@@ -41,6 +45,12 @@ impl Forwarder {
                     .ok()
                 });
                 if let Some(upstream) = upstream {
+                    let mut opened = opened.lock().unwrap();
+                    opened.extend(
+                        [client.try_clone(), upstream.try_clone()]
+                            .into_iter()
+                            .flatten(),
+                    );
                     pipe(client, upstream);
                 }
             }
@@ -49,6 +59,15 @@ impl Forwarder {
             port,
             backends,
             stop,
+            open,
+        }
+    }
+
+    /// Breaks every connection forwarded so far (as a network failure would); new ones go
+    /// to the backends as before.
+    pub fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 

@@ -33,8 +33,13 @@ pub struct ApiServer {
     /// dropped): it waits for the end of a pipe only this process holds.
     _reaper: Reaper,
     pub url: String,
+    /// etcd's client URL (its JSON gateway serves `/v3/kv/...`).
+    pub etcd_url: String,
     token: String,
 }
+
+/// Extra arguments of the shared server of this test binary (`configure_shared`).
+static SHARED_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 
 struct Reaper(Option<Child>);
 
@@ -156,6 +161,7 @@ impl ApiServer {
             apiserver,
             _reaper: reaper,
             url,
+            etcd_url: format!("http://127.0.0.1:{client}"),
             token,
         };
         server.write_kubeconfig(&server.kubeconfig(), &server.token.clone());
@@ -182,7 +188,28 @@ impl ApiServer {
     /// cluster-wide objects (webhook configurations) take `serial()` first.
     pub fn shared() -> Option<&'static Self> {
         static SHARED: OnceLock<Option<ApiServer>> = OnceLock::new();
-        SHARED.get_or_init(|| Self::start(&[])).as_ref()
+        SHARED
+            .get_or_init(|| Self::start(SHARED_ARGS.get().map_or(&[], Vec::as_slice)))
+            .as_ref()
+    }
+
+    /// Extra arguments for this binary's shared server; call before its first use (later
+    /// calls change nothing).
+    pub fn configure_shared(args: &[&str]) {
+        let _ = SHARED_ARGS.set(args.iter().map(|a| (*a).to_owned()).collect());
+    }
+
+    /// Compacts etcd's history up to its current revision, through its JSON gateway: a watch
+    /// resuming from an older resource version then gets 410 Gone (with `--watch-cache=false`;
+    /// the watch cache would answer from its own window).
+    pub fn compact_etcd(&self) {
+        let range = etcd_post(&self.etcd_url, "/v3/kv/range", r#"{"key":"AA=="}"#);
+        let revision = range["header"]["revision"]
+            .as_str()
+            .unwrap_or_else(|| panic!("etcd's revision in {range}"))
+            .to_owned();
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        etcd_post(&self.etcd_url, "/v3/kv/compaction", &body);
     }
 
     /// The API server's CA certificate.
@@ -197,12 +224,17 @@ impl ApiServer {
 
     /// A kubeconfig at `path` that authenticates with `token`.
     pub fn write_kubeconfig(&self, path: &Path, token: &str) {
+        self.write_kubeconfig_via(path, token, &self.url);
+    }
+
+    /// A kubeconfig at `path` that reaches the server at `url` (a forwarder in front of it).
+    pub fn write_kubeconfig_via(&self, path: &Path, token: &str, url: &str) {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{}\", \
              certificate-authority: \"{}\"}}\nusers:\n- name: user\n  user: {{token: \"{token}\"}}\n\
              contexts:\n- name: test\n  context: {{cluster: test, user: user, namespace: default}}\n\
              current-context: test\n",
-            self.url,
+            url,
             self.ca_file().display()
         );
         std::fs::write(path, text).unwrap();
@@ -261,6 +293,30 @@ impl Drop for ApiServer {
             eprintln!("--- kube-apiserver log (tail) ---\n{}", self.log_tail());
         }
     }
+}
+
+/// POSTs JSON to etcd's gateway over plain HTTP/1.1; the JSON answer.
+fn etcd_post(base: &str, path: &str, body: &str) -> Value {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connecting to etcd");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, rest) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "etcd {path}: {response}");
+    // A chunked body: the JSON object is between the first '{' and the last '}'.
+    let json = rest
+        .find('{')
+        .zip(rest.rfind('}'))
+        .map_or("null", |(a, b)| &rest[a..=b]);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("etcd {path}: {e}: {rest}"))
 }
 
 /// A client CA and a client certificate it signed, as PEM: (CA, certificate, key).
