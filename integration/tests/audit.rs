@@ -166,11 +166,39 @@ fn running_workloads_are_judged_when_a_policy_arrives_and_resolve_when_fixed_or_
         pod_violation["findings"][0]["path"],
         "spec.containers[0].securityContext.privileged"
     );
-    // The fleet view counts them.
+    // The summary counts them, and the fleet view the cluster's total (the API server is
+    // shared with the other test, whose workloads this agent audits too).
+    let summary =
+        json(
+            &env.cp
+                .admin_cli(&["audit", "summary", "--cluster", &env.name, "-o", "json"]),
+        );
+    let in_namespace: u64 = summary["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["namespace"] == ns.as_str())
+        .map(|row| row["violations"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(in_namespace, 2, "{summary}");
     let cluster = env.cp.cluster(&env.name);
-    assert_eq!(cluster["status"]["openViolations"], "2", "{cluster}");
+    assert_eq!(
+        cluster["status"]["openViolations"], summary["total"],
+        "{cluster} {summary}"
+    );
 
-    // Fixed (the Deployment's template) and deleted (the Pod): resolved.
+    // Watched while fixed (the Deployment's template) and deleted (the Pod): resolved.
+    let admin = env.cp.admin_token();
+    let mut watch = env
+        .cp
+        .cli_command(
+            &admin,
+            &["audit", "watch", "--namespace", &ns, "-o", "json"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     apply(env.api, &deployment(&ns, "web", false));
     delete(env.api, &pod(&ns, "privileged", true));
     wait_states(
@@ -181,6 +209,23 @@ fn running_workloads_are_judged_when_a_policy_arrives_and_resolve_when_fixed_or_
             "Pod/privileged/no-privileged=resolved",
         ],
         "fixed and deleted",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    watch.kill().unwrap();
+    let watched = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    let mut seen: Vec<String> = watched
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|v| format!("{}={}", key(&v), v["state"].as_str().unwrap_or("")))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "Deployment/web/no-privileged=resolved",
+            "Pod/privileged/no-privileged=resolved"
+        ],
+        "{watched}"
     );
 
     // A Trivy report imported for a running image: a violation of the scan policy.

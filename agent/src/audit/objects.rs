@@ -99,10 +99,20 @@ pub fn judged_through_owner(kind: AuditKind, owners: &[OwnerReference]) -> bool 
     }
 }
 
+/// The annotation `kubectl apply` keeps a copy of the whole object in: no check reads it, and
+/// it would double what the audit keeps of every object applied that way.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The engine's model of a watched object: its metadata and spec as the admission engine
-/// reads them (its status is dropped unread). An error names the field that does not fit.
+/// reads them (its status is dropped unread, and so is the last-applied copy of the object).
+/// An error names the field that does not fit.
 pub fn engine_object(kind: AuditKind, object: DynamicObject) -> Result<Object, String> {
-    let DynamicObject { metadata, data, .. } = object;
+    let DynamicObject {
+        mut metadata, data, ..
+    } = object;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
     let mut fields = match data {
         serde_json::Value::Object(fields) => fields,
         _ => serde_json::Map::new(),

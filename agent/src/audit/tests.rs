@@ -605,3 +605,34 @@ fn a_new_epoch_reports_everything_again_as_a_resync() {
     assert!(batch.resync_start && batch.resync_end);
     assert_eq!(seen, vec![pair("Pod/ns/p/no-privileged", "open")]);
 }
+
+#[test]
+fn the_engine_model_keeps_what_checks_read_and_drops_the_last_applied_copy() {
+    let mut p = pod("ns", "p", true, "x:1");
+    p.metadata.annotations = Some(
+        [
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "x".repeat(100_000),
+            ),
+            (
+                "container.apparmor.security.beta.kubernetes.io/c".to_owned(),
+                "unconfined".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    let object = super::objects::engine_object(AuditKind::Pod, p).unwrap();
+    let annotations = &object.metadata().annotations;
+    assert!(
+        annotations
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .is_none()
+    );
+    assert_eq!(
+        annotations
+            .get("container.apparmor.security.beta.kubernetes.io/c")
+            .map(|v| v.as_str()),
+        Some("unconfined")
+    );
+}

@@ -114,7 +114,10 @@ fn metric(agent: &Agent, name: &str) -> f64 {
     body.lines()
         .find_map(|line| {
             let (metric, value) = line.rsplit_once(' ')?;
-            (metric.split('{').next()? == name).then(|| value.parse().ok())?
+            let metric = metric.split('{').next()?;
+            // Counters are exported with `_total`.
+            (metric == name || metric.strip_suffix("_total") == Some(name))
+                .then(|| value.parse().ok())?
         })
         .unwrap_or(0.0)
 }
