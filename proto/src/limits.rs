@@ -37,8 +37,13 @@ pub mod event {
 }
 
 /// Audit violations (`ReportViolations`): each field as in an event (`event`), the whole
-/// violation at most `event::MAX_EVENT_BYTES` encoded.
+/// violation at most `MAX_VIOLATION_BYTES` encoded (smaller than an event: the control plane
+/// keeps every open one, and hands each change to every watcher).
 pub mod violation {
+    /// A whole violation, encoded.
+    pub const MAX_VIOLATION_BYTES: usize = 64 * 1024;
+    /// Images listed (each at most `event::MAX_ITEM_TEXT`); past it the last counts the rest.
+    pub const MAX_IMAGES: usize = 32;
     /// Violations per `ReportViolations` call.
     pub const MAX_PER_REPORT: usize = 1000;
     /// The audit run's id (a UUID).
@@ -56,6 +61,16 @@ pub mod cluster {
     pub const MAX_ERROR: usize = 4096;
     /// The agent's version, epoch and protection state.
     pub const MAX_STATUS_FIELD: usize = 128;
+}
+
+/// The first 64 bytes of `text` (at a character boundary), to quote hostile input in an
+/// error without echoing all of it.
+pub fn preview(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Cuts `text` to at most `max` bytes, on a character boundary, ending with
@@ -79,9 +94,14 @@ pub fn truncate(text: &mut String, max: usize) -> bool {
 /// `list` cut to `MAX_ITEMS` entries (the last one then counts the rest) of at most
 /// `MAX_ITEM_TEXT` bytes each.
 fn fit_list(list: &mut Vec<String>, what: &str) {
-    if list.len() > event::MAX_ITEMS {
-        let rest = list.len() - (event::MAX_ITEMS - 1);
-        list.truncate(event::MAX_ITEMS - 1);
+    fit_list_to(list, event::MAX_ITEMS, what);
+}
+
+/// `fit_list` with at most `max` entries.
+fn fit_list_to(list: &mut Vec<String>, max: usize, what: &str) {
+    if list.len() > max {
+        let rest = list.len() - (max - 1);
+        list.truncate(max - 1);
         list.push(format!("…and {rest} more {what}"));
     }
     for item in list.iter_mut() {
@@ -130,6 +150,11 @@ fn summary_finding(count: usize) -> EventFinding {
 /// rest, and findings past the limit (or past the event's byte limit) are summarised by one
 /// finding with their count. True when anything was cut.
 pub fn fit_event(event: &mut Event) -> bool {
+    fit_event_within(event, event::MAX_EVENT_BYTES)
+}
+
+/// `fit_event` to at most `max_bytes` encoded.
+fn fit_event_within(event: &mut Event, max_bytes: usize) -> bool {
     let before = event.clone();
     for text in [
         &mut event.namespace,
@@ -158,7 +183,7 @@ pub fn fit_event(event: &mut Event) -> bool {
         if listed < total {
             fitted.findings.push(summary_finding(total - listed));
         }
-        if prost::Message::encoded_len(&fitted) <= event::MAX_EVENT_BYTES || listed == 0 {
+        if prost::Message::encoded_len(&fitted) <= max_bytes || listed == 0 {
             *event = fitted;
             break;
         }
@@ -283,13 +308,18 @@ fn restore(violation: &mut Violation, event: Event) {
 /// are marked, findings past the limits are counted, never dropped silently. True when
 /// anything was cut.
 pub fn fit_violation(violation: &mut Violation) -> bool {
+    let images = violation.images.len();
+    fit_list_to(&mut violation.images, violation::MAX_IMAGES, "images");
+    let listed_fewer = violation.images.len() < images;
     let mut event = as_event(violation);
-    let cut = fit_event(&mut event);
+    // Room for what a violation holds beside an event's fields (words, times, revision).
+    let cut = fit_event_within(&mut event, violation::MAX_VIOLATION_BYTES - 1024);
     restore(violation, event);
-    cut || prost::Message::encoded_len(violation) > event::MAX_EVENT_BYTES && {
-        violation.history.clear();
-        true
-    }
+    cut || listed_fewer
+        || prost::Message::encoded_len(violation) > violation::MAX_VIOLATION_BYTES && {
+            violation.history.clear();
+            true
+        }
 }
 
 /// Why `violation` is over a limit (the field and its size), if it is.
@@ -300,11 +330,18 @@ pub fn check_violation(violation: &Violation) -> Result<(), String> {
         Some(rest) => format!("uid{rest}"),
         None => e,
     })?;
+    if violation.images.len() > violation::MAX_IMAGES {
+        return Err(format!(
+            "images: {} entries; at most {}",
+            violation.images.len(),
+            violation::MAX_IMAGES
+        ));
+    }
     let size = prost::Message::encoded_len(violation);
-    if size > event::MAX_EVENT_BYTES {
+    if size > violation::MAX_VIOLATION_BYTES {
         return Err(format!(
             "{size} bytes encoded; at most {}",
-            event::MAX_EVENT_BYTES
+            violation::MAX_VIOLATION_BYTES
         ));
     }
     Ok(())
@@ -417,6 +454,7 @@ mod tests {
         assert!(fit_violation(&mut violation));
         check_violation(&violation).unwrap();
         assert_eq!(violation.findings.last().unwrap().rule, "truncated");
-        assert_eq!(violation.images.len(), event::MAX_ITEMS);
+        assert_eq!(violation.images.len(), violation::MAX_IMAGES);
+        assert!(prost::Message::encoded_len(&violation) <= violation::MAX_VIOLATION_BYTES);
     }
 }

@@ -346,6 +346,7 @@ mod tests {
         api.register_cluster(authorized(register)).await.unwrap();
         let violation = |name: &str, state: &str| Violation {
             kind: "Pod".into(),
+            namespace: "ns".into(),
             name: name.into(),
             policy: "p".into(),
             action: "block".into(),

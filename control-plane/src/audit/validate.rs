@@ -54,6 +54,20 @@ pub fn validate_report(
             .filter(|u| u.get_version_num() == 7)
             .ok_or_else(|| ReportError::Invalid(format!("run: {run:?} is not a UUIDv7")))?,
     };
+    // Runs are ordered by the time in them: one dated far ahead (an agent's clock gone wrong)
+    // would supersede every later run until that time.
+    let dated = run.get_timestamp().map_or(0, |t| {
+        let (seconds, nanos) = t.to_unix();
+        i64::try_from(seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
+            + i64::from(nanos / 1_000_000)
+    });
+    if dated > now_millis() + MAX_FUTURE_MS {
+        return invalid(format!(
+            "run: {run} is dated more than an hour ahead of the control plane's clock"
+        ));
+    }
     if request.violations.len() > MAX_PER_REPORT {
         return invalid(format!(
             "violations: {} in one report; at most {MAX_PER_REPORT}",
@@ -113,6 +127,27 @@ fn check_violation(cluster: &str, v: &Violation, now: i64) -> Result<(), ReportE
             return invalid(format!("{field}: required"));
         }
     }
+    // What the audit watches, named as Kubernetes names them: nothing else can make a key.
+    if !AUDITED_KINDS.contains(&v.kind.as_str()) {
+        return invalid(format!(
+            "kind: {:?} is not an audited kind ({})",
+            limits::preview(&v.kind),
+            AUDITED_KINDS.join(", ")
+        ));
+    }
+    if !portcullis_policy::is_dns_label(&v.namespace) {
+        return invalid(format!(
+            "namespace: {:?} is not a namespace name (a DNS label)",
+            limits::preview(&v.namespace)
+        ));
+    }
+    if !is_object_name(&v.name) {
+        return invalid(format!(
+            "name: {:?} is not an object name (a DNS subdomain: at most 253 of a-z, 0-9, '-' \
+             and '.')",
+            limits::preview(&v.name)
+        ));
+    }
     let state: ViolationState = v
         .state
         .parse()
@@ -140,6 +175,27 @@ fn check_violation(cluster: &str, v: &Violation, now: i64) -> Result<(), ReportE
         }
     }
     limits::check_violation(v).map_err(ReportError::Invalid)
+}
+
+/// The kinds an agent's audit watches.
+const AUDITED_KINDS: [&str; 8] = [
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+    "Service",
+];
+
+/// A Kubernetes object name: a DNS subdomain (RFC 1123), at most 253 bytes.
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.len() <= 63 && portcullis_policy::is_dns_label(label)
+        })
 }
 
 fn check_time(t: &Timestamp, now: i64) -> Result<(), &'static str> {
@@ -209,6 +265,16 @@ mod tests {
             r.run = run.into();
             assert_eq!(invalid(r), expected);
         }
+        // Dated two hours ahead: it would supersede every honest run until then.
+        let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(7200);
+        let since = ahead.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let stamp = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), 0);
+        let mut r = request(vec![]);
+        r.run = uuid::Uuid::new_v7(stamp).to_string();
+        assert!(
+            invalid(r).ends_with("is dated more than an hour ahead of the control plane's clock"),
+            "a run from the future"
+        );
     }
 
     #[test]
@@ -272,7 +338,19 @@ mod tests {
             ),
             (
                 |v| v.name = "n".repeat(5000),
-                "violations[1].name: 5000 bytes; at most 4096",
+                r#"violations[1].name: "nnnn"#,
+            ),
+            (
+                |v| v.name = "Web_1".into(),
+                r#"violations[1].name: "Web_1" is not an object name"#,
+            ),
+            (
+                |v| v.kind = "ConfigMap".into(),
+                r#"violations[1].kind: "ConfigMap" is not an audited kind (Pod, Deployment"#,
+            ),
+            (
+                |v| v.namespace = "a/b".into(),
+                r#"violations[1].namespace: "a/b" is not a namespace name"#,
             ),
             (
                 |v| v.uid = "u".repeat(5000),
@@ -309,6 +387,7 @@ mod tests {
     fn a_resolved_violation_needs_only_its_key() {
         let resolved = Violation {
             kind: "Pod".into(),
+            namespace: "ns".into(),
             name: "a".into(),
             policy: "p".into(),
             state: "resolved".into(),
