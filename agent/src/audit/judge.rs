@@ -201,7 +201,13 @@ impl Auditor {
         }
         let owners = object.metadata.owner_references.as_deref().unwrap_or(&[]);
         let mut out = Vec::new();
-        if judged_through_owner(kind, owners) {
+        // Ephemeral containers (`kubectl debug`) are added to a running Pod, never to its
+        // controller's template: such a Pod is judged on its own.
+        let debugged = kind == AuditKind::Pod
+            && object.data["spec"]["ephemeralContainers"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty());
+        if judged_through_owner(kind, owners) && !debugged {
             self.remove(&key, now, &mut out);
             self.push(out);
             return;

@@ -259,6 +259,20 @@ async fn run_once(
                 auditor.judge_all(&current, SystemTime::now());
             }
         }
+        let overflowed = pending.lock().is_ok_and(|mut p| {
+            let overflowed = p.take_overflow();
+            if overflowed {
+                warn!(
+                    changes = p.len(),
+                    "The audit outbox is full: replacing it with a resync"
+                );
+                p.clear();
+            }
+            overflowed
+        });
+        if overflowed {
+            auditor.judge_all(&current, SystemTime::now());
+        }
         let (pushed, resyncing, len) = pending
             .lock()
             .map(|p| (p.pushed(), p.resyncing(), p.len()))

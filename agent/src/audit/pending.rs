@@ -1,7 +1,6 @@
 //! The queue of violation changes waiting for the control plane (the audit's outbox).
-//! Coalescing: one entry per (object, policy) holding its latest state, so the queue is
-//! bounded by the violations there are, however long the control plane is away, and a
-//! flapping violation costs one entry. Entries leave in the order they last changed; an entry
+//! Coalescing: one entry per (object, policy) holding its latest state, so a flapping
+//! violation costs one entry however long the control plane is away. Entries leave in the order they last changed; an entry
 //! is removed only when the control plane acknowledged the very version that was sent.
 //!
 //! Durable: every entry is also written to a sled tree of the agent's database (keyed by its
@@ -46,7 +45,15 @@ pub struct Pending {
     resyncs: u64,
     /// Where entries are kept durably (None in tests of the queue alone).
     store: Option<sled::Tree>,
+    /// Entries held at most outside a resync; past it the queue asks to be replaced by one.
+    max: usize,
+    overflowed: bool,
 }
+
+/// Entries the queue holds outside a resync before it asks for one: resolutions of objects
+/// that come and go (unique Pod names) while the control plane is away would otherwise
+/// accumulate one each.
+pub const MAX_PENDING: usize = 100_000;
 
 /// The name of the tree that holds the queue.
 pub const TREE: &str = "audit_outbox";
@@ -144,7 +151,21 @@ impl Pending {
             resync_open: false,
             resyncs: 0,
             store: None,
+            max: MAX_PENDING,
+            overflowed: false,
         }
+    }
+
+    /// The most entries held outside a resync (`MAX_PENDING` by default).
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.max = max.max(1);
+        self
+    }
+
+    /// Whether the queue grew past its bound outside a resync: the caller drops it
+    /// (`clear`) and queues a resync, which replaces whatever it held (once).
+    pub fn take_overflow(&mut self) -> bool {
+        std::mem::take(&mut self.overflowed)
     }
 
     /// A queue for `run` kept in `tree`, and what earlier runs left there. Unreadable entries
@@ -232,6 +253,9 @@ impl Pending {
         }
         self.order.insert(sequence, key.clone());
         self.items.insert(key, (sequence, violation));
+        if self.items.len() > self.max && !self.resync_open {
+            self.overflowed = true;
+        }
     }
 
     /// The next batches are a full resync: the caller queues every open violation next.
@@ -241,17 +265,26 @@ impl Pending {
         self.resyncs += 1;
     }
 
-    /// A new run (the old one was superseded): the caller queues a full resync, which
-    /// replaces what is queued (dropped here, so nothing of the old run is sent under the new).
+    /// A new run (the old one was superseded): what is queued is dropped, so nothing of the
+    /// old run is sent under the new one; the auditor then queues the new run's resync
+    /// (`begin_resync` with every open violation, at once). Until it does, nothing is sent: an
+    /// empty resync here would resolve every violation of the cluster.
     pub fn restart(&mut self, run: String) {
+        self.clear();
+        self.run = run;
+        self.resync_start = false;
+        self.resync_open = false;
+        self.resyncs += 1;
+    }
+
+    /// Drops everything queued (a resync follows that replaces it).
+    pub fn clear(&mut self) {
         let sequences: Vec<u64> = self.order.keys().copied().collect();
         for sequence in sequences {
             self.forget(sequence);
         }
         self.order.clear();
         self.items.clear();
-        self.run = run;
-        self.begin_resync();
     }
 
     /// The oldest entries, at most `max` and about `max_bytes` encoded (at least one), with

@@ -27,11 +27,15 @@ use crate::sync::{reconnect::Reconnect, status::AgentClient};
 /// Without news from the auditor, the queue is checked this often.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-fn permanent(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument | Code::PermissionDenied | Code::OutOfRange | Code::DataLoss
-    )
+/// Whether the control plane refused the batch for what its violations hold (it names one:
+/// `violations[i]…`, or the batch is too large), so that smaller batches isolate the cause.
+/// A refusal of the request as a whole (its run, the token's cluster) is no violation's fault:
+/// it is retried with backoff and logged, and nothing is dropped for it.
+fn refused_for_content(status: &tonic::Status, count: usize) -> bool {
+    count > 0
+        && (status.code() == Code::OutOfRange
+            || (matches!(status.code(), Code::InvalidArgument | Code::DataLoss)
+                && status.message().starts_with("violations")))
 }
 
 /// Delivers what earlier runs left in the outbox, each under its own run, before anything of
@@ -85,7 +89,7 @@ async fn deliver_leftovers(
             Err(status) if status.code() == Code::FailedPrecondition => {
                 drop_run(leftovers, "An earlier audit run was superseded");
             }
-            Err(status) if permanent(status.code()) => {
+            Err(status) if refused_for_content(&status, count) => {
                 if count > 1 {
                     limit = (count / 2).max(1);
                 } else {
@@ -199,7 +203,7 @@ pub async fn run_sender(
                 lock().restart(new_run());
                 resync.notify_one();
             }
-            Err(status) if permanent(status.code()) => {
+            Err(status) if refused_for_content(&status, count) => {
                 if count > 1 {
                     limit = (count / 2).max(1);
                     warn!(code = ?status.code(), message = status.message(), count, "Violation batch refused; retrying in smaller batches");
@@ -220,7 +224,11 @@ pub async fn run_sender(
             }
             Err(status) => {
                 let delay = retry.next_delay();
-                debug!(code = ?status.code(), message = status.message(), delay_ms = delay.as_millis() as u64, "Violations not delivered; retrying");
+                if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+                    debug!(code = ?status.code(), message = status.message(), delay_ms = delay.as_millis() as u64, "Violations not delivered; retrying");
+                } else {
+                    warn!(code = ?status.code(), message = status.message(), delay_ms = delay.as_millis() as u64, "Violation report refused as a whole; retrying");
+                }
                 tokio::time::sleep(delay).await;
             }
         }

@@ -221,7 +221,22 @@ async fn leftovers_go_first_then_the_resync_and_a_refused_violation_is_dropped_a
         .expect("a resync asked for");
     let run = pending.lock().unwrap().run.clone();
     assert_ne!(run, "run-2");
-    assert!(pending.lock().unwrap().resyncing());
+    // Nothing goes out under the new run until the auditor queues its resync: an empty
+    // resync would resolve every violation of the cluster.
+    {
+        let p = pending.lock().unwrap();
+        assert!(p.is_empty() && !p.resyncing());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !fake
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.0 == run && (l.1 || l.2)),
+        "a resync was sent under the new run before the auditor queued it"
+    );
     sender.abort();
     server.abort();
 }

@@ -636,3 +636,58 @@ fn the_engine_model_keeps_what_checks_read_and_drops_the_last_applied_copy() {
         Some("unconfined")
     );
 }
+
+#[test]
+fn a_queue_grown_past_its_bound_is_replaced_by_a_resync() {
+    let state = state(1, NO_PRIVILEGED);
+    let mut h = Harness::listed(
+        &state,
+        vec![(AuditKind::Pod, pod("ns", "keep", true, "x:1"))],
+    );
+    h.drain();
+    *h.pending.lock().unwrap() = Pending::new("run-1".into()).with_max(3);
+    // Pods that come and go while the control plane is away: one resolution each.
+    for i in 0..4 {
+        let name = format!("job-{i}");
+        h.auditor
+            .apply(AuditKind::Pod, pod("ns", &name, true, "x:1"), &state, h.now);
+        h.auditor
+            .delete(AuditKind::Pod, &pod("ns", &name, true, "x:1"), h.now);
+    }
+    let overflowed = {
+        let mut pending = h.pending.lock().unwrap();
+        let overflowed = pending.take_overflow();
+        if overflowed {
+            pending.clear();
+        }
+        overflowed
+    };
+    assert!(overflowed);
+    h.auditor.judge_all(&state, h.now);
+    let (batch, seen) = h.drain();
+    // Only what is open now, as a resync: the control plane resolves the rest.
+    assert!(batch.resync_start && batch.resync_end);
+    assert_eq!(seen, vec![pair("Pod/ns/keep/no-privileged", "open")]);
+    assert!(!h.pending.lock().unwrap().take_overflow());
+}
+
+#[test]
+fn a_controlled_pod_with_ephemeral_containers_is_judged_on_its_own() {
+    let state = state(1, NO_PRIVILEGED);
+    let owner: Vec<_> = serde_json::from_value(json!([{"apiVersion": "apps/v1",
+        "kind": "ReplicaSet", "name": "o", "uid": "u", "controller": true}]))
+    .unwrap();
+    let mut owned = pod("ns", "web-abc", false, "x:1");
+    owned.metadata.owner_references = Some(owner);
+    let mut h = Harness::listed(&state, vec![(AuditKind::Pod, owned.clone())]);
+    assert_eq!(h.auditor.len(), 0);
+    // `kubectl debug` adds a privileged ephemeral container to the running Pod.
+    owned.data["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox",
+        "securityContext": {"privileged": true}}]);
+    h.auditor.apply(AuditKind::Pod, owned, &state, h.now);
+    assert_eq!(h.auditor.len(), 1);
+    assert_eq!(
+        h.drain().1,
+        vec![pair("Pod/ns/web-abc/no-privileged", "open")]
+    );
+}

@@ -88,8 +88,11 @@ pub struct Controller {
     served: Option<Material>,
     /// Since when `failurePolicy: Fail` is programmed while the self-check fails.
     failing_since: Option<OffsetDateTime>,
-    /// Whether this replica holds the Lease, as of the last round that could tell.
+    /// Whether this replica holds the Lease: set from each election, and cleared when the
+    /// Lease could not be renewed for as long as another replica then needs to take it.
     leader: tokio::sync::watch::Sender<bool>,
+    /// When this replica last renewed the Lease as its holder.
+    renewed: Option<tokio::time::Instant>,
 }
 
 /// The outcome of one reconcile, for logs and tests.
@@ -161,6 +164,31 @@ impl Controller {
             served: None,
             failing_since: None,
             leader: tokio::sync::watch::Sender::new(false),
+            renewed: None,
+        }
+    }
+
+    /// Publishes whether this replica leads.
+    fn set_leader(&self, leader: bool) {
+        self.leader.send_if_modified(|held| {
+            let changed = *held != leader;
+            *held = leader;
+            changed
+        });
+    }
+
+    /// After a failed round: a holder that has not renewed within the Lease's duration (less
+    /// a margin for clock and request latency) may have been replaced, so it stops leading.
+    fn expire_leadership(&mut self) {
+        let lease = Duration::from_secs(self.settings.lease_seconds.max(1) as u64);
+        let margin = Duration::from_secs(2).min(lease / 2);
+        if self
+            .renewed
+            .is_some_and(|at| at.elapsed() + margin >= lease)
+        {
+            self.renewed = None;
+            warn!("The Lease was not renewed in time: this replica no longer leads");
+            self.set_leader(false);
         }
     }
 
@@ -181,18 +209,24 @@ impl Controller {
         let mut retry = Reconnect::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
             let span = info_span!(parent: None, "kubernetes.reconcile");
-            let delay = match self.reconcile().instrument(span).await {
+            // A round that hangs longer than the Lease lasts fails: leadership is decided
+            // by the clock, not by how long the API server takes to answer.
+            let limit = Duration::from_secs(self.settings.lease_seconds.max(1) as u64);
+            let round = match tokio::time::timeout(limit, self.reconcile().instrument(span)).await {
+                Ok(round) => round,
+                Err(_) => Err(KubeError::Other(format!(
+                    "the reconcile took longer than the Lease's {} s",
+                    limit.as_secs()
+                ))),
+            };
+            let delay = match round {
                 Ok(round) => {
                     retry.reset();
-                    self.leader.send_if_modified(|held| {
-                        let changed = *held != round.leader;
-                        *held = round.leader;
-                        changed
-                    });
                     self.stats.set_protection(round.protection, &round.note);
                     self.settings.reconcile_every
                 }
                 Err(error) => {
+                    self.expire_leadership();
                     error!(%error, "Kubernetes reconcile failed; retrying");
                     self.stats
                         .set_protection(ProtectionState::DeployFailed, &error.to_string());
@@ -218,6 +252,12 @@ impl Controller {
                 });
             }
         };
+        // Leadership follows the election alone: a round that fails later (the certificate,
+        // the webhook configuration) does not change who holds the Lease.
+        if election.leader {
+            self.renewed = Some(tokio::time::Instant::now());
+        }
+        self.set_leader(election.leader);
         let material = self.ensure_certificate(election.leader, now).await?;
         let mut round = Round {
             leader: election.leader,

@@ -438,3 +438,29 @@ async fn fail_is_programmed_only_after_the_self_check_and_falls_back_to_ignore()
         round.note
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn leadership_follows_the_election_and_ends_when_the_lease_is_not_renewed() {
+    let h = Harness::new(mk_state(true, "ignore", 1));
+    let mut controller = h.controller("agent-0", tokio_clock());
+    let leading = controller.leadership();
+    assert!(!*leading.borrow());
+    // Elected, though the round fails later (the Secret): it leads.
+    h.fake.fail_next(Method::PATCH, SECRET, 409);
+    assert!(controller.reconcile().await.is_err());
+    assert!(*leading.borrow());
+    // Renewals fail from now on: still the holder within the Lease's 15 s, not after (less a
+    // margin), since another replica may then take it.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    controller.expire_leadership();
+    assert!(*leading.borrow());
+    tokio::time::advance(Duration::from_secs(9)).await;
+    controller.expire_leadership();
+    assert!(!*leading.borrow());
+    // A follower's election says so, even when its round fails (no certificate yet).
+    let mut follower = h.controller("agent-1", tokio_clock());
+    let following = follower.leadership();
+    follower.set_leader(true);
+    let _ = follower.reconcile().await;
+    assert!(!*following.borrow());
+}
