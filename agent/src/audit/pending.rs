@@ -16,7 +16,7 @@ use tracing::{error, warn};
 
 use portcullis_proto::v1::Violation;
 
-use crate::cache::record;
+use portcullis_runtime::record;
 
 /// A violation's identity: kind, namespace, name, policy.
 type Key = (String, String, String, String);

@@ -19,7 +19,6 @@
 //! corruption: the cache is moved aside, the agent reports it and resyncs.
 
 mod chunks;
-pub mod record;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +34,7 @@ use sled::{
 use portcullis_engine::ScanIndex;
 use portcullis_policy::scan::{ScanSummary, VulnerabilityDictionary};
 use portcullis_proto::v1::{ImageSummary, Policy, ProtectionSettings, SnapshotChunk};
+use portcullis_runtime::record;
 
 use crate::{
     state::{AgentState, LoadedPolicy, policy_map},

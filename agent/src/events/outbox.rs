@@ -1,5 +1,5 @@
 //! The durable outbox: events waiting for the control plane, in a sled tree keyed by the 16
-//! bytes of their UUIDv7 ids (oldest first), each value checksummed (`cache::record`). Bounded by count and bytes: appending past a bound
+//! bytes of their UUIDv7 ids (oldest first), each value checksummed (`portcullis_runtime::record`). Bounded by count and bytes: appending past a bound
 //! drops the oldest events and counts them; the count survives restarts.
 
 use std::sync::{
@@ -11,7 +11,7 @@ use prost::Message;
 
 use portcullis_proto::v1::Event;
 
-use crate::cache::record;
+use portcullis_runtime::record;
 
 const DROPPED: &[u8] = b"dropped";
 const REFUSED: &[u8] = b"refused";

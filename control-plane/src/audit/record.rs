@@ -16,8 +16,6 @@ const VIOLATION: u8 = b'v';
 const RUN: u8 = b'r';
 const ESCAPE: u8 = 0xff;
 const END: u8 = 0x01;
-/// Bytes of the checksum after each value.
-const CHECKSUM: usize = 4;
 
 /// A stored violation and the audit run (and resync of it) that last touched it.
 #[derive(Clone, PartialEq, Message)]
@@ -111,39 +109,18 @@ pub fn run_cluster(key: &[u8]) -> Result<String, StoreError> {
         })
 }
 
-fn checksum(key: &[u8], value: &[u8]) -> [u8; CHECKSUM] {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&(key.len() as u64).to_le_bytes());
-    hasher.update(key);
-    hasher.update(value);
-    hasher.finalize().to_le_bytes()
-}
-
 /// `record` as stored under `key`: its bytes, then their checksum.
 pub fn seal(key: &[u8], record: &impl Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(record.encoded_len() + CHECKSUM);
-    record
-        .encode(&mut out)
-        .expect("a Vec grows to hold any message");
-    let sum = checksum(key, &out);
-    out.extend_from_slice(&sum);
-    out
+    portcullis_runtime::record::seal(key, &record.encode_to_vec())
 }
 
 /// The record stored under `key`, verified.
 pub fn open<M: Message + Default>(key: &[u8], stored: &[u8]) -> Result<M, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt {
+    let corrupt = |what: String| StoreError::Corrupt {
         what: format!("audit record {}: {what}", hex::encode(key)),
     };
-    let at = stored
-        .len()
-        .checked_sub(CHECKSUM)
-        .ok_or_else(|| corrupt("too short for its checksum"))?;
-    let (bytes, sum) = stored.split_at(at);
-    if sum != checksum(key, bytes) {
-        return Err(corrupt("checksum mismatch"));
-    }
-    M::decode(bytes).map_err(|e| corrupt(&e.to_string()))
+    let bytes = portcullis_runtime::record::open(key, stored).map_err(corrupt)?;
+    M::decode(bytes).map_err(|e| corrupt(e.to_string()))
 }
 
 /// A stored record, or `None` (logged) when it cannot be read back: a damaged record is

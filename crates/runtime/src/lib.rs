@@ -9,5 +9,6 @@ pub mod clock;
 pub mod files;
 pub mod logging;
 pub mod metrics;
+pub mod record;
 pub mod signal;
 pub mod tls;

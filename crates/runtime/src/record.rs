@@ -1,7 +1,8 @@
-//! Checksummed records: every value the agent writes to its cache or outbox is stored with a
-//! CRC-32 of its key and bytes, and verified when read back, so a flipped byte on disk (or a
-//! value moved under another key) is corruption, never a changed verdict or a changed event.
-//! sled checksums its own log; this covers what sled hands back as valid.
+//! Checksummed records: a value written to sled (the agent's cache and outboxes, the control
+//! plane's audit records) is stored with a CRC-32 of its key and bytes, and verified when read
+//! back, so a flipped byte on disk (or a value moved under another key) is corruption, never a
+//! changed verdict, event or violation. sled checksums its own log; this covers what sled
+//! hands back as valid.
 
 /// Bytes of the checksum after each value.
 const CHECKSUM: usize = 4;
