@@ -9,7 +9,7 @@ use std::{
 
 use portcullis_proto::v1::{
     ReportViolationsRequest, ReportViolationsResponse, Violation,
-    agent_service_server::{AgentService, AgentServiceServer},
+    agent_service_server::AgentService,
 };
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
@@ -112,23 +112,7 @@ async fn until(what: &str, pred: impl Fn() -> bool) {
 #[tokio::test]
 async fn leftovers_go_first_then_the_resync_and_a_refused_violation_is_dropped_alone() {
     let fake = Fake::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentServiceServer::new(fake.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = portcullis_proto::v1::agent_service_client::AgentServiceClient::with_interceptor(
-        channel,
-        crate::sync::status::Bearer::new("t").unwrap(),
-    );
-    let (_tx, rx) = tokio::sync::watch::channel(Some(client));
+    let (server, _tx, rx) = crate::sync::status::serve_for_test(fake.clone()).await;
 
     // A stopped run left two changes; the control plane knows a newer run already.
     let dir = tempfile::tempdir().unwrap();

@@ -366,24 +366,7 @@ impl portcullis_proto::v1::agent_service_server::AgentService for FakeControlPla
 #[tokio::test]
 async fn a_refused_or_failing_event_never_blocks_the_others() {
     let fake = FakeControlPlane::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(
-            portcullis_proto::v1::agent_service_server::AgentServiceServer::new(fake.clone()),
-        )
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    let server = tokio::spawn(server);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = portcullis_proto::v1::agent_service_client::AgentServiceClient::with_interceptor(
-        channel,
-        crate::sync::status::Bearer::new("t").unwrap(),
-    );
-    let (_tx, rx) = tokio::sync::watch::channel(Some(client));
+    let (server, _tx, rx) = crate::sync::status::serve_for_test(fake.clone()).await;
 
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();

@@ -100,3 +100,35 @@ impl StatusReporter {
         }
     }
 }
+
+/// For tests: `service` served on a loopback port, and a client of it as the senders get
+/// theirs (a watch holding it). Dropping the handle's task stops the server.
+#[cfg(test)]
+pub async fn serve_for_test<S>(
+    service: S,
+) -> (
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tokio::sync::watch::Sender<Option<AgentClient>>,
+    tokio::sync::watch::Receiver<Option<AgentClient>>,
+)
+where
+    S: portcullis_proto::v1::agent_service_server::AgentService,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                portcullis_proto::v1::agent_service_server::AgentServiceServer::new(service),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = AgentServiceClient::with_interceptor(channel, Bearer::new("t").unwrap());
+    let (tx, rx) = tokio::sync::watch::channel(Some(client));
+    (server, tx, rx)
+}

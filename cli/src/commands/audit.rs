@@ -9,7 +9,7 @@ use portcullis_proto::v1::{
 };
 use portcullis_proto::words::ViolationState;
 
-use super::rpc;
+use super::{collect_pages, rpc};
 use crate::{
     args::{ALL_STATES, AuditCommand, Connection, ViolationFilterArgs},
     client,
@@ -25,28 +25,19 @@ pub async fn run(command: AuditCommand, connection: &Connection) -> Result<()> {
             output,
         } => {
             let filter = to_filter(&filter, ViolationState::Open.as_str());
-            let mut violations: Vec<Violation> = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let want = if limit == 0 {
-                    1000
-                } else {
-                    (limit - violations.len()).min(1000)
-                };
-                let page = rpc(clients
-                    .audit
-                    .list_violations(ListViolationsRequest {
-                        filter: Some(filter.clone()),
-                        page_size: want as u32,
+            let violations: Vec<Violation> = collect_pages(limit, |page_size, page_token| {
+                let (mut audit, filter) = (clients.audit.clone(), filter.clone());
+                async move {
+                    let request = ListViolationsRequest {
+                        filter: Some(filter),
+                        page_size,
                         page_token,
-                    })
-                    .await)?;
-                violations.extend(page.violations);
-                if page.next_page_token.is_empty() || (limit != 0 && violations.len() >= limit) {
-                    break;
+                    };
+                    let page = rpc(audit.list_violations(request).await)?;
+                    Ok((page.violations, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             output::print(output, &violations, || violation_table(&violations))
         }
         AuditCommand::Summary { cluster, output } => {

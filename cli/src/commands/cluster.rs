@@ -7,7 +7,7 @@ use portcullis_proto::v1::{
     RegisterClusterRequest, SetProtectionRequest,
 };
 
-use super::rpc;
+use super::{collect_pages, rpc};
 use crate::{
     args::{ClusterCommand, Connection, Output},
     client,
@@ -62,20 +62,18 @@ pub async fn run(command: ClusterCommand, connection: &Connection) -> Result<()>
             })
         }
         ClusterCommand::List { output } => {
-            let mut clusters = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = ListClustersRequest {
-                    page_size: 1000,
-                    page_token,
-                };
-                let page = rpc(clients.clusters.list_clusters(request).await)?;
-                clusters.extend(page.clusters);
-                if page.next_page_token.is_empty() {
-                    break;
+            let clusters = collect_pages(0, |page_size, page_token| {
+                let mut client = clients.clusters.clone();
+                async move {
+                    let request = ListClustersRequest {
+                        page_size,
+                        page_token,
+                    };
+                    let page = rpc(client.list_clusters(request).await)?;
+                    Ok((page.clusters, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             output::print(output, &clusters, || cluster_table(&clusters))
         }
         ClusterCommand::Delete { name } => {

@@ -7,7 +7,7 @@ use portcullis_proto::v1::{
     WatchEventsRequest,
 };
 
-use super::rpc;
+use super::{collect_pages, rpc};
 use crate::{
     args::{Connection, EventFilterArgs, EventsCommand},
     client,
@@ -26,28 +26,19 @@ pub async fn run(command: EventsCommand, connection: &Connection) -> Result<()> 
     let mut clients = client::connect(connection).await?;
     match command {
         EventsCommand::List { limit, output, .. } => {
-            let mut events: Vec<Event> = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let want = if limit == 0 {
-                    1000
-                } else {
-                    (limit - events.len()).min(1000)
-                };
-                let page = rpc(clients
-                    .events
-                    .list_events(ListEventsRequest {
-                        filter: Some(filter.clone()),
-                        page_size: want as u32,
+            let events: Vec<Event> = collect_pages(limit, |page_size, page_token| {
+                let (mut client, filter) = (clients.events.clone(), filter.clone());
+                async move {
+                    let request = ListEventsRequest {
+                        filter: Some(filter),
+                        page_size,
                         page_token,
-                    })
-                    .await)?;
-                events.extend(page.events);
-                if page.next_page_token.is_empty() || (limit != 0 && events.len() >= limit) {
-                    break;
+                    };
+                    let page = rpc(client.list_events(request).await)?;
+                    Ok((page.events, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             output::print(output, &events, || event_table(&events))
         }
         EventsCommand::Get { id, output } => {

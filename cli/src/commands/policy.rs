@@ -6,7 +6,7 @@ use portcullis_proto::v1::{
     ApplyPoliciesRequest, DeletePolicyRequest, GetPolicyRequest, ListPoliciesRequest, Policy,
 };
 
-use super::rpc;
+use super::{collect_pages, rpc};
 use crate::files::read_policy_files;
 use crate::{
     args::{Connection, PolicyCommand},
@@ -52,20 +52,18 @@ pub async fn run(command: PolicyCommand, connection: &Connection) -> Result<()> 
             })
         }
         PolicyCommand::List { output } => {
-            let mut policies = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = ListPoliciesRequest {
-                    page_size: 1000,
-                    page_token,
-                };
-                let page = rpc(clients.policies.list_policies(request).await)?;
-                policies.extend(page.policies);
-                if page.next_page_token.is_empty() {
-                    break;
+            let policies = collect_pages(0, |page_size, page_token| {
+                let mut client = clients.policies.clone();
+                async move {
+                    let request = ListPoliciesRequest {
+                        page_size,
+                        page_token,
+                    };
+                    let page = rpc(client.list_policies(request).await)?;
+                    Ok((page.policies, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             output::print(output, &policies, || policy_table(&policies))
         }
         PolicyCommand::Delete { name, revision } => {

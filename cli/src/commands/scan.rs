@@ -10,7 +10,7 @@ use portcullis_proto::v1::{
     ListImageScansRequest,
 };
 
-use super::rpc;
+use super::{collect_pages, rpc};
 use crate::{
     args::{Connection, ScanCommand},
     client,
@@ -68,23 +68,21 @@ pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
             malware,
             output,
         } => {
-            let mut scans = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let scans = collect_pages(0, |page_size, page_token| {
+                let mut client = clients.scans.clone();
                 let request = ListImageScansRequest {
                     repository: repository.clone().unwrap_or_default(),
                     min_severity: min_severity.clone().unwrap_or_default(),
                     has_malware: malware.then_some(true),
-                    page_size: 1000,
+                    page_size,
                     page_token,
                 };
-                let page = rpc(clients.scans.list_image_scans(request).await)?;
-                scans.extend(page.scans);
-                if page.next_page_token.is_empty() {
-                    break;
+                async move {
+                    let page = rpc(client.list_image_scans(request).await)?;
+                    Ok((page.scans, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             output::print(output, &scans, || scan_table(&scans))
         }
         ScanCommand::Delete { image } => {

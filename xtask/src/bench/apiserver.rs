@@ -27,7 +27,7 @@ use rustls::pki_types::{PrivateKeyDer, ServerName, pem::PemObject};
 use serde_json::{Value, json};
 
 use super::{
-    harness::{Agent, ControlPlane, release_bin, root, tls_connector},
+    harness::{Agent, ControlPlane, admin_cli, api_server, root, tls_connector},
     percentile,
 };
 
@@ -47,34 +47,14 @@ const EXEMPT: &str = "bench-none";
 const NAMESPACES: [&str; 3] = [COVERED, NOOP, EXEMPT];
 
 pub async fn run(args: ApiServerArgs) -> Result<()> {
-    // The harness panics with the server's log when it cannot start; None means unset.
-    let api = tokio::task::spawn_blocking(|| ApiServer::start(&[]))
-        .await?
-        .context(
-            "no Kubernetes API server: set TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD \
-             (`eval \"$(../shared/k8s/apiserver assets DIR)\"`)",
-        )?;
+    let api = api_server().await?;
     for ns in ["portcullis-system", COVERED, NOOP, EXEMPT] {
         kubectl_ok(&api, &["create", "namespace", ns])?;
     }
 
     // The control plane with the example policies, and the agent programming its webhook.
     let cp = ControlPlane::start_bench(None, &[]);
-    let admin = cp.admin_token();
-    let cli = |args: &[&str]| -> Result<String> {
-        let out = std::process::Command::new(release_bin("portcullis"))
-            .args(args)
-            .env("PORTCULLIS_SERVER", cp.url())
-            .env("PORTCULLIS_TOKEN", &admin)
-            .env("PORTCULLIS_CA_FILE", cp.ca_file())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "portcullis {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let cli = |args: &[&str]| admin_cli(&cp, args);
     let registered: Value =
         serde_json::from_str(&cli(&["cluster", "register", "bench", "-o", "json"])?)?;
     let token = registered["agentToken"]

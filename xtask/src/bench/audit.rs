@@ -17,10 +17,9 @@ use portcullis_proto::v1::{
     SummarizeViolationsRequest, audit_service_client::AuditServiceClient,
     cluster_service_client::ClusterServiceClient,
 };
-use portcullis_testkit::kube::ApiServer;
 use serde_json::{Value, json};
 
-use super::harness::{self, Agent, Bearer, ControlPlane, http_get, release_bin, root};
+use super::harness::{self, Agent, Bearer, ControlPlane, admin_cli, api_server, http_get, root};
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
@@ -123,12 +122,7 @@ fn metric(agent: &Agent, name: &str) -> f64 {
 }
 
 pub async fn run(args: AuditArgs) -> Result<()> {
-    let api = tokio::task::spawn_blocking(|| ApiServer::start(&[]))
-        .await?
-        .context(
-            "no Kubernetes API server: set TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD \
-             (`eval \"$(../shared/k8s/apiserver assets DIR)\"`)",
-        )?;
+    let api = api_server().await?;
     for ns in ["portcullis-system", NS] {
         let out = api.kubectl(&["create", "namespace", ns]);
         ensure!(
@@ -139,20 +133,7 @@ pub async fn run(args: AuditArgs) -> Result<()> {
     }
     let cp = ControlPlane::start_bench(None, &[]);
     let admin = cp.admin_token();
-    let cli = |args: &[&str]| -> Result<String> {
-        let out = std::process::Command::new(release_bin("portcullis"))
-            .args(args)
-            .env("PORTCULLIS_SERVER", cp.url())
-            .env("PORTCULLIS_TOKEN", &admin)
-            .env("PORTCULLIS_CA_FILE", cp.ca_file())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "portcullis {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let cli = |args: &[&str]| admin_cli(&cp, args);
     let registered: Value =
         // Protection off: the objects are created without the webhook in the way (the audit
         // runs whatever the protection).

@@ -35,6 +35,34 @@ pub fn build_release() -> Result<()> {
     Ok(())
 }
 
+/// Runs the release CLI against `cp` as its bootstrap admin; its standard output.
+pub fn admin_cli(cp: &ControlPlane, args: &[&str]) -> Result<String> {
+    let out = Command::new(release_bin("portcullis"))
+        .args(args)
+        .env("PORTCULLIS_SERVER", cp.url())
+        .env("PORTCULLIS_TOKEN", cp.admin_token())
+        .env("PORTCULLIS_CA_FILE", cp.ca_file())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "portcullis {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A real kube-apiserver + etcd (envtest's variables), or an error saying how to get one.
+pub async fn api_server() -> Result<portcullis_testkit::kube::ApiServer> {
+    // The testkit panics with the server's log when it cannot start; None means unset.
+    tokio::task::spawn_blocking(|| portcullis_testkit::kube::ApiServer::start(&[]))
+        .await?
+        .context(
+            "no Kubernetes API server: set TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD \
+             (`eval \"$(../shared/k8s/apiserver assets DIR)\"`)",
+        )
+}
+
 pub fn release_bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
 }
