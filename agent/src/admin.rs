@@ -27,6 +27,8 @@ pub struct AdminState {
     pub outbox: Option<Arc<crate::events::Outbox>>,
     /// What the webhook's evaluation pool refused.
     pub webhook: Arc<crate::webhook::pool::PoolStats>,
+    /// The continuous audit, when it is on (Kubernetes mode).
+    pub audit: Option<Arc<crate::audit::AuditStats>>,
 }
 
 impl AdminState {
@@ -94,6 +96,7 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
             "refused": o.refused(),
             "delivered": o.delivered(),
         })),
+        "audit": admin.audit.as_ref().map(|a| a.to_json()),
     }))
 }
 
@@ -114,6 +117,7 @@ mod tests {
             registry: prometheus::Registry::new(),
             outbox: None,
             webhook: Arc::default(),
+            audit: Some(Arc::default()),
         };
         let get = |admin: AdminState, path: &'static str| async move {
             let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
@@ -141,7 +145,11 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(get(admin.clone(), "/readyz").await.0, StatusCode::OK);
-        assert_eq!(get(admin.clone(), "/state").await.0, StatusCode::OK);
+        let (status, _, body) = get(admin.clone(), "/state").await;
+        assert_eq!(status, StatusCode::OK);
+        let state: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(state["audit"]["running"], false, "{state}");
+        assert_eq!(state["audit"]["lastError"], "", "{state}");
         // Prometheus 3 refuses to scrape an unknown content type by default.
         let (status, content_type, _) = get(admin, "/metrics").await;
         assert_eq!(status, StatusCode::OK);

@@ -149,6 +149,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
         registry: metrics.registry.clone(),
         outbox: outbox.clone(),
         webhook: webhook.pool_stats(),
+        audit: audit_stats.clone(),
     };
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await

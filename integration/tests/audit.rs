@@ -156,6 +156,12 @@ fn running_workloads_are_judged_when_a_policy_arrives_and_resolve_when_fixed_or_
         ],
         "a policy applied",
     );
+    let audit = &agent.state()["audit"];
+    assert_eq!(
+        (&audit["running"], &audit["ready"], &audit["lastError"]),
+        (&json!(true), &json!(true), &json!("")),
+        "{audit}"
+    );
     let listed = violations(&env.cp, &ns);
     let pod_violation = listed.iter().find(|v| v["kind"] == "Pod").unwrap();
     assert_eq!(pod_violation["cluster"], env.name.as_str());

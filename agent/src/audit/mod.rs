@@ -93,11 +93,38 @@ pub struct AuditStats {
     pub refused: AtomicU64,
     /// 1 while this replica runs the audit.
     pub running: AtomicU64,
+    /// 1 once every kind is listed and everything judged (this run).
+    pub ready: AtomicU64,
+    /// The last watch error (a missing permission shows here), cleared when the run is ready.
+    pub last_error: Mutex<String>,
 }
 
 impl AuditStats {
     fn adjust_open(&self, by: i64) {
         self.open.fetch_add(by, Ordering::Relaxed);
+    }
+
+    fn set_error(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error.to_owned();
+    }
+
+    /// What `/state` shows of the audit.
+    pub fn to_json(&self) -> serde_json::Value {
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        serde_json::json!({
+            "running": read(&self.running) == 1,
+            "ready": read(&self.ready) == 1,
+            "objects": read(&self.objects),
+            "open": self.open.load(Ordering::Relaxed).max(0),
+            "pending": read(&self.pending),
+            "judged": read(&self.judged),
+            "malformed": read(&self.malformed),
+            "relists": read(&self.relists),
+            "watchErrors": read(&self.watch_errors),
+            "delivered": read(&self.delivered),
+            "refused": read(&self.refused),
+            "lastError": self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        })
     }
 }
 
@@ -134,6 +161,7 @@ pub async fn run(
             }
         }
         stats.running.store(0, Ordering::Relaxed);
+        stats.ready.store(0, Ordering::Relaxed);
         stats.open.store(0, Ordering::Relaxed);
         stats.objects.store(0, Ordering::Relaxed);
     }
@@ -243,6 +271,7 @@ async fn run_once(
                         // Logged when it changes: a missing permission would repeat it forever.
                         if text != last_error {
                             warn!(kind = kind.name(), error = %text, "Audit watch failed; retrying with backoff");
+                            stats.set_error(&format!("{}: {text}", kind.name()));
                             last_error = text;
                         }
                     }
@@ -272,6 +301,10 @@ async fn run_once(
         });
         if overflowed {
             auditor.judge_all(&current, SystemTime::now());
+        }
+        if auditor.is_ready() && stats.ready.swap(1, Ordering::Relaxed) == 0 {
+            stats.set_error("");
+            last_error.clear();
         }
         let (pushed, resyncing, len) = pending
             .lock()
