@@ -13,6 +13,47 @@ use crate::{
 /// Reads one counter of the sync statistics.
 type ReadCounter = fn(&SyncStats) -> u64;
 
+/// One instrument: its name, its description, and how it reads its source.
+type Reading<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// Which kind of instrument `observe` registers.
+#[derive(Clone, Copy)]
+enum Instrument {
+    Gauge,
+    Counter,
+}
+
+/// Registers one `u64` instrument per (name, description, reader) over `source`.
+fn observe<T: Send + Sync + 'static>(
+    meter: &opentelemetry::metrics::Meter,
+    instrument: Instrument,
+    source: &Arc<T>,
+    list: &[Reading<T>],
+) {
+    for &(name, description, read) in list {
+        let source = source.clone();
+        let callback = move |observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            observer.observe(read(&source), &[])
+        };
+        match instrument {
+            Instrument::Gauge => {
+                meter
+                    .u64_observable_gauge(name)
+                    .with_description(description)
+                    .with_callback(callback)
+                    .build();
+            }
+            Instrument::Counter => {
+                meter
+                    .u64_observable_counter(name)
+                    .with_description(description)
+                    .with_callback(callback)
+                    .build();
+            }
+        }
+    }
+}
+
 /// Registers the agent's instruments; keep the returned `Metrics` alive.
 pub fn metrics(
     state: StateHandle,
@@ -41,14 +82,7 @@ pub fn metrics(
             s.reconnects.load(Ordering::Relaxed)
         }),
     ];
-    for (name, description, read) in counters {
-        let stats = stats.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_callback(move |observer| observer.observe(read(&stats), &[]))
-            .build();
-    }
+    observe(&meter, Instrument::Counter, &stats, &counters);
     meter
         .u64_observable_gauge("portcullis_agent_revision")
         .with_description("The revision the agent enforces")
@@ -97,14 +131,7 @@ pub fn metrics(
                 |a| a.pending.load(Ordering::Relaxed),
             ),
         ];
-        for (name, description, read) in gauges {
-            let audit = audit.clone();
-            meter
-                .u64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |observer| observer.observe(read(&audit), &[]))
-                .build();
-        }
+        observe(&meter, Instrument::Gauge, &audit, &gauges);
         let counters: [(&str, &str, ReadAudit); 6] = [
             ("portcullis_agent_audit_judged", "Audit judgements", |a| {
                 a.judged.load(Ordering::Relaxed)
@@ -135,14 +162,7 @@ pub fn metrics(
                 |a| a.refused.load(Ordering::Relaxed),
             ),
         ];
-        for (name, description, read) in counters {
-            let audit = audit.clone();
-            meter
-                .u64_observable_counter(name)
-                .with_description(description)
-                .with_callback(move |observer| observer.observe(read(&audit), &[]))
-                .build();
-        }
+        observe(&meter, Instrument::Counter, &audit, &counters);
     }
     if let Some(outbox) = outbox {
         type ReadOutbox = fn(&Outbox) -> u64;
@@ -168,14 +188,7 @@ pub fn metrics(
                 Outbox::delivered,
             ),
         ];
-        for (name, description, read) in gauges {
-            let outbox = outbox.clone();
-            meter
-                .u64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |observer| observer.observe(read(&outbox), &[]))
-                .build();
-        }
+        observe(&meter, Instrument::Gauge, &outbox, &gauges);
     }
     Ok(metrics)
 }

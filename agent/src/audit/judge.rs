@@ -315,13 +315,7 @@ impl Auditor {
         let mut touched: HashSet<Arc<ObjectKey>> = HashSet::new();
         if !changed.is_empty() {
             for (key, entry) in &self.objects {
-                let target = applicability::Target {
-                    cluster: &self.cluster,
-                    namespace: &key.namespace,
-                    kind: key.kind.engine_kind(),
-                    name: &key.name,
-                    labels: &entry.object.metadata().labels,
-                };
+                let target = target(&self.cluster, key, &entry.object);
                 let hit = changed.iter().any(|name| {
                     entry.held.iter().any(|h| &*h.policy == *name)
                         || [old, new].iter().any(|state| {
@@ -373,13 +367,7 @@ impl Auditor {
         let Some(entry) = self.objects.get_mut(key) else {
             return;
         };
-        let target = applicability::Target {
-            cluster: &self.cluster,
-            namespace: &key.namespace,
-            kind: key.kind.engine_kind(),
-            name: &key.name,
-            labels: &entry.object.metadata().labels,
-        };
+        let target = target(&self.cluster, key, &entry.object);
         let decision = evaluate_object(
             &entry.object,
             &target,
@@ -453,6 +441,21 @@ impl Auditor {
         for violation in out {
             pending.push(violation);
         }
+    }
+}
+
+/// `object` under `key` as the engine's scopes see it.
+fn target<'a>(
+    cluster: &'a str,
+    key: &'a ObjectKey,
+    object: &'a Object,
+) -> applicability::Target<'a> {
+    applicability::Target {
+        cluster,
+        namespace: &key.namespace,
+        kind: key.kind.engine_kind(),
+        name: &key.name,
+        labels: &object.metadata().labels,
     }
 }
 

@@ -55,12 +55,7 @@ pub async fn run(args: ApiServerArgs) -> Result<()> {
     // The control plane with the example policies, and the agent programming its webhook.
     let cp = ControlPlane::start_bench(None, &[]);
     let cli = |args: &[&str]| admin_cli(&cp, args);
-    let registered: Value =
-        serde_json::from_str(&cli(&["cluster", "register", "bench", "-o", "json"])?)?;
-    let token = registered["agentToken"]
-        .as_str()
-        .context("agentToken")?
-        .to_owned();
+    let token = cp.register("bench");
     let examples = root().join("examples/policies.yaml");
     cli(&["policy", "apply", "-f", examples.to_str().unwrap()])?;
     let exempt = format!("kube-system,portcullis-system,{NOOP},{EXEMPT}");

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use portcullis_proto::v1::{
     SummarizeViolationsRequest, audit_service_client::AuditServiceClient,
     cluster_service_client::ClusterServiceClient,
@@ -134,14 +134,10 @@ pub async fn run(args: AuditArgs) -> Result<()> {
     let cp = ControlPlane::start_bench(None, &[]);
     let admin = cp.admin_token();
     let cli = |args: &[&str]| admin_cli(&cp, args);
-    let registered: Value =
-        // Protection off: the objects are created without the webhook in the way (the audit
-        // runs whatever the protection).
-        serde_json::from_str(&cli(&["cluster", "register", "bench", "--disabled", "-o", "json"])?)?;
-    let token = registered["agentToken"]
-        .as_str()
-        .context("agentToken")?
-        .to_owned();
+    let token = cp.register("bench");
+    // Protection off: the objects are created without the webhook in the way (the audit
+    // runs whatever the protection).
+    cli(&["cluster", "protect", "bench", "--disable"])?;
     let dir = tempfile::tempdir()?;
     let policy_file = dir.path().join("policies.yaml");
     std::fs::write(&policy_file, policies("nowhere"))?;

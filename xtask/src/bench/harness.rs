@@ -35,14 +35,10 @@ pub fn build_release() -> Result<()> {
     Ok(())
 }
 
-/// Runs the release CLI against `cp` as its bootstrap admin; its standard output.
+/// Runs the CLI against `cp` as its bootstrap admin (`ControlPlane::admin_cli`, the release
+/// binary here); its standard output, or an error with its standard error.
 pub fn admin_cli(cp: &ControlPlane, args: &[&str]) -> Result<String> {
-    let out = Command::new(release_bin("portcullis"))
-        .args(args)
-        .env("PORTCULLIS_SERVER", cp.url())
-        .env("PORTCULLIS_TOKEN", cp.admin_token())
-        .env("PORTCULLIS_CA_FILE", cp.ca_file())
-        .output()?;
+    let out = cp.admin_cli(args);
     if !out.status.success() {
         bail!(
             "portcullis {args:?}: {}",
