@@ -125,11 +125,35 @@ impl Agent {
             env: owned_pairs(env),
             _tmp: tmp,
         };
-        agent.spawn();
+        // A port picked free may be taken before the agent binds it (by any process's
+        // outgoing connection: they share the ephemeral range), so a first start that fails to
+        // bind tries other ports; a restart keeps its ports (a forwarder may point at them).
+        for attempt in 1.. {
+            match agent.try_spawn() {
+                Ok(()) => break,
+                Err(_) if attempt < 3 && agent.log().contains("Address already in use") => {
+                    agent.admin_port = free_port();
+                    agent.webhook_port = free_port();
+                }
+                Err(status) => panic!("agent exited during start-up: {status}"),
+            }
+        }
         agent
     }
 
+    /// The agent's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
     fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!("agent exited during start-up: {status}");
+        }
+    }
+
+    /// Starts the agent and waits until it serves; its exit status if it exits first.
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let mut command = Command::new(bin_dir().join("portcullis-agent"));
         command.arg("run");
         match &self.kube {
@@ -193,10 +217,12 @@ impl Agent {
                 "agent admin or webhook port not up within 30 s"
             );
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("agent exited during start-up: {status}");
+                self.child = None;
+                return Err(status);
             }
             thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The webhook's self-signed certificate (what a client trusts).
