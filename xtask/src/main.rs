@@ -1,8 +1,10 @@
 //! `cargo xtask`: developer tasks.
 //!
 //! - `up`: build, then run the control plane and one agent on this machine with embedded
-//!   defaults (data in `.portcullis/`), and print what to try next.
-//! - `test`: install what the tests need (grpcurl), then run every test of the workspace.
+//!   defaults (data in `.portcullis/`; `--postgres`: the store in a local PostgreSQL), and
+//!   print what to try next.
+//! - `test`: install what the tests need (grpcurl, the chart tools, skopeo, PostgreSQL), then
+//!   run every test of the workspace.
 //! - `bench`: benchmark programs against release binaries; results go to BENCHMARKS.md.
 //! - `fuzz`: the coverage-guided fuzz targets of `fuzz/`, each for a time, on its corpus.
 //! - `chaos`: a fault campaign (SIGKILLs under load) against the real binaries.
@@ -40,7 +42,7 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// OCI images of the agent, the control plane and the CLI, from the built binaries.
     Image(image::ImageArgs),
-    /// Install test tools (grpcurl) and run every test of the workspace.
+    /// Install test tools (grpcurl, PostgreSQL, ...) and run every test of the workspace.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

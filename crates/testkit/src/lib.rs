@@ -17,9 +17,11 @@ use std::{
 mod agent;
 mod control_plane;
 pub mod kube;
+mod postgres;
 
 pub use agent::{Agent, post_many, post_review, post_webhook};
 pub use control_plane::ControlPlane;
+pub use postgres::{Postgres, PostgresError, postgres_bin_dir};
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
