@@ -17,6 +17,8 @@ use crate::{state::StateHandle, stats::SyncStats};
 #[derive(Clone)]
 pub struct AdminState {
     pub cluster: String,
+    /// The control plane URLs the agent was given.
+    pub control_planes: Vec<String>,
     pub listening: Arc<AtomicBool>,
     /// The webhook serves its real certificate (Kubernetes mode: the Secret's).
     pub tls_ready: Arc<AtomicBool>,
@@ -62,6 +64,7 @@ pub fn router(state: AdminState) -> Router {
 async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
     let state = admin.state.load();
     let stats = &admin.stats;
+    let in_use = stats.control_plane();
     Json(json!({
         "cluster": admin.cluster,
         "ready": admin.ready(),
@@ -76,6 +79,12 @@ async fn agent_state(State(admin): State<AdminState>) -> Json<Value> {
             "timeoutSeconds": p.timeout_seconds,
         })),
         "connected": stats.connected(),
+        // The URL of the stream in use and the address it connected to (null: no stream).
+        "controlPlane": json!({
+            "address": in_use.as_ref().map(|(url, _)| url),
+            "resolved": in_use.as_ref().map(|(_, address)| address),
+            "addresses": admin.control_planes,
+        }),
         "lastSyncMode": stats.mode(),
         "snapshots": stats.snapshots.load(Ordering::Relaxed),
         "deltas": stats.deltas.load(Ordering::Relaxed),
@@ -110,6 +119,7 @@ mod tests {
     async fn ready_only_with_state_and_listeners() {
         let admin = AdminState {
             cluster: "c1".into(),
+            control_planes: vec!["https://a:8443".into(), "https://b:8443".into()],
             listening: Arc::default(),
             tls_ready: Arc::new(AtomicBool::new(true)),
             state: crate::state::handle(Default::default()),
@@ -149,6 +159,17 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let state: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(state["audit"]["running"], false, "{state}");
+        assert_eq!(
+            state["controlPlane"],
+            json!({"address": null, "resolved": null, "addresses": ["https://a:8443", "https://b:8443"]})
+        );
+        admin
+            .stats
+            .set_control_plane(Some(("https://b:8443".into(), "10.0.0.2:8443".into())));
+        let (_, _, body) = get(admin.clone(), "/state").await;
+        let state: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(state["controlPlane"]["address"], "https://b:8443");
+        assert_eq!(state["controlPlane"]["resolved"], "10.0.0.2:8443");
         assert_eq!(state["audit"]["lastError"], "", "{state}");
         // Prometheus 3 refuses to scrape an unknown content type by default.
         let (status, content_type, _) = get(admin, "/metrics").await;

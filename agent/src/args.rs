@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Subcommand;
 
+use crate::sync::endpoints::ControlPlaneUrl;
+
 portcullis_runtime::command_line!("portcullis-agent", "Portcullis per-cluster agent", Command);
 
 #[derive(Subcommand, Debug)]
@@ -52,22 +54,6 @@ pub struct UninstallArgs {
     pub lease_name: String,
 }
 
-/// A control plane URL: `https://` only, so the agent's token is never sent in cleartext.
-fn https_url(text: &str) -> Result<String, String> {
-    if text
-        .get(..8)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-        && text.len() > 8
-    {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not an https:// URL: the control plane only speaks TLS, and the \
-             agent's token must not travel in cleartext"
-        ))
-    }
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// Run without Kubernetes (no webhook configuration or certificates are programmed).
@@ -77,8 +63,10 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_CLUSTER")]
     pub cluster: String,
     /// Control plane URL: `https://` only (the agent's token never travels in cleartext).
-    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE", value_parser = https_url)]
-    pub control_plane: String,
+    /// Repeat it (or give a comma-separated list) for several control plane replicas: the
+    /// agent fails over between them, and between the addresses a host name resolves to.
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE", value_parser = ControlPlaneUrl::parse, value_delimiter = ',', required = true)]
+    pub control_plane: Vec<ControlPlaneUrl>,
     /// File holding the cluster's agent token (re-read at every reconnect).
     #[arg(long, env = "PORTCULLIS_TOKEN_FILE")]
     pub token_file: PathBuf,
@@ -445,6 +433,98 @@ mod tests {
         }
         assert!(parse("https://cp.example.com:8443").is_ok());
         assert!(parse("HTTPS://cp.example.com").is_ok());
+    }
+
+    #[test]
+    fn the_control_plane_flag_repeats_and_takes_lists() {
+        let urls = |args: &RunArgs| -> Vec<String> {
+            args.control_plane.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(urls(&run_with(&[]).unwrap()), ["https://x"]);
+        let args = run_with(&[
+            "--control-plane",
+            "https://b:8443",
+            "--control-plane=https://c:8443,https://10.0.0.4:8443",
+        ])
+        .unwrap();
+        assert_eq!(
+            urls(&args),
+            [
+                "https://x",
+                "https://b:8443",
+                "https://c:8443",
+                "https://10.0.0.4:8443"
+            ]
+        );
+        // One bad entry refuses the command line, naming the flag and the entry.
+        for extra in [
+            ["--control-plane", "http://b:8443"],
+            ["--control-plane", "https://b:8443,http://c:8443"],
+        ] {
+            let error = run_with(&extra).unwrap_err().to_string();
+            assert!(
+                error.contains("--control-plane") && error.contains("is not an https:// URL"),
+                "{error}"
+            );
+            assert!(error.contains("\"http://"), "{error}");
+            assert!(!error.contains("\"https://b:8443\""), "{error}");
+        }
+    }
+
+    /// `PORTCULLIS_CONTROL_PLANE` is split at commas. Checked in a child process of this test
+    /// binary: this one cannot set a variable (`set_var` is unsafe).
+    #[test]
+    fn the_control_plane_variable_is_a_comma_separated_list() {
+        const CHILD: &str = "PORTCULLIS_TEST_CONTROL_PLANE_CHILD";
+        let parse = || {
+            Cli::try_parse_from([
+                "portcullis-agent",
+                "run",
+                "--cluster",
+                "c",
+                "--token-file",
+                "t",
+            ])
+        };
+        match std::env::var(CHILD).as_deref() {
+            Ok("good") => {
+                let Command::Run(args) = parse().unwrap().command else {
+                    panic!("run")
+                };
+                let urls: Vec<String> =
+                    args.control_plane.iter().map(ToString::to_string).collect();
+                assert_eq!(urls, ["https://a:8443", "https://b:8443"]);
+                return;
+            }
+            Ok(_) => {
+                let error = parse().unwrap_err().to_string();
+                assert!(
+                    error.contains("--control-plane") && error.contains("\"http://b:8443\""),
+                    "{error}"
+                );
+                return;
+            }
+            Err(_) => {}
+        }
+        for (kind, value) in [
+            ("good", "https://a:8443,https://b:8443"),
+            ("bad", "https://a:8443,http://b:8443"),
+        ] {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "args::tests::the_control_plane_variable_is_a_comma_separated_list",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, kind)
+                .env("PORTCULLIS_CONTROL_PLANE", value)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{kind}: {stdout}");
+            // The filter matched the test: it ran, rather than nothing passing.
+            assert!(stdout.contains("1 passed"), "{kind}: {stdout}");
+        }
     }
 
     #[test]

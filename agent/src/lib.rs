@@ -142,6 +142,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let tls_ready = Arc::new(std::sync::atomic::AtomicBool::new(args.standalone));
     let admin_state = admin::AdminState {
         cluster: args.cluster.clone(),
+        control_planes: args.control_plane.iter().map(ToString::to_string).collect(),
         listening: Arc::default(),
         tls_ready: tls_ready.clone(),
         state: state.clone(),
@@ -344,7 +345,7 @@ async fn run_agent(args: RunArgs) -> Result<()> {
     let client = sync::SyncClient {
         config: sync::SyncConfig {
             cluster: args.cluster.clone(),
-            control_plane: args.control_plane.clone(),
+            control_planes: args.control_plane.clone(),
             token_file: args.token_file.clone(),
             ca_file: args.ca_file.clone(),
             heartbeat_misses: args.heartbeat_misses,

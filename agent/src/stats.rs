@@ -16,6 +16,8 @@ pub struct SyncStats {
     last_heard_ms: AtomicI64,
     last_mode: Mutex<String>,
     last_error: Mutex<String>,
+    /// The control plane endpoint of the stream in use: its URL, and the address connected to.
+    control_plane: Mutex<Option<(String, String)>>,
     /// Set once at start when the cache had to be rebuilt.
     pub cache_recovery: Mutex<Option<String>>,
     /// Kubernetes mode: "protected", "protected-without-policy", "deploy-failed",
@@ -33,6 +35,19 @@ impl SyncStats {
 
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Records the endpoint of the stream in use (`None`: no stream).
+    pub fn set_control_plane(&self, in_use: Option<(String, String)>) {
+        *self.control_plane.lock().unwrap_or_else(|e| e.into_inner()) = in_use;
+    }
+
+    /// The URL and address of the control plane endpoint in use.
+    pub fn control_plane(&self) -> Option<(String, String)> {
+        self.control_plane
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn heard(&self) {

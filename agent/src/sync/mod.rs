@@ -1,25 +1,25 @@
 //! The sync client: one long-lived `Sync` stream to the control plane. It applies a snapshot
 //! atomically or deltas in order, persists each revision to the cache before swapping it in
-//! for readers, reports ACK / NACK, and reconnects with jittered backoff when the stream fails,
-//! goes quiet past the heartbeat deadline, or shows a revision gap.
+//! for readers, reports ACK / NACK, and reconnects when the stream fails, goes quiet past the
+//! heartbeat deadline, or shows a revision gap: to the next control plane endpoint at once,
+//! and with jittered backoff after a round in which every endpoint failed.
 
 pub mod apply;
+mod connect;
+pub mod endpoints;
+mod failover;
+#[cfg(test)]
+mod failover_tests;
 pub(crate) mod reconnect;
 pub mod status;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::time::timeout;
-use tonic::{
-    Code, Status, Streaming,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
-};
-use tracing::{Instrument, error, info, info_span, warn};
+use tonic::{Code, Status, Streaming};
+use tracing::{Instrument, error, info, info_span};
 
-use portcullis_proto::v1::{
-    SyncRequest, SyncResponse, SyncStart, agent_service_client::AgentServiceClient,
-    sync_response::Message,
-};
+use portcullis_proto::v1::{SyncRequest, SyncResponse, SyncStart, sync_response::Message};
 use portcullis_proto::words::{SyncMode, UnknownWord};
 
 use portcullis_engine::ScanIndex;
@@ -31,8 +31,10 @@ use crate::{
     stats::SyncStats,
 };
 use apply::ApplyError;
+use connect::Credentials;
+use endpoints::{ControlPlaneUrl, Endpoint};
 use reconnect::Reconnect;
-use status::{AgentClient, Bearer, Outcome, StatusReporter};
+use status::{AgentClient, Outcome, StatusReporter};
 
 /// Largest message accepted from the control plane.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -43,7 +45,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
     pub cluster: String,
-    pub control_plane: String,
+    /// The control plane's URLs (`--control-plane`, at least one), tried in this order.
+    pub control_planes: Vec<ControlPlaneUrl>,
     pub token_file: PathBuf,
     pub ca_file: Option<PathBuf>,
     /// Heartbeats missed in a row before the stream counts as dead.
@@ -83,132 +86,33 @@ enum SessionError {
     Apply(#[from] ApplyError),
 }
 
-/// `error` and its causes, outermost first, each once.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        let next = inner.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = inner.source();
+impl SessionError {
+    /// A refusal of the agent (its token, its cluster, its request) that retrying soon will
+    /// not fix.
+    fn is_refusal(&self) -> bool {
+        matches!(self, SessionError::Status(status) if matches!(
+            status.code(),
+            Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated
+        ))
     }
-    text
+}
+
+/// A stream that got going: its start, and the state the agent held when it asked.
+struct Opened {
+    stream: Streaming<SyncResponse>,
+    start: SyncStart,
+    held: Arc<AgentState>,
 }
 
 impl SyncClient {
-    /// Runs forever: sessions separated by backoff.
-    pub async fn run(self) {
-        let mut reconnect =
-            Reconnect::new(self.config.reconnect_initial, self.config.reconnect_max);
-        loop {
-            // A trace per session (the task's own span lives as long as the agent).
-            let session = info_span!(parent: None, "sync.session", cluster = %self.config.cluster);
-            let result = self.session(&mut reconnect).instrument(session).await;
-            self.stats.set_connected(false);
-            let error = match result {
-                Ok(never) => match never {},
-                Err(error) => error,
-            };
-            self.stats.set_error(&error.to_string());
-            let delay = match &error {
-                SessionError::Status(status)
-                    if matches!(
-                        status.code(),
-                        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated
-                    ) =>
-                {
-                    error!(%error, cluster = %self.config.cluster, "Sync refused: check the cluster name and token");
-                    reconnect.slow_delay()
-                }
-                _ => {
-                    warn!(%error, "Sync stream ended");
-                    reconnect.next_delay()
-                }
-            };
-            self.stats
-                .reconnects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(delay_ms = delay.as_millis() as u64, "Reconnecting");
-            self.sleep_unless_token_changes(delay).await;
-        }
-    }
-
-    /// Waits `delay`, or less when the token file changes (a rotated Secret is tried at once).
-    async fn sleep_unless_token_changes(&self, delay: Duration) {
-        let read = || {
-            std::fs::read_to_string(&self.config.token_file)
-                .ok()
-                .map(|t| t.trim().to_owned())
-        };
-        // Compare with the token the failed attempt used, not with the file at this moment:
-        // a Secret rotated between the refusal and now counts as a change too.
-        let before = self
-            .last_token
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let deadline = tokio::time::Instant::now() + delay;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return;
-            }
-            tokio::time::sleep((deadline - now).min(Duration::from_secs(1))).await;
-            if read() != before {
-                info!("Token file changed: reconnecting now");
-                return;
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<AgentClient, SessionError> {
-        let token = std::fs::read_to_string(&self.config.token_file).map_err(|e| {
-            SessionError::Local(format!(
-                "reading token file {}: {e}",
-                self.config.token_file.display()
-            ))
-        })?;
-        *self.last_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.trim().to_owned());
-        let bearer = Bearer::new(token.trim())
-            .map_err(|e| SessionError::Local(format!("the token file: {e}")))?;
-        let mut tls = ClientTlsConfig::new();
-        tls = match &self.config.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    SessionError::Local(format!("reading CA file {}: {e}", path.display()))
-                })?;
-                tls.ca_certificate(Certificate::from_pem(pem))
-            }
-            None => tls.with_native_roots(),
-        };
-        let channel: Channel = Endpoint::from_shared(self.config.control_plane.clone())
-            .map_err(|e| SessionError::Local(format!("--control-plane: {e}")))?
-            .tls_config(tls)
-            .map_err(|e| SessionError::Local(format!("TLS: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
-            // Room for the control plane to send snapshot chunks ahead while the agent
-            // applies earlier ones (the HTTP/2 default is 64 KiB).
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| SessionError::Connect(error_chain(&e)))?;
-        // One image summary can be large (a report with tens of thousands of findings).
-        Ok(AgentServiceClient::with_interceptor(channel, bearer)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES))
-    }
-
-    async fn session(
+    /// Connects to `endpoint` and asks for the stream from the revision the agent holds;
+    /// done when the stream's start has come.
+    async fn open(
         &self,
-        reconnect: &mut Reconnect,
-    ) -> Result<std::convert::Infallible, SessionError> {
-        let mut client = self.connect().await?;
-        self.reporter.set_client(client.clone());
+        credentials: &Credentials,
+        endpoint: &Endpoint,
+    ) -> Result<(AgentClient, Opened), SessionError> {
+        let mut client = connect::connect(credentials, endpoint).await?;
         let held = self.state.load_full();
         let request = SyncRequest {
             cluster: self.config.cluster.clone(),
@@ -230,6 +134,27 @@ impl SyncClient {
                 )));
             }
         };
+        Ok((
+            client,
+            Opened {
+                stream,
+                start,
+                held,
+            },
+        ))
+    }
+
+    /// Follows a stream that got going until it fails.
+    async fn follow(
+        &self,
+        opened: Opened,
+        reconnect: &mut Reconnect,
+    ) -> Result<std::convert::Infallible, SessionError> {
+        let Opened {
+            mut stream,
+            start,
+            held,
+        } = opened;
         self.stats.heard();
         self.stats.set_connected(true);
         let deadline = Duration::from_millis(u64::from(start.heartbeat_interval_ms).max(100))
@@ -459,28 +384,5 @@ fn kind(message: &Message) -> &'static str {
         Message::SnapshotEnd(_) => "snapshot end",
         Message::Delta(_) => "delta",
         Message::Heartbeat(_) => "heartbeat",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::error_chain;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    struct Layer(&'static str, #[source] Option<Box<Layer>>);
-
-    #[test]
-    fn connect_errors_name_every_cause() {
-        let inner = Layer("invalid peer certificate: UnknownIssuer", None);
-        let middle = Layer("tls handshake", Some(Box::new(inner)));
-        let outer = Layer("transport error", Some(Box::new(middle)));
-        assert_eq!(
-            error_chain(&outer),
-            "transport error: tls handshake: invalid peer certificate: UnknownIssuer"
-        );
-        // A cause its parent already quotes is not repeated.
-        let repeated = Layer("a: b", Some(Box::new(Layer("b", None))));
-        assert_eq!(error_chain(&repeated), "a: b");
     }
 }
