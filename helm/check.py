@@ -479,11 +479,13 @@ def expect_agent_nondefault(objects: Objects) -> None:
     ensure(flags(agent).get("audit") == "false", f"--audit {flags(agent).get('audit')}")
 
 
-def expect_cp_common(objects: Objects, fullname: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    sts = only(objects, "StatefulSet", fullname)
-    ensure(sts["spec"]["replicas"] == 1, "the control plane runs exactly one replica")
-    ensure(pod_spec(sts)["automountServiceAccountToken"] is False, "no API token needed")
-    cp = container(sts, "control-plane")
+DATABASE_FLAGS = ("database-url", "database-password-file", "database-ca")
+
+
+def expect_cp_pod(workload: dict[str, Any]) -> dict[str, Any]:
+    """What every control-plane pod has, with either store; returns its container."""
+    ensure(pod_spec(workload)["automountServiceAccountToken"] is False, "no API token needed")
+    cp = container(workload, "control-plane")
     ensure(cp["args"][0] == "serve", "not `portcullis-control-plane serve`")
     expect_flags(
         cp,
@@ -499,16 +501,109 @@ def expect_cp_common(objects: Objects, fullname: str) -> tuple[dict[str, Any], d
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         get = cp[probe]["httpGet"]
         ensure(get["path"] == path and get["port"] == "admin", f"{probe}: {get}")
+    return cp
+
+
+def expect_cp_common(objects: Objects, fullname: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The embedded sled store: a StatefulSet of one, nothing of PostgreSQL."""
+    sts = only(objects, "StatefulSet", fullname)
+    ensure(sts["spec"]["replicas"] == 1, "the control plane runs exactly one replica")
+    absent(objects, "Deployment")
+    absent(objects, "PodDisruptionBudget")
+    cp = expect_cp_pod(sts)
+    expect_flags(cp, {flag: None for flag in DATABASE_FLAGS})
+    env = [e["name"] for e in cp.get("env", []) if e["name"].startswith("PORTCULLIS_DATABASE")]
+    ensure(not env, f"database environment with sled: {env}")
+    ensure(volume(sts, "database") is None and volume(sts, "database-ca") is None,
+           "database volumes with sled")
     return sts, cp
 
 
-def expect_generated_admin_token(objects: Objects, fullname: str) -> None:
+def expect_cp_postgres(
+    objects: Objects, fullname: str, replicas: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """PostgreSQL: a Deployment of `replicas` keeping nothing of its own, a disruption budget
+    over exactly its pods, the replicas spread over nodes."""
+    absent(objects, "StatefulSet")
+    absent(objects, "PersistentVolumeClaim")
+    deployment = only(objects, "Deployment", fullname)
+    spec = deployment["spec"]
+    ensure(spec["replicas"] == replicas, f"replicas {spec['replicas']}, expected {replicas}")
+    ensure(
+        spec["strategy"] == {"type": "RollingUpdate",
+                             "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        f"a new replica is ready before an old one goes: {spec['strategy']}",
+    )
+    cp = expect_cp_pod(deployment)
+    ensure(volume(deployment, "data") == {"name": "data", "emptyDir": {}},
+           f"data dir: an emptyDir, got {volume(deployment, 'data')}")
+    # Every replica serves the same identity: never one generated in its own data dir.
+    expect_flags(cp, {"tls-cert": "/etc/portcullis/tls/tls.crt",
+                      "tls-key": "/etc/portcullis/tls/tls.key", "tls-san": None,
+                      "database-url": None})
+    selector = spec["selector"]["matchLabels"]
+    pdb = only(objects, "PodDisruptionBudget", fullname)["spec"]
+    ensure(pdb["selector"]["matchLabels"] == selector, "the PodDisruptionBudget's selector")
+    ensure(pdb.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", f"PDB {pdb}")
+    for service in (fullname, f"{fullname}-metrics"):
+        ensure(only(objects, "Service", service)["spec"]["selector"] == selector,
+               f"Service {service} selects the replicas")
+    return deployment, cp
+
+
+def database_env(cp: dict[str, Any]) -> dict[str, Any]:
+    env = {e["name"]: e for e in cp.get("env", []) if e["name"].startswith("PORTCULLIS_DATABASE")}
+    ensure(list(env) == ["PORTCULLIS_DATABASE_URL"], f"database environment {list(env)}")
+    return env["PORTCULLIS_DATABASE_URL"]
+
+
+def soft_anti_affinity(workload: dict[str, Any]) -> None:
+    terms = pod_spec(workload)["affinity"]["podAntiAffinity"]
+    ensure(list(terms) == ["preferredDuringSchedulingIgnoredDuringExecution"],
+           f"anti-affinity must be soft (preferred): {list(terms)}")
+    term = terms["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    ensure(term["topologyKey"] == "kubernetes.io/hostname"
+           and term["labelSelector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"],
+           f"anti-affinity term {term}")
+
+
+def pem_blocks(text: str) -> list[str]:
+    return re.findall(r"-----BEGIN [A-Z ]+-----\n[^-]+-----END [A-Z ]+-----\n?", text)
+
+
+def expect_chart_tls(
+    objects: Objects, fullname: str, workload: dict[str, Any], names: list[str]
+) -> None:
+    """The chart's own TLS identity (PostgreSQL, no certificate given): one Secret every replica
+    mounts, a server certificate followed by the CA that clients trust."""
+    secret = only(objects, "Secret", f"{fullname}-tls")
+    ensure(secret["type"] == "kubernetes.io/tls", f"TLS Secret type {secret['type']}")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    ensure(sorted(data) == ["ca.crt", "ca.key", "tls.crt", "tls.key"], f"TLS keys {sorted(data)}")
+    chain = pem_blocks(data["tls.crt"])
+    ensure(len(chain) == 2 and chain[1].strip() == data["ca.crt"].strip(),
+           "tls.crt: the server certificate followed by ca.crt")
+    ensure("PRIVATE KEY-----" in data["tls.key"] and "PRIVATE KEY-----" in data["ca.key"], "keys")
+    have = secret["metadata"]["annotations"]["portcullis.io/tls-names"].split(",")
+    ensure(have == names, f"certificate names {have}, expected {names}")
+    tls = volume(workload, "tls")["secret"]
+    ensure(tls["secretName"] == f"{fullname}-tls"
+           and tls["items"] == [{"key": "tls.crt", "path": "tls.crt"},
+                                {"key": "tls.key", "path": "tls.key"}],
+           f"the pods mount the certificate and key only: {tls}")
+    annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+    ensure("checksum/tls" in annotations, "a certificate issued for other names restarts the pods")
+
+
+def expect_generated_admin_token(
+    objects: Objects, fullname: str, kind: str = "StatefulSet"
+) -> None:
     secret = only(objects, "Secret", f"{fullname}-admin-token")
     token = base64.b64decode(secret["data"]["token"]).decode()
     ensure(len(token) >= 16, "generated admin token shorter than 16 characters")
-    sts = only(objects, "StatefulSet", fullname)
+    workload = only(objects, kind, fullname)
     ensure(
-        volume(sts, "admin-token")["secret"]["secretName"] == f"{fullname}-admin-token",
+        volume(workload, "admin-token")["secret"]["secretName"] == f"{fullname}-admin-token",
         "admin token volume",
     )
 
@@ -632,6 +727,77 @@ def expect_cp_extra_sans(objects: Objects) -> None:
     )
 
 
+CP_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["system"]}]}
+            ]
+        }
+    }
+}
+PG_URL = "postgres://portcullis@pg-rw.databases.svc:5433/portcullis?sslmode=require"
+
+
+def expect_cp_postgres_url_secret(objects: Objects) -> None:
+    """ci/control-plane-postgres.yaml: the whole URL in a Secret, the chart's TLS identity."""
+    fullname = "portcullis-control-plane"
+    deployment, cp = expect_cp_postgres(objects, fullname, replicas=2)
+    url = database_env(cp)
+    ensure(url.get("valueFrom") == {"secretKeyRef": {"name": "portcullis-database", "key": "uri"}},
+           f"PORTCULLIS_DATABASE_URL from the Secret's key uri: {url}")
+    expect_flags(cp, {"database-password-file": None,
+                      "database-ca": "/etc/portcullis/database-ca/ca.crt"})
+    ensure(volume(deployment, "database") is None, "no password file with the URL in the Secret")
+    ca = volume(deployment, "database-ca")["secret"]
+    ensure(ca["secretName"] == "portcullis-database-ca"
+           and ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}], f"database CA volume {ca}")
+    soft_anti_affinity(deployment)
+    pdb = only(objects, "PodDisruptionBudget", fullname)["spec"]
+    ensure(pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb, f"PDB {pdb}")
+    svc = f"{fullname}.{NAMESPACE}"
+    expect_chart_tls(objects, fullname, deployment,
+                     ["localhost", "127.0.0.1", "::1", fullname, svc, f"{svc}.svc",
+                      f"{svc}.svc.cluster.local", "portcullis.example.com", "203.0.113.10"])
+    expect_generated_admin_token(objects, fullname, "Deployment")
+    egress = only(objects, "NetworkPolicy", fullname)["spec"]["egress"]
+    ensure(len(egress) == 2, f"egress: DNS and the database, got {egress}")
+    ensure(egress[1] == {"ports": [{"port": 6432, "protocol": "TCP"}],
+                         "to": [{"namespaceSelector": {"matchLabels": {
+                             "kubernetes.io/metadata.name": "databases"}}}]},
+           f"database egress {egress[1]}")
+
+
+def expect_cp_postgres_password(objects: Objects) -> None:
+    """The URL in the values, only its password in the Secret (a file); the operator's own
+    certificate, affinity and budget; 3 replicas."""
+    fullname = "portcullis-control-plane"
+    deployment, cp = expect_cp_postgres(objects, fullname, replicas=3)
+    url = database_env(cp)
+    ensure(url == {"name": "PORTCULLIS_DATABASE_URL", "value": PG_URL},
+           f"PORTCULLIS_DATABASE_URL from the values: {url}")
+    expect_flags(cp, {"database-password-file": "/etc/portcullis/database/password",
+                      "database-ca": None})
+    password = volume(deployment, "database")["secret"]
+    ensure(password["secretName"] == "pg-app"
+           and password["items"] == [{"key": "pw", "path": "password"}],
+           f"password volume {password}")
+    mounts = {m["name"]: m for m in cp["volumeMounts"]}
+    ensure(mounts["database"] == {"name": "database", "mountPath": "/etc/portcullis/database",
+                                  "readOnly": True}, f"password mount {mounts['database']}")
+    ensure(volume(deployment, "database-ca") is None, "no database CA volume")
+    ensure(pod_spec(deployment)["affinity"] == CP_AFFINITY,
+           "the given affinity replaces the spread")
+    pdb = only(objects, "PodDisruptionBudget", fullname)["spec"]
+    ensure(pdb.get("minAvailable") == 2 and "maxUnavailable" not in pdb, f"PDB {pdb}")
+    ensure([s["metadata"]["name"] for s in objects if s["kind"] == "Secret"]
+           == [f"{fullname}-admin-token"], "no TLS Secret with tls.existingSecret")
+    ensure(volume(deployment, "tls")["secret"]["secretName"] == "portcullis-tls", "TLS volume")
+    egress = only(objects, "NetworkPolicy", fullname)["spec"]["egress"]
+    ensure(egress[1] == {"ports": [{"port": 5433, "protocol": "TCP"}]},
+           f"database egress on database.url's port, anywhere: {egress[1]}")
+
+
 AGENT_REQUIRED = {
     "clusterName": "prod-eu-1",
     "controlPlane": {"address": "https://portcullis-control-plane.portcullis-system.svc:8443"},
@@ -666,6 +832,15 @@ CASES = [
                   "clusterDomain": "fleet.internal"},
           "persistence": {"existingClaim": "portcullis-data"}},
          expect=expect_cp_extra_sans),
+    Case("portcullis-control-plane", "postgres", "portcullis-control-plane",
+         values_file="control-plane-postgres.yaml", expect=expect_cp_postgres_url_secret),
+    Case("portcullis-control-plane", "postgres-password", "portcullis-control-plane",
+         {"database": {"existingSecret": "pg-app", "passwordKey": "pw", "url": PG_URL},
+          "replicas": 3, "tls": {"existingSecret": "portcullis-tls"},
+          "podDisruptionBudget": {"minAvailable": 2},
+          "affinity": CP_AFFINITY,
+          "networkPolicy": {"enabled": True}},
+         expect=expect_cp_postgres_password),
     # Negative cases: the render must fail, with this text in the error.
     Case("portcullis-agent", "no cluster name", "portcullis-agent",
          {"controlPlane": AGENT_REQUIRED["controlPlane"]},
@@ -683,6 +858,17 @@ CASES = [
          must_fail="failurePolicy"),
     Case("portcullis-control-plane", "cert without key", "portcullis-control-plane",
          {"tls": {"cert": FAKE_PEM}}, must_fail="tls.cert and tls.key go together"),
+    Case("portcullis-control-plane", "replicas without a database", "portcullis-control-plane",
+         {"replicas": 3},
+         must_fail="replicas: 3 needs a shared database: set database.existingSecret (PostgreSQL); "
+                   "the embedded sled store serves one replica"),
+    Case("portcullis-control-plane", "database url without its Secret", "portcullis-control-plane",
+         {"database": {"url": "postgres://portcullis@pg:5432/portcullis"}},
+         must_fail="database.url and database.caSecret need database.existingSecret"),
+    Case("portcullis-control-plane", "password in database url", "portcullis-control-plane",
+         {"database": {"existingSecret": "pg",
+                       "url": "postgres://portcullis:hunter2@pg:5432/portcullis"}},
+         must_fail="database.url: keep the password out of the values"),
 ]
 
 
@@ -943,6 +1129,54 @@ class Runner:
                 return "refused: " + " ".join(reason.split())
         raise CheckFailed(f"rendered, but should fail with {case.must_fail!r}")
 
+    def chart_tls_kept(self) -> str:
+        """With PostgreSQL and no certificate given, the chart's CA survives `helm upgrade`
+        (agents trust it), and its server certificate is issued again, from that CA, only when
+        the names change. `lookup` answers nothing offline, so this renders a copy of the chart
+        whose lookup returns the Secret of the previous render."""
+        chart = self.out_dir / "chart-tls-upgrade" / "portcullis-control-plane"
+        shutil.copytree(HELM_DIR / "portcullis-control-plane", chart, dirs_exist_ok=True)
+        template = chart / "templates" / "secret-tls.yaml"
+        lookup = 'lookup "v1" "Secret" .Release.Namespace $name'
+        text = template.read_text()
+        ensure(text.count(lookup) == 1, f"{lookup!r} not found once in secret-tls.yaml")
+        previous = "((.Values.global | default dict).previous | default dict)"
+        template.write_text(text.replace(lookup, previous))
+        fullname = "portcullis-control-plane"
+
+        def render(
+            values: dict[str, Any], previous: dict[str, Any] | None
+        ) -> tuple[dict[str, Any], str]:
+            values = deep_merge({"database": {"existingSecret": "pg"}}, values)
+            if previous is not None:
+                values["global"] = {"previous": previous}
+            with helm.Chart.load(chart) as loaded:
+                manifests = loaded.render(values, name=fullname, namespace=NAMESPACE,
+                                          is_install=previous is None)
+            objects = [d for name, text in manifests.items() if name.endswith(".yaml")
+                       for d in yaml.safe_load_all(text) if d]
+            deployment = only(objects, "Deployment", fullname)
+            return (only(objects, "Secret", f"{fullname}-tls"),
+                    deployment["spec"]["template"]["metadata"]["annotations"]["checksum/tls"])
+
+        installed, checksum = render({}, None)
+        upgraded, same_checksum = render({}, installed)
+        ensure(upgraded["data"] == installed["data"], "an upgrade issued the identity again")
+        ensure(same_checksum == checksum, "an upgrade with the same names restarts the pods")
+        renamed, new_checksum = render({"tls": {"extraSans": ["cp.example.com"]}}, installed)
+        old, new = installed["data"], renamed["data"]
+        ensure(new["ca.crt"] == old["ca.crt"] and new["ca.key"] == old["ca.key"],
+               "new names replaced the CA the agents trust")
+        ensure(new["tls.crt"] != old["tls.crt"], "new names did not issue the certificate again")
+        chain = pem_blocks(base64.b64decode(new["tls.crt"]).decode())
+        kept_ca = base64.b64decode(old["ca.crt"]).decode().strip()
+        ensure(len(chain) == 2 and chain[1].strip() == kept_ca,
+               "the new certificate is not followed by the kept CA")
+        ensure("cp.example.com" in renamed["metadata"]["annotations"]["portcullis.io/tls-names"],
+               "names annotation")
+        ensure(new_checksum != checksum, "a certificate for other names does not restart the pods")
+        return "the CA is kept; for new names the certificate is issued again, the pods restarted"
+
     def policy_blocks(self) -> str:
         """The policy is not vacuous: it blocks a privileged pod."""
         bad = self.out_dir / "policy-sanity" / "privileged-pod.yaml"
@@ -994,6 +1228,10 @@ def main() -> int:
         runner.check(f"policy {POLICY.relative_to(HELM_DIR.parent)} blocks", runner.policy_blocks)
         for case in CASES:
             runner.run_case(case)
+        runner.check(
+            "portcullis-control-plane [postgres]: the chart's TLS identity across upgrades",
+            runner.chart_tls_kept,
+        )
     finally:
         if not args.out:
             shutil.rmtree(out_dir, ignore_errors=True)
