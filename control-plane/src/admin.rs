@@ -1,5 +1,5 @@
-//! Admin HTTP: `/livez` (the process runs), `/readyz` (the store is open and the gRPC listener
-//! is up; false while draining), `/metrics` (Prometheus text from the OpenTelemetry meters);
+//! Admin HTTP: `/livez` (the process runs), `/readyz` (the store is open and answers, and the
+//! gRPC listener is up; false while draining), `/metrics` (Prometheus text from the OpenTelemetry meters);
 //! the routes are `portcullis_runtime`'s, shared with the agent.
 
 use std::{
@@ -20,11 +20,15 @@ use tokio::net::TcpListener;
 pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub registry: prometheus::Registry,
+    /// Whether the store can serve (PostgreSQL: the database answers; sled: always).
+    pub store: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 pub fn router(state: AdminState) -> Router {
     let serving = state.ready.clone();
-    let readiness = Readiness::default().with("serving", move || serving.load(Ordering::Acquire));
+    let readiness = Readiness::default()
+        .with("serving", move || serving.load(Ordering::Acquire))
+        .with("store", move || (state.store)());
     routes(readiness, state.registry)
 }
 
@@ -51,6 +55,7 @@ mod tests {
         let state = AdminState {
             ready: Arc::default(),
             registry: prometheus::Registry::new(),
+            store: Arc::new(|| true),
         };
         assert_eq!(
             get_status(router(state.clone()), "/livez").await,

@@ -21,6 +21,25 @@ pub struct ServeArgs {
     /// Data directory: the sled store, generated TLS material, the bootstrap admin token.
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "portcullis-data")]
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of the embedded sled store:
+    /// `postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]`.
+    /// Several control-plane replicas may then serve at once. TLS (`prefer`, `require`)
+    /// always verifies the server's certificate (system roots and `--database-ca`).
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// A file holding the database password (overrides a password in the URL).
+    #[arg(
+        long,
+        env = "PORTCULLIS_DATABASE_PASSWORD_FILE",
+        requires = "database_url"
+    )]
+    pub database_password_file: Option<PathBuf>,
+    /// PEM certificates to verify the database server's TLS certificate with.
+    #[arg(long, env = "PORTCULLIS_DATABASE_CA", requires = "database_url")]
+    pub database_ca: Option<PathBuf>,
+    /// Connections this replica keeps to the database.
+    #[arg(long, env = "PORTCULLIS_DATABASE_POOL_SIZE", default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
+    pub database_pool_size: usize,
     /// gRPC listen address (TLS).
     #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,

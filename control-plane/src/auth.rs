@@ -199,7 +199,11 @@ impl Authenticator {
     }
 
     /// Authenticates an operator call that needs `access`.
-    pub fn operator(&self, metadata: &MetadataMap, access: Access) -> Result<Operator, Status> {
+    pub async fn operator(
+        &self,
+        metadata: &MetadataMap,
+        access: Access,
+    ) -> Result<Operator, Status> {
         let hash = token_sha256(bearer_token(metadata)?);
         // Compare against every entry, so the time taken says nothing about which one matched.
         let mut found: Option<&Operator> = None;
@@ -209,7 +213,7 @@ impl Authenticator {
             }
         }
         let Some(operator) = found else {
-            if matches!(self.store.cluster_for_token(&hash), Ok(Some(_))) {
+            if matches!(self.store.cluster_for_token(&hash).await, Ok(Some(_))) {
                 return Err(Status::permission_denied(
                     "agent tokens are accepted only by portcullis.v1.AgentService",
                 ));
@@ -226,9 +230,9 @@ impl Authenticator {
     }
 
     /// Authenticates an agent: the name of the cluster whose token it presents.
-    pub fn agent(&self, metadata: &MetadataMap) -> Result<String, Status> {
+    pub async fn agent(&self, metadata: &MetadataMap) -> Result<String, Status> {
         let hash = token_sha256(bearer_token(metadata)?);
-        match self.store.cluster_for_token(&hash) {
+        match self.store.cluster_for_token(&hash).await {
             Ok(Some(cluster)) => Ok(cluster),
             Ok(None) => Err(Status::unauthenticated("unknown or revoked agent token")),
             Err(e) => Err(Status::internal(format!("token lookup: {e}"))),
@@ -270,33 +274,39 @@ mod tests {
         (auth, dir)
     }
 
-    #[test]
-    fn roles_gate_writes() {
+    #[tokio::test]
+    async fn roles_gate_writes() {
         let (auth, _dir) = authenticator();
         let admin = metadata("admin-token-0123456789");
         let viewer = metadata("viewer-token-0123456789");
         assert_eq!(
-            auth.operator(&admin, Access::Write).unwrap().role,
+            auth.operator(&admin, Access::Write).await.unwrap().role,
             Role::Admin
         );
-        assert_eq!(auth.operator(&viewer, Access::Read).unwrap().name, "eve");
-        let err = auth.operator(&viewer, Access::Write).unwrap_err();
+        assert_eq!(
+            auth.operator(&viewer, Access::Read).await.unwrap().name,
+            "eve"
+        );
+        let err = auth.operator(&viewer, Access::Write).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
     }
 
-    #[test]
-    fn missing_malformed_and_unknown_tokens_are_unauthenticated() {
+    #[tokio::test]
+    async fn missing_malformed_and_unknown_tokens_are_unauthenticated() {
         let (auth, _dir) = authenticator();
         for md in [MetadataMap::new(), metadata("nope")] {
             assert_eq!(
-                auth.operator(&md, Access::Read).unwrap_err().code(),
+                auth.operator(&md, Access::Read).await.unwrap_err().code(),
                 Code::Unauthenticated
             );
         }
         let mut basic = MetadataMap::new();
         basic.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(
-            auth.operator(&basic, Access::Read).unwrap_err().code(),
+            auth.operator(&basic, Access::Read)
+                .await
+                .unwrap_err()
+                .code(),
             Code::Unauthenticated
         );
     }
@@ -314,19 +324,19 @@ mod tests {
             .await
             .unwrap();
         let md = metadata(&token);
-        assert_eq!(auth.agent(&md).unwrap(), "c1");
+        assert_eq!(auth.agent(&md).await.unwrap(), "c1");
         assert_eq!(
-            auth.operator(&md, Access::Read).unwrap_err().code(),
+            auth.operator(&md, Access::Read).await.unwrap_err().code(),
             Code::PermissionDenied
         );
         assert_eq!(
-            auth.agent(&metadata("pcl_other")).unwrap_err().code(),
+            auth.agent(&metadata("pcl_other")).await.unwrap_err().code(),
             Code::Unauthenticated
         );
     }
 
-    #[test]
-    fn tokens_file_accepts_plain_and_hashed_tokens() {
+    #[tokio::test]
+    async fn tokens_file_accepts_plain_and_hashed_tokens() {
         let (mut auth, dir) = authenticator();
         let path = dir.path().join("tokens.yaml");
         let hash = hex::encode(token_sha256("hashed-token-0123456789"));
@@ -341,6 +351,7 @@ mod tests {
         assert_eq!(auth.load_tokens_file(&path).unwrap(), 2);
         let op = auth
             .operator(&metadata("hashed-token-0123456789"), Access::Read)
+            .await
             .unwrap();
         assert_eq!(
             op,
@@ -372,8 +383,8 @@ mod tests {
 
     /// One token listed twice (with different roles), a token already known, or two names
     /// that differ only in case: the file is refused whole, and nothing of it is added.
-    #[test]
-    fn tokens_file_refuses_duplicates_whole() {
+    #[tokio::test]
+    async fn tokens_file_refuses_duplicates_whole() {
         let (mut auth, dir) = authenticator();
         let path = dir.path().join("tokens.yaml");
         let hash = hex::encode(token_sha256("same-token-0123456789"));
@@ -398,7 +409,7 @@ mod tests {
             assert!(error.contains(expected), "{error}");
             // Nothing of the refused file was added.
             for token in ["same-token-0123456789", "first-token-0123456789"] {
-                assert!(auth.operator(&metadata(token), Access::Read).is_err());
+                assert!(auth.operator(&metadata(token), Access::Read).await.is_err());
             }
         }
         auth.add_operator("boot", Role::Admin, "bootstrap-token-0123456789");

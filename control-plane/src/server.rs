@@ -37,11 +37,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // Only this user may read it: it holds tokens' hashes, events with user names, policies.
     portcullis_runtime::files::private_dir(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let store = Arc::new(
-        Store::open(&args.data_dir)
-            .with_context(|| format!("opening store in {}", args.data_dir.display()))?,
-    );
-    info!(data_dir = %args.data_dir.display(), epoch = store.epoch(), revision = store.revision(), "Store open");
+    let store = Arc::new(open_store(&args).await?);
+    info!(data_dir = %args.data_dir.display(), backend = store.backend_name(), epoch = store.epoch(), revision = store.revision(), "Store open");
 
     let mut authenticator = Authenticator::new(store.clone());
     let token_path = args.admin_token_path();
@@ -117,6 +114,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let admin_state = AdminState {
         ready: Arc::default(),
         registry: metrics.registry.clone(),
+        store: {
+            let store = store.clone();
+            Arc::new(move || store.is_available())
+        },
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -154,6 +155,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 ),
             },
         )
+        .await
         .context("opening the audit store")?,
     );
     info!(open = violations.open_total(), "Audit store open");
@@ -181,7 +183,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     ))
     .max_decoding_message_size(max_report_bytes.saturating_add(REQUEST_OVERHEAD_BYTES));
 
-    let fleet = Fleet::default();
+    let fleet = match store.postgres_pool() {
+        Some(pool) => Fleet::shared(pool.clone()),
+        None => Fleet::default(),
+    };
     let grpc = Server::builder()
         // A span per call (the sync session and snapshot spans nest under a Sync call's).
         .trace_fn(|request| {
@@ -283,17 +288,35 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The PostgreSQL store when `--database-url` is given, else sled in the data dir.
+async fn open_store(args: &ServeArgs) -> Result<Store> {
+    match &args.database_url {
+        Some(url) => {
+            let settings = crate::store::postgres::PgSettings {
+                password_file: args.database_password_file.clone(),
+                ca_file: args.database_ca.clone(),
+                pool_size: args.database_pool_size,
+                ..crate::store::postgres::PgSettings::new(url.clone())
+            };
+            Store::connect_postgres(&settings)
+                .await
+                .with_context(|| format!("opening the PostgreSQL store {}", settings.describe()))
+        }
+        None => Store::open_sled(&args.data_dir)
+            .with_context(|| format!("opening store in {}", args.data_dir.display())),
+    }
+}
+
 async fn compact_periodically(store: Arc<Store>, keep: u64, interval_s: u64) {
     let mut interval = tokio::time::interval(Duration::from_secs(interval_s.max(1)));
     loop {
         interval.tick().await;
         match store.compact(keep).await {
             Ok(0) => {}
-            Ok(dropped) => info!(
-                dropped,
-                through = store.compacted_through().unwrap_or(0),
-                "Change log compacted"
-            ),
+            Ok(dropped) => {
+                let through = store.compacted_through().await.unwrap_or(0);
+                info!(dropped, through, "Change log compacted");
+            }
             Err(error) => error!(%error, "Change log compaction failed"),
         }
     }

@@ -110,6 +110,10 @@ async fn stream(
     tx: &Sender,
 ) -> Result<std::convert::Infallible, End> {
     let mut durable = store.subscribe();
+    let mut available = store.availability();
+    if !*available.borrow_and_update() {
+        return Err(End::Error(lost_database()));
+    }
     let mut shutdown = settings.shutdown.clone();
     let heartbeat_interval_ms = settings.heartbeat.as_millis().min(u32::MAX as u128) as u32;
     let snapshot_reason = if request.epoch.is_empty() {
@@ -117,7 +121,7 @@ async fn stream(
     } else if request.epoch != store.epoch() {
         Some("the agent holds another epoch")
     } else {
-        match store.changes_since(request.revision, 1)? {
+        match store.changes_since(request.revision, 1).await? {
             ChangesSince::Changes(_) => None,
             ChangesSince::SnapshotNeeded if request.revision > store.revision() => {
                 Some("the agent is ahead of the store")
@@ -164,6 +168,14 @@ async fn stream(
                 send(tx, Message::Heartbeat(Heartbeat { revision: cursor, time: Some(now) })).await?;
             }
             () = tx.closed() => return Err(End::Gone),
+            // A replica that lost its database ends its streams: the agents go to another.
+            () = async {
+                if available.wait_for(|up| !*up).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                return Err(End::Error(lost_database()));
+            }
             () = async {
                 // Without a sender there is no shutdown to wait for.
                 if shutdown.wait_for(|stop| *stop).await.is_err() {
@@ -174,6 +186,10 @@ async fn stream(
             }
         }
     }
+}
+
+fn lost_database() -> Status {
+    Status::unavailable("this control-plane replica lost its database: connect to another")
 }
 
 /// Sends a snapshot of what `cluster` may see: the start, the policies in scope, every image
@@ -236,7 +252,7 @@ async fn send_snapshot(
 /// chunk of the first summary that uses it.
 async fn send_scans(
     tx: &Sender,
-    encoded: impl Iterator<Item = Result<sled::IVec, StoreError>> + Send + 'static,
+    encoded: impl Iterator<Item = Result<Vec<u8>, StoreError>> + Send + 'static,
     ids: VulnerabilityIds,
 ) -> Result<(), End> {
     let tx = tx.clone();
@@ -341,7 +357,7 @@ fn field_len(len: usize) -> usize {
 
 /// Sends the changes after `cursor` (up to a batch) as one delta; returns the new cursor.
 async fn send_delta(store: &Store, cluster: &str, cursor: u64, tx: &Sender) -> Result<u64, End> {
-    let records = match store.changes_since(cursor, DELTA_BATCH)? {
+    let records = match store.changes_since(cursor, DELTA_BATCH).await? {
         ChangesSince::Changes(records) => records,
         ChangesSince::SnapshotNeeded => {
             return Err(End::Error(Status::aborted(
@@ -405,6 +421,7 @@ async fn send_delta(store: &Store, cluster: &str, cursor: u64, tx: &Sender) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sled::SledVulnerabilityIds;
     use crate::store::test_support::{mk_scan_of, temp_store};
     use portcullis_proto::v1::{Cluster, Scope};
 
@@ -623,8 +640,8 @@ mod tests {
     async fn ids_numbered_during_a_snapshot_come_before_the_summary_using_them() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("vulnerability_ids").unwrap();
-        VulnerabilityIds::put_block(&tree, 0, &["CVE-1"]);
-        let summary = |id: &str, refs: Vec<u32>| -> Result<sled::IVec, StoreError> {
+        SledVulnerabilityIds::put_block(&tree, 0, &["CVE-1"]);
+        let summary = |id: &str, refs: Vec<u32>| -> Result<Vec<u8>, StoreError> {
             let flags = vec![3; refs.len()];
             Ok(ImageSummary {
                 id: id.into(),
@@ -632,8 +649,7 @@ mod tests {
                 vulnerability_flags: flags,
                 ..Default::default()
             }
-            .encode_to_vec()
-            .into())
+            .encode_to_vec())
         };
         // The second summary was imported after the snapshot read the ids: its new id is read
         // when it is, and a big id list is split over chunks of its own.
@@ -644,16 +660,20 @@ mod tests {
             .into_iter()
             .chain(std::iter::once_with(move || {
                 for n in 1..=1500u32 {
-                    VulnerabilityIds::put_block(&late_tree, n, &[&late_long(n)]);
+                    SledVulnerabilityIds::put_block(&late_tree, n, &[&late_long(n)]);
                 }
                 summary("b", vec![1500, 0])
             }))
             .chain(std::iter::once(summary("c", vec![7])));
         let (tx, mut rx) = mpsc::channel(16);
-        send_scans(&tx, values, VulnerabilityIds::from_tree(tree))
-            .await
-            .ok()
-            .unwrap();
+        send_scans(
+            &tx,
+            values,
+            VulnerabilityIds::Sled(SledVulnerabilityIds::from_tree(tree)),
+        )
+        .await
+        .ok()
+        .unwrap();
         drop(tx);
         let mut chunks = Vec::new();
         let mut error = None;
@@ -705,7 +725,7 @@ mod tests {
     async fn a_summary_numbering_an_id_the_store_lacks_ends_the_snapshot() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("vulnerability_ids").unwrap();
-        VulnerabilityIds::put_block(&tree, 0, &["CVE-1"]);
+        SledVulnerabilityIds::put_block(&tree, 0, &["CVE-1"]);
         let value = ImageSummary {
             id: "a".into(),
             vulnerability_refs: vec![0, 4],
@@ -716,8 +736,8 @@ mod tests {
         let (tx, _rx) = mpsc::channel(16);
         let Err(End::Error(status)) = send_scans(
             &tx,
-            std::iter::once(Ok(value.into())),
-            VulnerabilityIds::from_tree(tree),
+            std::iter::once(Ok(value)),
+            VulnerabilityIds::Sled(SledVulnerabilityIds::from_tree(tree)),
         )
         .await
         else {
@@ -735,14 +755,14 @@ mod tests {
 
     #[tokio::test]
     async fn large_snapshots_split_scans_into_bounded_chunks() {
-        let values: Vec<Result<sled::IVec, StoreError>> = (0..5)
+        let values: Vec<Result<Vec<u8>, StoreError>> = (0..5)
             .map(|i| {
                 let summary = ImageSummary {
                     id: format!("id{i}"),
                     malware: vec!["x".repeat(SCAN_CHUNK_BYTES / 2)],
                     ..Default::default()
                 };
-                Ok(summary.encode_to_vec().into())
+                Ok(summary.encode_to_vec())
             })
             .collect();
         let (tx, mut rx) = mpsc::channel(16);

@@ -52,12 +52,12 @@ impl AgentApi {
     }
 
     /// The agent's cluster, which must be the one the request names.
-    fn authorize(
+    async fn authorize(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         claimed: &str,
     ) -> Result<String, Status> {
-        let cluster = self.auth.agent(metadata)?;
+        let cluster = self.auth.agent(metadata).await?;
         if claimed != cluster {
             warn!(token_cluster = %cluster, claimed, "Agent token used for another cluster");
             return Err(Status::permission_denied(format!(
@@ -75,7 +75,9 @@ impl AgentService for AgentApi {
     type SyncStream = SyncStream;
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
-        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let cluster = self
+            .authorize(request.metadata(), &request.get_ref().cluster)
+            .await?;
         let request = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let connection = self.fleet.connected(&cluster, &request.agent_version);
@@ -96,7 +98,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
-        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let cluster = self
+            .authorize(request.metadata(), &request.get_ref().cluster)
+            .await?;
         let report = request.into_inner();
         if !report.error.is_empty() {
             warn!(%cluster, failed_revision = report.failed_revision, error = %report.error, "Agent could not apply a revision");
@@ -109,7 +113,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<ReportEventsRequest>,
     ) -> Result<Response<ReportEventsResponse>, Status> {
-        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let cluster = self
+            .authorize(request.metadata(), &request.get_ref().cluster)
+            .await?;
         let events = request.into_inner().events;
         let batch =
             validate_batch(&cluster, events, self.events.settings.max_batch).map_err(|error| {
@@ -130,7 +136,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<ReportViolationsRequest>,
     ) -> Result<Response<ReportViolationsResponse>, Status> {
-        let cluster = self.authorize(request.metadata(), &request.get_ref().cluster)?;
+        let cluster = self
+            .authorize(request.metadata(), &request.get_ref().cluster)
+            .await?;
         let report = validate_report(&cluster, request.into_inner()).map_err(|error| {
             warn!(%cluster, %error, "Violation report refused");
             match error {

@@ -81,17 +81,14 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListViolationsRequest>,
     ) -> Result<Response<ListViolationsResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
         check_filter(&filter)?;
         let listing = listing(&filter);
         let after = resume_key(&listing, &request.page_token)?;
         let size = paging::page_size(request.page_size);
-        let audit = self.audit.clone();
-        let page = tokio::task::spawn_blocking(move || audit.list(&filter, size, after))
-            .await
-            .map_err(|e| Status::internal(format!("listing violations: {e}")))??;
+        let page = self.audit.list(&filter, size, after).await?;
         let mut violations = page.violations;
         // A violation is up to about `limits::event::MAX_EVENT_BYTES`: a page stops at the
         // budget and resumes after the last violation it holds.
@@ -112,7 +109,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<SummarizeViolationsRequest>,
     ) -> Result<Response<SummarizeViolationsResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let cluster = request.into_inner().cluster;
         let (mut counts, total) = self
             .audit
@@ -132,7 +129,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<WatchViolationsRequest>,
     ) -> Result<Response<ViolationStream>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let filter = request.into_inner().filter.unwrap_or_default();
         check_filter(&filter)?;
         let mut changes = self.audit.subscribe();
@@ -148,7 +145,7 @@ impl AuditService for AuditApi {
                 let sent = match change {
                     Ok(violation) if matcher.matches(&violation) => {
                         let mut violation = (*violation).clone();
-                        match revisions.mark(&mut violation) {
+                        match revisions.mark(&mut violation).await {
                             Ok(()) => tx.send(Ok(violation)).await,
                             Err(error) => {
                                 let _ = tx.send(Err(error.into())).await;

@@ -136,7 +136,10 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<RegisterClusterRequest>,
     ) -> Result<Response<RegisterClusterResponse>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         check_name("name", &request.name)?;
         check_cluster_fields(&request.description, &request.labels)?;
@@ -164,11 +167,12 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<GetClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let name = request.into_inner().name;
         check_name("name", &name)?;
         self.store
-            .get_cluster(&name)?
+            .get_cluster(&name)
+            .await?
             .map(|cluster| Response::new(self.with_status(cluster)))
             .ok_or_else(|| Status::not_found(format!("cluster {name:?} not found")))
     }
@@ -177,12 +181,13 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
         let after = paging::decode(LISTING, &request.page_token)?;
         let page = self
             .store
-            .list_clusters(after.as_deref(), paging::page_size(request.page_size))?;
+            .list_clusters(after.as_deref(), paging::page_size(request.page_size))
+            .await?;
         let mut clusters: Vec<Cluster> = page
             .items
             .into_iter()
@@ -203,7 +208,10 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<DeleteClusterRequest>,
     ) -> Result<Response<DeleteClusterResponse>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let name = request.into_inner().name;
         check_name("name", &name)?;
         let revision = self.store.delete_cluster(&name).await?;
@@ -220,7 +228,10 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<SetProtectionRequest>,
     ) -> Result<Response<Cluster>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         check_name("name", &request.name)?;
         let Some(given) = request.protection else {
@@ -250,12 +261,14 @@ mod tests {
         request
     }
 
-    fn api() -> (ClusterApi, tempfile::TempDir) {
+    async fn api() -> (ClusterApi, tempfile::TempDir) {
         let (store, dir) = crate::store::test_support::temp_store();
         let store = Arc::new(store);
         let mut auth = Authenticator::new(store.clone());
         auth.add_operator("t", Role::Admin, TOKEN);
-        let audit = ViolationStore::open(store.clone(), Default::default()).unwrap();
+        let audit = ViolationStore::open(store.clone(), Default::default())
+            .await
+            .unwrap();
         (
             ClusterApi::new(store, Arc::new(auth), Fleet::default(), Arc::new(audit)),
             dir,
@@ -279,7 +292,7 @@ mod tests {
     /// and paging lists every cluster once.
     #[tokio::test]
     async fn the_fleet_view_pages_within_the_message_limit() {
-        let (api, _dir) = api();
+        let (api, _dir) = api().await;
         let count = 5_000;
         for i in 0..count {
             let name = format!("c{i:04}-{}", "x".repeat(57));
@@ -338,7 +351,7 @@ mod tests {
         use crate::audit::validate_report;
         use portcullis_proto::v1::{ReportViolationsRequest, Violation};
 
-        let (api, _dir) = api();
+        let (api, _dir) = api().await;
         let register = RegisterClusterRequest {
             name: "c1".into(),
             ..Default::default()
@@ -394,13 +407,13 @@ mod tests {
         let delete = DeleteClusterRequest { name: "c1".into() };
         api.delete_cluster(authorized(delete)).await.unwrap();
         assert_eq!(api.audit.open_in("c1"), 0);
-        let all = api.audit.list(&Default::default(), 10, None).unwrap();
+        let all = api.audit.list(&Default::default(), 10, None).await.unwrap();
         assert!(all.violations.is_empty());
     }
 
     #[tokio::test]
     async fn cluster_fields_past_their_limits_are_refused_with_the_field() {
-        let (api, _dir) = api();
+        let (api, _dir) = api().await;
         let register = |description: String, labels| {
             api.register_cluster(authorized(RegisterClusterRequest {
                 name: "c".into(),

@@ -78,7 +78,7 @@ impl EventService for EventApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
         check_filter(&filter)?;
@@ -94,10 +94,7 @@ impl EventService for EventApi {
             None => None,
         };
         let size = paging::page_size(request.page_size);
-        let events = self.events.clone();
-        let page = tokio::task::spawn_blocking(move || events.list(&filter, size, before))
-            .await
-            .map_err(|e| Status::internal(format!("listing events: {e}")))??;
+        let page = self.events.list(&filter, size, before).await?;
         let mut events = page.events;
         // Events are up to `limits::event::MAX_EVENT_BYTES` each: a page stops at the budget
         // and resumes after the last event it holds.
@@ -121,9 +118,9 @@ impl EventService for EventApi {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<Event>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        match self.events.get(&id)? {
+        match self.events.get(&id).await? {
             Some(event) => Ok(Response::new(event)),
             None => Err(Status::not_found(format!("event {id} not found"))),
         }
@@ -133,7 +130,10 @@ impl EventService for EventApi {
         &self,
         request: Request<HandleEventsRequest>,
     ) -> Result<Response<HandleEventsResponse>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         let state: EventState = request
             .state
@@ -174,10 +174,10 @@ impl EventService for EventApi {
         &self,
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let filter = request.into_inner().filter.unwrap_or_default();
         check_filter(&filter)?;
-        let mut new_events = self.events.subscribe();
+        let mut new_events = self.events.subscribe().await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let matcher = Matcher::new(&filter);
@@ -211,14 +211,12 @@ impl EventService for EventApi {
         &self,
         request: Request<SummarizeRequest>,
     ) -> Result<Response<SummarizeResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
-        let events = self.events.clone();
-        let counts = tokio::task::spawn_blocking(move || {
-            events.summarize(request.since.as_ref(), request.until.as_ref())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("summarizing events: {e}")))??;
+        let counts = self
+            .events
+            .summarize(request.since.as_ref(), request.until.as_ref())
+            .await?;
         let total = counts.iter().map(|c| c.events).sum();
         Ok(Response::new(SummarizeResponse { counts, total }))
     }

@@ -28,9 +28,15 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::Conflict { .. } => Status::aborted(error.to_string()),
             StoreError::Invalid { .. } => Status::invalid_argument(error.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(%error, "Store unavailable");
+                Status::unavailable(format!("store: {error}"))
+            }
             StoreError::NewerFormat { .. }
             | StoreError::PreRelease { .. }
             | StoreError::Corrupt { .. }
+            | StoreError::NewerSchema { .. }
+            | StoreError::Database(_)
             | StoreError::Sled(_)
             | StoreError::Io(_) => {
                 tracing::error!(%error, "Store failure");

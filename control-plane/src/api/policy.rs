@@ -57,7 +57,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<CreatePolicyRequest>,
     ) -> Result<Response<Policy>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         let mut policy = normalise(&required(request.policy)?, "policy")?;
         policy.revision = 0;
@@ -73,7 +76,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<UpdatePolicyRequest>,
     ) -> Result<Response<Policy>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         let policy = normalise(&required(request.policy)?, "policy")?;
         if policy.revision == 0 {
@@ -93,7 +99,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<ApplyPoliciesRequest>,
     ) -> Result<Response<ApplyPoliciesResponse>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         if request.policies.is_empty() {
             return Err(Status::invalid_argument(
@@ -140,7 +149,10 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<DeletePolicyRequest>,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         check_name("name", &request.name)?;
         let revision = self
@@ -155,11 +167,12 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<GetPolicyRequest>,
     ) -> Result<Response<Policy>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let name = request.into_inner().name;
         check_name("name", &name)?;
         self.store
-            .get_policy(&name)?
+            .get_policy(&name)
+            .await?
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("policy {name:?} not found")))
     }
@@ -168,12 +181,13 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
         let after = paging::decode(LISTING, &request.page_token)?;
         let mut page = self
             .store
-            .list_policies(after.as_deref(), paging::page_size(request.page_size))?;
+            .list_policies(after.as_deref(), paging::page_size(request.page_size))
+            .await?;
         let cut = paging::within_budget(&mut page.items);
         let next_page_token = match (page.more || cut, page.items.last()) {
             (true, Some(last)) => paging::encode(LISTING, &last.name),

@@ -76,7 +76,10 @@ impl ScanService for ScanApi {
         &self,
         request: Request<ImportReportRequest>,
     ) -> Result<Response<ImageScan>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         let limit = self.max_report_bytes;
         if request.report.len() > limit {
@@ -120,11 +123,12 @@ impl ScanService for ScanApi {
         &self,
         request: Request<GetImageScanRequest>,
     ) -> Result<Response<ImageScan>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
         let image = required_image(&request.image)?;
         self.store
-            .find_scan(image)?
+            .find_scan(image)
+            .await?
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no scan of image {image:?}")))
     }
@@ -133,7 +137,7 @@ impl ScanService for ScanApi {
         &self,
         request: Request<ListImageScansRequest>,
     ) -> Result<Response<ListImageScansResponse>, Status> {
-        self.auth.operator(request.metadata(), Access::Read)?;
+        self.auth.operator(request.metadata(), Access::Read).await?;
         let request = request.into_inner();
         let filter = ScanFilter::new(
             &request.repository,
@@ -141,11 +145,14 @@ impl ScanService for ScanApi {
             request.has_malware,
         )?;
         let after = paging::decode(LISTING, &request.page_token)?;
-        let page = self.store.list_scans(
-            after.as_deref(),
-            paging::page_size(request.page_size),
-            |scan| filter.matches(scan),
-        )?;
+        let page = self
+            .store
+            .list_scans(
+                after.as_deref(),
+                paging::page_size(request.page_size),
+                |scan| filter.matches(scan),
+            )
+            .await?;
         let next_page_token = match (page.more, page.items.last()) {
             (true, Some(last)) => paging::encode(LISTING, &last.id),
             _ => String::new(),
@@ -168,7 +175,10 @@ impl ScanService for ScanApi {
         &self,
         request: Request<DeleteImageScanRequest>,
     ) -> Result<Response<DeleteImageScanResponse>, Status> {
-        let operator = self.auth.operator(request.metadata(), Access::Write)?;
+        let operator = self
+            .auth
+            .operator(request.metadata(), Access::Write)
+            .await?;
         let request = request.into_inner();
         let image = required_image(&request.image)?;
         let (id, revision) = self.store.delete_scan(image).await?;

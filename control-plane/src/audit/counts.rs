@@ -1,13 +1,16 @@
 //! Open violations counted in memory by (cluster, namespace, policy, severity) and by cluster:
-//! what `SummarizeViolations` and the fleet view read, without touching the records. Counted
-//! from the records when the store opens, then moved by every stored change.
+//! what `SummarizeViolations` and the fleet view read, without touching the records. On sled:
+//! counted from the records when the store opens, then moved by every stored change. On
+//! PostgreSQL: each cluster's counts replaced by a count of the database whenever the cluster
+//! changed (on any replica).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use portcullis_proto::v1::{Violation, ViolationCount};
 use portcullis_proto::words::ViolationState;
 
-type Row = (String, String, String, String);
+/// Cluster, namespace, policy, severity.
+pub type Row = (String, String, String, String);
 
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -54,8 +57,42 @@ impl Counts {
 
     /// Forgets every count of `cluster` (its violations were deleted).
     pub fn remove_cluster(&mut self, cluster: &str) {
-        self.clusters.remove(cluster);
-        self.rows.retain(|(c, ..), _| c != cluster);
+        if self.clusters.remove(cluster).is_none() {
+            return;
+        }
+        let from = (
+            cluster.to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        let rows: Vec<Row> = self
+            .rows
+            .range(from..)
+            .map(|(row, _)| row)
+            .take_while(|(c, ..)| c == cluster)
+            .cloned()
+            .collect();
+        for row in rows {
+            self.rows.remove(&row);
+        }
+    }
+
+    /// Replaces the counts of `clusters` (of every cluster when `None`) with `rows`, as
+    /// counted from the records.
+    pub fn replace(
+        &mut self,
+        clusters: Option<&HashSet<String>>,
+        rows: impl IntoIterator<Item = (Row, u64)>,
+    ) {
+        match clusters {
+            None => *self = Self::default(),
+            Some(clusters) => clusters.iter().for_each(|c| self.remove_cluster(c)),
+        }
+        for (row, n) in rows.into_iter().filter(|(_, n)| *n > 0) {
+            *self.clusters.entry(row.0.clone()).or_default() += n;
+            *self.rows.entry(row).or_default() += n;
+        }
     }
 
     pub fn open_in(&self, cluster: &str) -> u64 {
@@ -133,5 +170,24 @@ mod tests {
         counts.remove_cluster("c1");
         assert_eq!((counts.open_in("c1"), counts.open_total()), (0, 1));
         assert_eq!(counts.rows(None)[0].cluster, "c2");
+    }
+
+    #[test]
+    fn replacing_a_clusters_counts_leaves_the_others() {
+        let mut counts = Counts::default();
+        for v in [
+            mk("c1", "ns", "high", "open"),
+            mk("c2", "ns", "high", "open"),
+        ] {
+            counts.change(None, Some(&v));
+        }
+        let row = |c: &str, s: &str| ((c.into(), "ns".into(), "p".into(), s.into()), 2);
+        let c1 = HashSet::from(["c1".to_owned(), "c3".to_owned()]);
+        counts.replace(Some(&c1), [row("c1", "low"), row("c1", "critical")]);
+        assert_eq!((counts.open_in("c1"), counts.open_in("c2")), (4, 1));
+        assert_eq!(counts.rows(Some("c1")).len(), 2);
+        counts.replace(None, [row("c3", "low")]);
+        assert_eq!((counts.open_in("c1"), counts.open_total()), (0, 2));
+        assert_eq!(counts.rows(None).len(), 1);
     }
 }

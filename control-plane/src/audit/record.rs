@@ -63,6 +63,19 @@ pub fn violation_prefix(parts: &[&str]) -> Vec<u8> {
     key
 }
 
+/// The first key after every key that starts with the violation prefix `prefix` (as one
+/// `violation_prefix` makes: it ends with a part's end or is `all_violations`).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![VIOLATION + 1]
+}
+
 /// The key of `violation`'s record in `cluster`.
 pub fn violation_key(cluster: &str, v: &Violation) -> Vec<u8> {
     violation_prefix(&[cluster, &v.namespace, &v.kind, &v.name, &v.policy])
@@ -180,6 +193,13 @@ mod tests {
             assert_eq!(cluster_of(&key).unwrap(), *cluster);
             assert!(key.starts_with(&violation_prefix(&[cluster])));
         }
+        // Every key of a prefix sorts before its end; the next cluster's after it.
+        for (cluster, v) in &ordered {
+            let key = violation_key(cluster, v);
+            assert!(key < prefix_end(&violation_prefix(&[cluster])));
+            assert!(key < prefix_end(&all_violations()));
+        }
+        assert!(violation_key("a\0", &mk("", "", "", "")) >= prefix_end(&violation_prefix(&["a"])));
         // A cluster's prefix holds none of another cluster's keys.
         assert!(!violation_key("ab", &mk("", "", "", "")).starts_with(&violation_prefix(&["a"])));
         assert!(cluster_of(b"vabc").is_err());

@@ -2,81 +2,40 @@
 
 use std::{sync::Arc, time::Duration};
 
-use portcullis_proto::words::ViolationState;
+use portcullis_proto::v1::Violation;
 use tracing::{info, warn};
 
-use super::{DELETE_BATCH, ViolationStore, record, record::ViolationRecord};
+use super::{Backend, ViolationStore};
 use crate::store::{StoreError, now_millis};
+
+/// When a resolved violation counts as resolved for the retention (unix ms, whole seconds).
+pub fn resolved_at_ms(v: &Violation) -> i64 {
+    let at = v.resolved_time.or(v.received_time).or(v.last_seen);
+    at.map_or(0, |t| t.seconds.saturating_mul(1000))
+}
 
 impl ViolationStore {
     /// Deletes every violation of `cluster` and its run (the cluster was deleted); returns
     /// how many violations.
-    pub async fn delete_cluster(self: &Arc<Self>, cluster: &str) -> Result<u64, StoreError> {
-        let _writer = self.writer.lock().await;
-        let audit = self.clone();
-        let name = cluster.to_owned();
-        let deleted = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let mut keys: Vec<sled::IVec> = Vec::new();
-            for item in audit.tree.scan_prefix(record::violation_prefix(&[&name])) {
-                keys.push(item?.0);
+    pub async fn delete_cluster(&self, cluster: &str) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sled(sled) => {
+                sled.delete_cluster(&self.store, &self.published, cluster)
+                    .await
             }
-            let mut batch = sled::Batch::default();
-            keys.iter().for_each(|key| batch.remove(key));
-            batch.remove(record::run_key(&name));
-            audit.tree.apply_batch(batch)?;
-            audit.write_counts().remove_cluster(&name);
-            Ok(keys.len() as u64)
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt {
-            what: format!("audit delete task: {e}"),
-        })??;
-        self.store.flush_all().await?;
-        Ok(deleted)
+            Backend::Postgres(pg) => pg.delete_cluster(cluster).await,
+        }
     }
 
     /// Deletes resolved violations resolved before `now_ms` minus the retention; returns
     /// how many.
-    pub async fn purge_resolved(self: &Arc<Self>, now_ms: i64) -> Result<u64, StoreError> {
-        let _writer = self.writer.lock().await;
-        let audit = self.clone();
-        let purged = tokio::task::spawn_blocking(move || audit.purge_resolved_blocking(now_ms))
-            .await
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("audit purge task: {e}"),
-            })??;
-        if purged > 0 {
-            self.store.flush_all().await?;
-        }
-        Ok(purged)
-    }
-
-    /// `purge_resolved` without the lock (the caller holds it, or no one else can write).
-    pub(super) fn purge_resolved_blocking(&self, now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn purge_resolved(&self, now_ms: i64) -> Result<u64, StoreError> {
         let retention = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(retention);
-        let resolved = ViolationState::Resolved.as_str();
-        let mut doomed = Vec::new();
-        for item in self.tree.scan_prefix(record::all_violations()) {
-            let (key, value) = item?;
-            let Some(record) = record::readable::<ViolationRecord>(&key, &value) else {
-                continue;
-            };
-            let Some(v) = record.violation.filter(|v| v.state == resolved) else {
-                continue;
-            };
-            let at = v.resolved_time.or(v.received_time).or(v.last_seen);
-            let at_ms = at.map_or(0, |t| t.seconds.saturating_mul(1000));
-            if at_ms < cutoff {
-                doomed.push(key);
-            }
+        match &self.backend {
+            Backend::Sled(sled) => sled.purge_resolved(&self.store, cutoff).await,
+            Backend::Postgres(pg) => pg.purge_resolved(cutoff).await,
         }
-        for chunk in doomed.chunks(DELETE_BATCH) {
-            let mut batch = sled::Batch::default();
-            chunk.iter().for_each(|key| batch.remove(key));
-            self.tree.apply_batch(batch)?;
-        }
-        Ok(doomed.len() as u64)
     }
 }
 

@@ -29,7 +29,7 @@ impl PolicyRevisions {
 
     /// Sets `violation.stale`: its policy is unknown or deleted, or at another revision than
     /// the one the agent judged with.
-    pub fn mark(&mut self, violation: &mut Violation) -> Result<(), StoreError> {
+    pub async fn mark(&mut self, violation: &mut Violation) -> Result<(), StoreError> {
         let revision = self.store.revision();
         if revision != self.at || self.known.len() >= Self::MAX_KNOWN {
             self.known.clear();
@@ -40,7 +40,8 @@ impl PolicyRevisions {
             None => {
                 let current = self
                     .store
-                    .get_policy(&violation.policy)?
+                    .get_policy(&violation.policy)
+                    .await?
                     .map(|p| p.revision);
                 self.known.insert(violation.policy.clone(), current);
                 current

@@ -27,6 +27,8 @@ pub struct ControlPlane {
     profile: Profile,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The PostgreSQL database it runs on (`--database-url`), if any.
+    pub database: Option<String>,
     _tmp: Option<TempDir>,
 }
 
@@ -44,6 +46,55 @@ impl ControlPlane {
     /// Starts one with extra `serve` arguments and environment variables.
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::launch(Profile::Test, None, extra_args, env)
+    }
+
+    /// Starts one on the PostgreSQL database at `url`.
+    pub fn start_on_database(url: &str, extra_args: &[&str]) -> Self {
+        let mut args = vec!["--database-url", url];
+        args.extend_from_slice(extra_args);
+        Self::launch(Profile::Test, None, &args, &[])
+    }
+
+    /// Starts another replica on this one's database, with its TLS certificate and admin
+    /// token (so agents and the CLI trust and reach either), on ports of its own.
+    pub fn start_replica(&self) -> Self {
+        let database = self
+            .database
+            .as_deref()
+            .expect("a replica needs a database");
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(data_dir.join("tls")).unwrap();
+        std::fs::copy(self.ca_file(), data_dir.join("tls/ca.crt")).unwrap();
+        std::fs::copy(
+            self.data_dir.join("admin.token"),
+            data_dir.join("admin.token"),
+        )
+        .unwrap();
+        let tls = self.data_dir.join("tls");
+        let mut extra_args = self.extra_args.clone();
+        if !extra_args.iter().any(|a| a == "--database-url") {
+            extra_args.extend(["--database-url".to_owned(), database.to_owned()]);
+        }
+        extra_args.extend([
+            "--tls-cert".to_owned(),
+            tls.join("server.crt").display().to_string(),
+            "--tls-key".to_owned(),
+            tls.join("server.key").display().to_string(),
+        ]);
+        let mut cp = Self {
+            child: None,
+            data_dir,
+            port: free_port(),
+            admin_port: free_port(),
+            profile: self.profile,
+            extra_args,
+            env: self.env.clone(),
+            database: Some(database.to_owned()),
+            _tmp: Some(tmp),
+        };
+        cp.spawn();
+        cp
     }
 
     /// Starts one as a benchmark runs it (`Profile::Bench`), on `data_dir` when given (kept
@@ -65,14 +116,30 @@ impl ControlPlane {
                 (tmp.path().join("data"), Some(tmp))
             }
         };
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut database = extra_args
+            .iter()
+            .position(|a| a == "--database-url")
+            .and_then(|i| extra_args.get(i + 1).cloned());
+        // The suites that run on either store are run on PostgreSQL too (see
+        // `postgres_requested`).
+        if database.is_none()
+            && profile == Profile::Test
+            && crate::postgres_requested()
+            && let Some(url) = crate::fresh_database("e2e")
+        {
+            extra_args.extend(["--database-url".to_owned(), url.clone()]);
+            database = Some(url);
+        }
         let mut cp = Self {
             child: None,
             data_dir,
             port: free_port(),
             admin_port: free_port(),
             profile,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             env: owned_pairs(env),
+            database,
             _tmp: tmp,
         };
         cp.spawn();
@@ -173,8 +240,23 @@ impl ControlPlane {
     /// the admin token are kept.
     pub fn reset_store(&mut self) {
         self.kill();
-        std::fs::remove_dir_all(self.data_dir.join("store")).unwrap();
-        std::fs::remove_file(self.data_dir.join("FORMAT")).unwrap();
+        match self.database.take() {
+            // On PostgreSQL: a new database.
+            Some(old) => {
+                let url = crate::fresh_database("reset").expect("PostgreSQL");
+                for arg in &mut self.extra_args {
+                    if *arg == old {
+                        *arg = url.clone();
+                    }
+                }
+                self.database = Some(url);
+                let _ = std::fs::remove_dir_all(self.data_dir.join("replica"));
+            }
+            None => {
+                std::fs::remove_dir_all(self.data_dir.join("store")).unwrap();
+                std::fs::remove_file(self.data_dir.join("FORMAT")).unwrap();
+            }
+        }
         self.spawn();
     }
 

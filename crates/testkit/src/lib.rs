@@ -21,7 +21,9 @@ mod postgres;
 
 pub use agent::{Agent, post_many, post_review, post_webhook};
 pub use control_plane::ControlPlane;
-pub use postgres::{Postgres, PostgresError, postgres_bin_dir};
+pub use postgres::{
+    Postgres, PostgresError, fresh_database, postgres_bin_dir, postgres_requested, shared_postgres,
+};
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {

@@ -57,7 +57,11 @@ async fn fixture() -> Fixture {
     auth.add_operator("admin", Role::Admin, ADMIN);
     auth.add_operator("viewer", Role::Viewer, VIEWER);
     let auth = Arc::new(auth);
-    let violations = Arc::new(ViolationStore::open(store.clone(), Default::default()).unwrap());
+    let violations = Arc::new(
+        ViolationStore::open(store.clone(), Default::default())
+            .await
+            .unwrap(),
+    );
     let events = Arc::new(EventStore::open(store.clone(), EventSettings::default()).unwrap());
     let (shutdown, watch) = tokio::sync::watch::channel(false);
     let settings = SyncSettings {

@@ -2,19 +2,9 @@
 //! compacted past a horizon. A reader asking for revisions the log no longer holds is told to
 //! take a snapshot instead.
 
-use super::{ChangeRecord, META_COMPACTED, Store, StoreError, decode, read_u64};
+use super::{ChangeRecord, ChangesSince, META_COMPACTED, SledStore, StoreError, decode, read_u64};
 
-/// What `changes_since` found.
-#[derive(Debug, PartialEq)]
-pub enum ChangesSince {
-    /// Every change after the asked revision, in order, without gaps (maybe none).
-    Changes(Vec<ChangeRecord>),
-    /// The log no longer reaches back that far (or the asked revision is from the future):
-    /// the reader needs a snapshot.
-    SnapshotNeeded,
-}
-
-impl Store {
+impl SledStore {
     /// The changes after `revision`, at most `limit` of them.
     pub fn changes_since(&self, revision: u64, limit: usize) -> Result<ChangesSince, StoreError> {
         if revision > self.revision() || revision < self.compacted_through()? {
@@ -72,10 +62,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Change, test_support::temp_store};
+    use crate::store::{Change, sled::test_support::temp_store};
     use portcullis_proto::v1::Policy;
 
-    async fn put(store: &Store, name: &str) {
+    async fn put(store: &SledStore, name: &str) {
         let policy = Policy {
             name: name.into(),
             ..Default::default()

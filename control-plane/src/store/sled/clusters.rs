@@ -5,11 +5,13 @@ use prost::Message;
 
 use portcullis_proto::v1::{Cluster, ProtectionSettings};
 
-use super::{Change, Page, Store, StoreError, TreeId, decode, list_page, records::ClusterRecord};
+use super::{
+    Change, Page, SledStore, StoreError, TreeId, decode, list_page, records::ClusterRecord,
+};
 
 const KIND: &str = "cluster";
 
-impl Store {
+impl SledStore {
     /// Registers `cluster` with the SHA-256 of its agent token.
     pub async fn register_cluster(
         &self,
@@ -137,7 +139,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::sled::test_support::temp_store;
 
     fn mk_cluster(name: &str) -> Cluster {
         Cluster {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use portcullis_proto::v1::ImageSummary;
 
-use super::{Store, StoreError, TreeId, Writer};
+use super::{SledStore, StoreError, TreeId, Writer};
 
 /// The numbers given so far, in memory for imports (read and changed under the store's writer
 /// lock).
@@ -158,11 +158,11 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<(u32, Vec<String>), String> 
 
 /// Reads vulnerability ids by number, for snapshots (on their own thread, without the store).
 #[derive(Clone)]
-pub struct VulnerabilityIds {
+pub struct SledVulnerabilityIds {
     tree: sled::Tree,
 }
 
-impl VulnerabilityIds {
+impl SledVulnerabilityIds {
     /// A reader of `tree` alone, for tests of what reads it.
     #[cfg(test)]
     pub fn from_tree(tree: sled::Tree) -> Self {
@@ -210,10 +210,10 @@ impl VulnerabilityIds {
     }
 }
 
-impl Store {
+impl SledStore {
     /// The reader of vulnerability ids by number.
-    pub fn vulnerability_ids(&self) -> VulnerabilityIds {
-        VulnerabilityIds {
+    pub fn vulnerability_ids(&self) -> SledVulnerabilityIds {
+        SledVulnerabilityIds {
             tree: self.vulnerability_ids.clone(),
         }
     }
@@ -222,7 +222,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::mk_scan_of;
+    use crate::store::sled::test_support::mk_scan_of;
 
     fn mk_summary(ids: &[&str]) -> ImageSummary {
         ImageSummary {
@@ -271,7 +271,7 @@ mod tests {
     }
 
     /// Each stored summary's id and its vulnerabilities, spelled out through the dictionary.
-    fn stored(store: &Store) -> Vec<(String, Vec<String>)> {
+    fn stored(store: &SledStore) -> Vec<(String, Vec<String>)> {
         use prost::Message;
         let ids = store.vulnerability_ids().from(0).unwrap();
         store
@@ -292,14 +292,14 @@ mod tests {
     #[tokio::test]
     async fn numbers_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store
             .put_scan(mk_scan_of("1", &["CVE-2", "CVE-1"]))
             .await
             .unwrap();
         drop(store);
         // After a restart, numbering goes on where it was.
-        let store = crate::store::test_support::reopen(dir.path());
+        let store = crate::store::sled::test_support::reopen(dir.path());
         store
             .put_scan(mk_scan_of("2", &["CVE-3", "CVE-1"]))
             .await
@@ -320,7 +320,7 @@ mod tests {
         ];
         assert_eq!(stored(&store), expected);
         drop(store);
-        let store = crate::store::test_support::reopen(dir.path());
+        let store = crate::store::sled::test_support::reopen(dir.path());
         assert_eq!(stored(&store), expected);
         // And it goes on from the numbers it read back.
         store.put_scan(mk_scan_of("3", &["CVE-4"])).await.unwrap();
@@ -330,7 +330,7 @@ mod tests {
     /// The new ids of one write are one block; reads start anywhere inside a block.
     #[tokio::test]
     async fn new_ids_are_one_block_per_write() {
-        let (store, _dir) = crate::store::test_support::temp_store();
+        let (store, _dir) = crate::store::sled::test_support::temp_store();
         let ids: Vec<String> = (0..1000).map(|i| format!("CVE-{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         store.put_scan(mk_scan_of("1", &refs)).await.unwrap();
@@ -379,7 +379,7 @@ mod tests {
                 .contains("vulnerability id number 1: found number 2"),
             "{error}"
         );
-        let reader = VulnerabilityIds { tree: tree.clone() };
+        let reader = SledVulnerabilityIds { tree: tree.clone() };
         assert_eq!(reader.from(2).unwrap(), ["CVE-3"]);
         let error = reader.from(0).unwrap_err();
         assert!(

@@ -88,7 +88,7 @@ mod tests {
             db.open_tree("scans").unwrap().insert("x", "y").unwrap();
             db.flush().unwrap();
         }
-        let err = crate::store::Store::open(dir.path())
+        let err = crate::store::sled::SledStore::open(dir.path())
             .err()
             .expect("refused");
         assert!(matches!(err, StoreError::PreRelease { .. }), "{err}");
@@ -98,8 +98,8 @@ mod tests {
         );
         // A store this build wrote opens again.
         let dir = tempfile::tempdir().unwrap();
-        drop(crate::store::Store::open(dir.path()).unwrap());
-        crate::store::test_support::reopen(dir.path());
+        drop(crate::store::sled::SledStore::open(dir.path()).unwrap());
+        crate::store::sled::test_support::reopen(dir.path());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The control plane's durable state in sled: policies, clusters, agent token hashes, image
+//! The embedded backend: the control plane's durable state in sled: policies, clusters, agent token hashes, image
 //! scan results, and the change log. Every mutation takes the next global revision and is
 //! written in one atomic sled transaction together with its change-log entry; the store is
 //! flushed before the caller gets an answer, and only then is the revision published to
@@ -10,7 +10,6 @@ mod clusters;
 mod dictionary;
 mod format;
 mod policies;
-mod records;
 mod scans;
 mod snapshot;
 
@@ -26,53 +25,13 @@ use sled::{
 };
 use tokio::sync::{Mutex, watch};
 
-pub use changelog::ChangesSince;
-pub use dictionary::VulnerabilityIds;
+pub use dictionary::SledVulnerabilityIds;
 pub use format::CURRENT_FORMAT;
-pub use policies::ApplyOutcome;
-pub use records::{Change, ChangeRecord};
-pub use scans::{NewScan, VULNERABILITIES_FIELD};
-pub use snapshot::StoreSnapshot;
 
-/// Errors of the store. The gRPC layer maps them to status codes.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{kind} {name:?} not found")]
-    NotFound { kind: &'static str, name: String },
-    #[error("{kind} {name:?} already exists")]
-    AlreadyExists { kind: &'static str, name: String },
-    #[error("{kind} {name:?} is at revision {current}, not {expected}: read it again and retry")]
-    Conflict {
-        kind: &'static str,
-        name: String,
-        expected: u64,
-        current: u64,
-    },
-    #[error(
-        "data dir {dir} was written by store format version {found}; this build supports up to \
-         version {supported}: run a newer portcullis-control-plane"
-    )]
-    NewerFormat {
-        dir: String,
-        found: u32,
-        supported: u32,
-    },
-    /// A data dir from before the first release, whose layout no build reads.
-    #[error(
-        "data dir {dir} holds {what} from before the first release, which this build does not \
-         read: move it aside and start with a new data dir"
-    )]
-    PreRelease { dir: String, what: &'static str },
-    /// The caller's input cannot be stored; the gRPC layer answers InvalidArgument.
-    #[error("{what}")]
-    Invalid { what: String },
-    #[error("store is corrupt: {what}")]
-    Corrupt { what: String },
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
+use super::{
+    ApplyOutcome, Change, ChangeRecord, ChangesSince, NewScan, Page, StoreError, StoreSnapshot,
+    check_revision, index_keys, records, same_spec, scan_id,
+};
 
 /// Which tree an operation of a write touches.
 #[derive(Clone, Copy, Debug)]
@@ -92,7 +51,7 @@ const META_REVISION: &[u8] = b"revision";
 const META_COMPACTED: &[u8] = b"compacted_through";
 
 /// The store. Cheap to share behind an `Arc`.
-pub struct Store {
+pub struct SledStore {
     db: sled::Db,
     meta: sled::Tree,
     policies: sled::Tree,
@@ -125,7 +84,7 @@ pub struct Store {
 /// come from the operating system's file cache, which the kernel can reclaim.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store in `dir`, refusing a data dir of a newer format.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         format::check_or_init(dir)?;
@@ -257,14 +216,9 @@ impl Store {
         Ok(())
     }
 
-    /// The database, for stores that live beside this one (events).
+    /// The database, for stores that live beside this one (events, audit).
     pub(crate) fn db(&self) -> &sled::Db {
         &self.db
-    }
-
-    /// Makes everything written so far durable (for stores beside this one).
-    pub(crate) async fn flush_all(&self) -> Result<(), StoreError> {
-        self.flush().await
     }
 
     /// sled's blocking flush on a blocking thread (see `make_durable`).
@@ -341,7 +295,7 @@ struct Op {
 
 /// Stages one write: the revisions it takes and the operations it commits.
 struct Writer<'a> {
-    store: &'a Store,
+    store: &'a SledStore,
     /// The last revision taken so far.
     revision: u64,
     now: i64,
@@ -416,14 +370,7 @@ fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreErro
     })
 }
 
-pub use portcullis_runtime::clock::{now_millis, timestamp_from_millis};
-
-/// One page of a listing: the items, and whether more follow the last one.
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub more: bool,
-}
+use super::{now_millis, timestamp_from_millis};
 
 /// Lists values of `tree` in key order, starting after `after`.
 fn list_page<T>(
@@ -452,37 +399,16 @@ fn list_page<T>(
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::Store;
-    use portcullis_proto::v1::{ImageIdentity, ImageScan, ScanVulnerability};
-
-    /// A scan of `docker.io/library/nginx:<tag>` with `cves`, each high and fixable.
-    pub fn mk_scan_of(tag: &str, cves: &[&str]) -> ImageScan {
-        ImageScan {
-            image: Some(ImageIdentity {
-                repository: "docker.io/library/nginx".into(),
-                tags: vec![tag.into()],
-                ..Default::default()
-            }),
-            vulnerabilities: cves
-                .iter()
-                .map(|cve| ScanVulnerability {
-                    id: cve.to_string(),
-                    severity: "high".into(),
-                    fixed_version: "2".into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
+    use super::SledStore;
+    pub use crate::store::test_support::mk_scan_of;
 
     /// A store in a fresh temporary directory (kept alive by the returned guard).
     /// Opens the store in `dir` again after a test dropped it. sled releases its lock only
     /// when its last handle (a background flush) is gone, which a loaded machine can delay.
-    pub fn reopen(dir: &std::path::Path) -> Store {
+    pub fn reopen(dir: &std::path::Path) -> SledStore {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            match Store::open(dir) {
+            match SledStore::open(dir) {
                 Ok(store) => return store,
                 Err(error) if std::time::Instant::now() < deadline => {
                     let _ = error;
@@ -493,9 +419,9 @@ pub(crate) mod test_support {
         }
     }
 
-    pub fn temp_store() -> (Store, tempfile::TempDir) {
+    pub fn temp_store() -> (SledStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         (store, dir)
     }
 }

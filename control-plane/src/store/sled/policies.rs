@@ -5,29 +5,14 @@ use prost::Message;
 
 use portcullis_proto::v1::Policy;
 
-use super::{Change, Page, Store, StoreError, TreeId, Writer, decode, list_page};
+use super::{
+    ApplyOutcome, Change, Page, SledStore, StoreError, TreeId, Writer, check_revision, decode,
+    list_page, same_spec,
+};
 
 const KIND: &str = "policy";
 
-/// What `apply_policies` did with one policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    Created,
-    Updated,
-    Unchanged,
-}
-
-impl ApplyOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApplyOutcome::Created => "created",
-            ApplyOutcome::Updated => "updated",
-            ApplyOutcome::Unchanged => "unchanged",
-        }
-    }
-}
-
-impl Store {
+impl SledStore {
     /// Stores a new policy; `AlreadyExists` when the name is taken.
     pub async fn create_policy(&self, policy: Policy) -> Result<Policy, StoreError> {
         self.write(|w| {
@@ -164,34 +149,10 @@ impl Writer<'_> {
     }
 }
 
-fn check_revision(name: &str, expected: u64, current: u64) -> Result<(), StoreError> {
-    if expected == current {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            kind: KIND,
-            name: name.to_owned(),
-            expected,
-            current,
-        })
-    }
-}
-
-/// Whether two policies say the same thing (server-set fields aside).
-fn same_spec(a: &Policy, b: &Policy) -> bool {
-    let strip = |p: &Policy| Policy {
-        revision: 0,
-        create_time: None,
-        update_time: None,
-        ..p.clone()
-    };
-    strip(a) == strip(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::sled::test_support::temp_store;
 
     fn mk_policy(name: &str) -> Policy {
         Policy {
@@ -335,11 +296,11 @@ mod tests {
     async fn writes_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let epoch = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
             store.create_policy(mk_policy("a")).await.unwrap();
             store.epoch().to_owned()
         };
-        let store = crate::store::test_support::reopen(dir.path());
+        let store = crate::store::sled::test_support::reopen(dir.path());
         assert_eq!(store.epoch(), epoch);
         assert_eq!(store.revision(), 1);
         assert_eq!(store.get_policy("a").unwrap().unwrap().revision, 1);

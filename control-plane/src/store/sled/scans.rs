@@ -5,48 +5,16 @@
 
 use prost::Message;
 
-use portcullis_policy::{reference::ImageReference, scan::summary_of_stored};
-use portcullis_proto::v1::{ImageIdentity, ImageScan, ImageSummary};
+use portcullis_policy::reference::ImageReference;
+use portcullis_proto::v1::ImageScan;
 
-use super::{Change, Page, Store, StoreError, TreeId, Writer, decode};
+use super::{
+    Change, NewScan, Page, SledStore, StoreError, TreeId, Writer, decode, index_keys, scan_id,
+};
 
 const KIND: &str = "image scan";
 
-/// `ImageScan.vulnerabilities`, the field a `NewScan`'s encoded list holds entries of.
-pub const VULNERABILITIES_FIELD: u32 = 6;
-
-/// A scan to store: its message without the vulnerability list, the list already encoded (the
-/// message's field entries, which follow the rest of the record), and the summary agents
-/// receive. A report of 100,000 findings is held here as a few MB of bytes instead of a list of
-/// owned strings several times the report's size.
-#[derive(Debug, Default)]
-pub struct NewScan {
-    pub head: ImageScan,
-    pub vulnerabilities: Vec<u8>,
-    pub vulnerability_count: usize,
-    /// Its id and revision are set when the scan is stored.
-    pub summary: ImageSummary,
-}
-
-impl From<ImageScan> for NewScan {
-    /// A scan message as it stands (its list encoded, its summary derived from it).
-    fn from(mut head: ImageScan) -> Self {
-        let summary = summary_of_stored(&head);
-        let list = std::mem::take(&mut head.vulnerabilities);
-        let mut vulnerabilities = Vec::new();
-        for v in &list {
-            prost::encoding::message::encode(VULNERABILITIES_FIELD, v, &mut vulnerabilities);
-        }
-        Self {
-            head,
-            vulnerabilities,
-            vulnerability_count: list.len(),
-            summary,
-        }
-    }
-}
-
-impl Store {
+impl SledStore {
     /// Stores `scan` (its id, revision and import time are set here), replacing a scan with the
     /// same id; the replacement, its index keys and the change-log entry form one revision.
     /// Returns the stored message without its vulnerability list (`find_scan` reads it).
@@ -216,47 +184,12 @@ impl Writer<'_> {
     }
 }
 
-/// Every digest, then every normalised `repository:tag` of `identity` (tags that do not form a
-/// valid reference are skipped: no pod could name them).
-fn index_keys(identity: &ImageIdentity) -> Result<Vec<String>, StoreError> {
-    // A digest alone identifies an image (one scanned from an OCI layout has no name); tags
-    // need the repository they belong to.
-    if identity.repository.is_empty() && identity.digests.is_empty() {
-        return Err(StoreError::Invalid {
-            what: "image: a repository or a digest is required".into(),
-        });
-    }
-    let mut keys: Vec<String> = identity.digests.clone();
-    let tags = if identity.repository.is_empty() {
-        &[][..]
-    } else {
-        &identity.tags[..]
-    };
-    for tag in tags {
-        if let Ok(reference) = ImageReference::parse(&format!("{}:{tag}", identity.repository))
-            && reference.digest().is_none()
-        {
-            keys.push(reference.normalized().to_owned());
-        }
-    }
-    keys.dedup();
-    Ok(keys)
-}
-
-/// The first digest, else the first `repository:tag`, else the repository.
-fn scan_id(identity: &ImageIdentity, keys: &[String]) -> Result<String, StoreError> {
-    Ok(identity
-        .digests
-        .first()
-        .or(keys.first())
-        .cloned()
-        .unwrap_or_else(|| identity.repository.clone()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ChangesSince, test_support::temp_store};
+    use crate::store::{ChangesSince, sled::test_support::temp_store};
+    use portcullis_policy::scan::summary_of_stored;
+    use portcullis_proto::v1::{ImageIdentity, ImageSummary};
 
     const DIGEST_A: &str =
         "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -275,7 +208,7 @@ mod tests {
         }
     }
 
-    fn keys(store: &Store) -> Vec<(String, String)> {
+    fn keys(store: &SledStore) -> Vec<(String, String)> {
         store
             .scan_keys
             .iter()

@@ -2,20 +2,9 @@
 
 use std::time::Duration;
 
-use portcullis_proto::v1::{Cluster, Policy};
+use super::{SledStore, StoreError, StoreSnapshot};
 
-use super::{Store, StoreError};
-
-/// The state an agent starts from.
-#[derive(Debug)]
-pub struct StoreSnapshot {
-    pub epoch: String,
-    pub revision: u64,
-    pub policies: Vec<Policy>,
-    pub cluster: Option<Cluster>,
-}
-
-impl Store {
+impl SledStore {
     /// Reads every policy and `cluster` at one revision (no write can interleave), then waits
     /// until that revision is durable so an agent never holds state the store could lose.
     /// Scans are read afterwards, without the lock (`scan_summaries`): a scan changed after
@@ -48,7 +37,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::test_support::temp_store;
+    use crate::store::sled::test_support::temp_store;
     use portcullis_proto::v1::Policy;
 
     #[tokio::test]

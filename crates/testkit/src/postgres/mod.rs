@@ -28,11 +28,13 @@ use crate::{free_port, random_token};
 
 mod binaries;
 mod reaper;
+mod shared;
 #[cfg(test)]
 mod tests;
 
 pub use binaries::postgres_bin_dir;
 use reaper::Reaper;
+pub use shared::{fresh_database, postgres_requested, shared_postgres};
 
 /// The superuser `initdb` creates, as whom the tests and the control plane connect.
 const ROLE: &str = "portcullis";

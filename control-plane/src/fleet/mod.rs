@@ -1,6 +1,9 @@
 //! The fleet view: what each cluster's agent last said (ACK / NACK, version, cache age,
 //! protection state) and whether it is connected. Kept in memory: agents report again as soon
-//! as they reconnect to a restarted control plane.
+//! as they reconnect to a restarted control plane. With several replicas (PostgreSQL) each one
+//! also shares what its agents said and merges what the others' said (`shared`).
+
+mod shared;
 
 use std::{
     collections::HashMap,
@@ -11,7 +14,7 @@ use std::{
 use portcullis_proto::limits;
 use portcullis_proto::v1::{ClusterStatus, ReportStatusRequest};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct AgentRecord {
     streams: usize,
     last_seen: Option<SystemTime>,
@@ -28,6 +31,8 @@ struct AgentRecord {
 #[derive(Clone, Default)]
 pub struct Fleet {
     agents: Arc<Mutex<HashMap<String, AgentRecord>>>,
+    /// With several replicas: what this one shares and what the others said.
+    shared: Option<Arc<shared::Shared>>,
 }
 
 /// Marks a cluster connected while it lives (one per open Sync stream).
@@ -46,9 +51,23 @@ impl Drop for Connection {
 }
 
 impl Fleet {
+    /// A fleet view shared with the other replicas on the database of `pool`: this replica's
+    /// records are written there and the others' read back, about every second.
+    pub fn shared(pool: deadpool_postgres::Pool) -> Self {
+        let fleet = Self {
+            agents: Arc::default(),
+            shared: Some(Arc::new(shared::Shared::new(pool))),
+        };
+        tokio::spawn(shared::sync_periodically(fleet.clone()));
+        fleet
+    }
+
     fn update(&self, cluster: &str, f: impl FnOnce(&mut AgentRecord)) {
         let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         f(agents.entry(cluster.to_owned()).or_default());
+        if let Some(shared) = &self.shared {
+            shared.changed(cluster);
+        }
     }
 
     /// Records an open Sync stream until the returned guard drops.
@@ -108,12 +127,25 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(cluster);
+        if let Some(shared) = &self.shared {
+            shared.removed(cluster);
+        }
     }
 
     /// The status of `cluster` against the store's (epoch, revision).
     pub fn status(&self, cluster: &str, epoch: &str, revision: u64) -> ClusterStatus {
-        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(record) = agents.get(cluster) else {
+        let local = self
+            .agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned();
+        // The newest report of any replica, connected when any live replica holds a stream.
+        let record = match &self.shared {
+            Some(shared) => shared.merged(cluster, local),
+            None => local,
+        };
+        let Some(record) = record else {
             return ClusterStatus {
                 lag: revision,
                 ..Default::default()
