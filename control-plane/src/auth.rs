@@ -235,7 +235,9 @@ impl Authenticator {
         match self.store.cluster_for_token(&hash).await {
             Ok(Some(cluster)) => Ok(cluster),
             Ok(None) => Err(Status::unauthenticated("unknown or revoked agent token")),
-            Err(e) => Err(Status::internal(format!("token lookup: {e}"))),
+            // Unavailable stays Unavailable: the agent retries (on another replica), it does
+            // not take the call as refused.
+            Err(e) => Err(e.into()),
         }
     }
 }

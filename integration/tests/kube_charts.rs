@@ -52,6 +52,13 @@ fn both_charts_are_accepted_by_server_side_apply_with_strict_validation() {
             Some(helm.join("control-plane-nondefault.yaml")),
             json!({}),
         ),
+        // PostgreSQL: a Deployment of replicas and its PodDisruptionBudget.
+        (
+            "portcullis-control-plane",
+            "replicated",
+            Some(helm.join("control-plane-postgres.yaml")),
+            json!({}),
+        ),
     ];
     let ns = "portcullis-system";
     if api.get("namespace", None, ns).is_none() {

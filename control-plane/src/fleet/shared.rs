@@ -18,7 +18,7 @@ use portcullis_proto::v1::ClusterStatus;
 use portcullis_runtime::clock::timestamp;
 
 use super::{AgentRecord, Fleet};
-use crate::store::{now_millis, postgres::db_error};
+use crate::store::postgres::db_error;
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const LIVE_FOR: Duration = Duration::from_secs(10);
@@ -134,8 +134,16 @@ async fn write_and_read(
         .get()
         .await
         .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))?;
-    let now = now_millis();
     let tx = client.transaction().await.map_err(db_error)?;
+    // The database's clock, not the replicas' own: theirs may disagree.
+    let now: i64 = tx
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .map_err(db_error)?
+        .get(0);
     tx.execute(
         "INSERT INTO replicas (replica, seen_millis) VALUES ($1, $2) \
          ON CONFLICT (replica) DO UPDATE SET seen_millis = excluded.seen_millis",

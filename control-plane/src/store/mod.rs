@@ -318,7 +318,20 @@ impl Store {
     /// same id; the replacement, its index keys and the change-log entry form one revision.
     /// Returns the stored message without its vulnerability list (`find_scan` reads it).
     pub async fn put_scan(&self, scan: impl Into<NewScan>) -> Result<ImageScan, StoreError> {
-        each!(self, s => s.put_scan(scan.into()).await)
+        let scan = scan.into();
+        // Ids are text in the dictionary (PostgreSQL's text holds no NUL byte): refused the
+        // same on both backends.
+        if let Some(id) = scan
+            .summary
+            .vulnerability_ids
+            .iter()
+            .find(|id| id.contains('\0'))
+        {
+            return Err(StoreError::Invalid {
+                what: format!("vulnerability id {id:?}: contains a NUL byte"),
+            });
+        }
+        each!(self, s => s.put_scan(scan).await)
     }
 
     /// Deletes the scan that `image` finds (see `find_scan`); returns its id and the revision.

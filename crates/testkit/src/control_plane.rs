@@ -123,11 +123,9 @@ impl ControlPlane {
             .and_then(|i| extra_args.get(i + 1).cloned());
         // The suites that run on either store are run on PostgreSQL too (see
         // `postgres_requested`).
-        if database.is_none()
-            && profile == Profile::Test
-            && crate::postgres_requested()
-            && let Some(url) = crate::fresh_database("e2e")
-        {
+        if database.is_none() && profile == Profile::Test && crate::postgres_requested() {
+            let url = crate::fresh_database("e2e")
+                .expect("PORTCULLIS_TEST_STORE=postgres but there is no PostgreSQL");
             extra_args.extend(["--database-url".to_owned(), url.clone()]);
             database = Some(url);
         }

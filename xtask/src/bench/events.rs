@@ -15,7 +15,7 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    harness::{self, Bearer, ControlPlane},
+    harness::{self, Bearer},
     percentile,
 };
 
@@ -33,6 +33,9 @@ pub struct EventsArgs {
     /// ListEvents calls timed.
     #[arg(long, default_value_t = 500)]
     queries: usize,
+    /// On PostgreSQL: two control-plane replicas, the clients spread over both.
+    #[arg(long)]
+    postgres: bool,
 }
 
 const CLUSTERS: usize = 10;
@@ -75,16 +78,20 @@ fn mk_event(cluster: usize, n: usize, millis: u64) -> Event {
 }
 
 pub async fn run(args: EventsArgs) -> Result<()> {
-    let cp = ControlPlane::start_bench(
-        None,
-        &[
-            "--event-max-count",
-            &(args.events * 2).to_string(),
-            "--event-max-batch",
-            &args.batch.to_string(),
-        ],
-    );
+    let database = harness::Database::start(args.postgres)?;
+    let cp = database.control_plane(&[
+        "--event-max-count",
+        &(args.events * 2).to_string(),
+        "--event-max-batch",
+        &args.batch.to_string(),
+    ]);
+    // On PostgreSQL, a second replica takes half the clients.
+    let replica = args.postgres.then(|| cp.start_replica());
     let channel = harness::channel(&cp).await?;
+    let channels = match &replica {
+        Some(replica) => vec![channel.clone(), harness::channel(replica).await?],
+        None => vec![channel.clone()],
+    };
     let admin = Bearer::new(&cp.admin_token())?;
     let mut clusters = ClusterServiceClient::with_interceptor(channel.clone(), admin.clone());
     let mut tokens = Vec::new();
@@ -99,8 +106,12 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     }
 
     println!(
-        "== ingest: {} events, batches of {}, {} clients",
-        args.events, args.batch, args.concurrency
+        "== ingest: {} events, batches of {}, {} clients, {} control plane(s) on {}",
+        args.events,
+        args.batch,
+        args.concurrency,
+        channels.len(),
+        database.name()
     );
     // Events spread over the last day, in time order per client.
     let start_ms = std::time::SystemTime::now()
@@ -111,7 +122,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency {
-        let channel = channel.clone();
+        let channel = channels[worker % channels.len()].clone();
         let tokens = tokens.clone();
         let (batch_size, total, concurrency) = (args.batch, args.events, args.concurrency);
         tasks.push(tokio::spawn(async move {

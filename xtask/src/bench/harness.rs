@@ -59,6 +59,61 @@ pub async fn api_server() -> Result<portcullis_testkit::kube::ApiServer> {
         )
 }
 
+/// The store a benchmark's control planes run on: sled in their data dir, or a PostgreSQL
+/// server of the benchmark's own (Debian's binaries, durable settings: fsync on, unlike the
+/// tests' servers), in a temporary dir, stopped at the end.
+pub struct Database {
+    server: Option<(portcullis_testkit::Postgres, tempfile::TempDir, String)>,
+}
+
+impl Database {
+    pub fn start(postgres: bool) -> Result<Self> {
+        if !postgres {
+            return Ok(Self { server: None });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-bench-pg")
+            .tempdir()?;
+        let server = portcullis_testkit::Postgres::start_in(
+            dir.path().join("pg"),
+            portcullis_testkit::free_port(),
+        )?;
+        let url = server.create_database("bench");
+        println!(
+            "PostgreSQL {} (fsync on)",
+            server.url_without_password("bench")
+        );
+        Ok(Self {
+            server: Some((server, dir, url)),
+        })
+    }
+
+    /// `serve` arguments that put a control plane on this store.
+    pub fn args(&self) -> Vec<String> {
+        match &self.server {
+            Some((_, _, url)) => vec!["--database-url".into(), url.clone()],
+            None => Vec::new(),
+        }
+    }
+
+    /// "sled" or "PostgreSQL", for the report.
+    pub fn name(&self) -> &'static str {
+        if self.server.is_some() {
+            "PostgreSQL"
+        } else {
+            "sled"
+        }
+    }
+
+    /// Starts a control plane on this store with `extra` arguments.
+    pub fn control_plane(&self, extra: &[&str]) -> ControlPlane {
+        let args = self.args();
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        ControlPlane::start_bench(None, &all)
+    }
+}
+
 pub fn release_bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
 }

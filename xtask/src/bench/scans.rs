@@ -41,6 +41,10 @@ pub struct ScansArgs {
     /// skip the import and measure only the snapshot.
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
+    /// On PostgreSQL (a server of the benchmark's own; not with `--keep`); the snapshot is
+    /// served by a second replica.
+    #[arg(long, conflicts_with = "keep")]
+    postgres: bool,
 }
 
 const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
@@ -88,19 +92,28 @@ fn report(i: usize, args: &ScansArgs) -> Vec<u8> {
 
 pub async fn run(args: ScansArgs) -> Result<()> {
     let imported = args.keep.as_ref().is_some_and(|k| k.join("cp").exists());
+    let database = harness::Database::start(args.postgres)?;
     let cp = match &args.keep {
         Some(keep) => {
             std::fs::create_dir_all(keep)?;
             ControlPlane::start_bench(Some(keep.join("cp")), &[])
         }
-        None => ControlPlane::start_bench(None, &[]),
+        None => database.control_plane(&[]),
     };
     let channel = harness::channel(&cp).await?;
     let admin = Bearer::new(&cp.admin_token())?;
     if !imported {
         import(&args, &cp, channel.clone(), admin.clone()).await?;
     }
-    snapshot(&args, &cp, channel, admin).await
+    println!("== on {}", database.name());
+    match args.postgres {
+        true => {
+            let replica = cp.start_replica();
+            let channel = harness::channel(&replica).await?;
+            snapshot(&args, &replica, channel, admin).await
+        }
+        false => snapshot(&args, &cp, channel, admin).await,
+    }
 }
 
 async fn import(

@@ -30,11 +30,16 @@ pub struct SyncArgs {
     /// Policies in the snapshot.
     #[arg(long, default_value_t = 5000)]
     policies: usize,
+    /// On PostgreSQL: two control-plane replicas, the agents spread over both, the change
+    /// written on the first.
+    #[arg(long)]
+    postgres: bool,
 }
 
 pub async fn run(args: SyncArgs) -> Result<()> {
-    fan_out(args.agents).await?;
-    snapshot(args.policies).await
+    let database = harness::Database::start(args.postgres)?;
+    fan_out(args.agents, &database).await?;
+    snapshot(args.policies, &database).await
 }
 
 fn mk_policy(name: String, clusters: Vec<String>) -> Policy {
@@ -99,9 +104,21 @@ where
     out
 }
 
-async fn fan_out(agents: usize) -> Result<()> {
-    println!("== fan-out: {agents} agent streams, one policy change");
-    let cp = ControlPlane::start_bench(None, &["--heartbeat-interval", "10"]);
+async fn fan_out(agents: usize, database: &harness::Database) -> Result<()> {
+    let cp = database.control_plane(&["--heartbeat-interval", "10"]);
+    let replicas: Vec<ControlPlane> = match database.name() {
+        "PostgreSQL" => vec![cp.start_replica()],
+        _ => Vec::new(),
+    };
+    println!(
+        "== fan-out: {agents} agent streams over {} control plane(s) on {}, one policy change",
+        1 + replicas.len(),
+        database.name()
+    );
+    let urls: Vec<String> = std::iter::once(&cp)
+        .chain(&replicas)
+        .map(ControlPlane::url)
+        .collect();
     let started = Instant::now();
     let tokens = register(&cp, (0..agents).map(|i| format!("bench-{i}")).collect()).await?;
     println!("registered {agents} clusters in {:?}", started.elapsed());
@@ -109,9 +126,9 @@ async fn fan_out(agents: usize) -> Result<()> {
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(agents);
     let (done_tx, mut done_rx) = mpsc::channel::<Instant>(agents);
     let ca = std::fs::read(cp.ca_file())?;
-    for (cluster, token) in tokens {
-        let (ready_tx, done_tx, url, ca) =
-            (ready_tx.clone(), done_tx.clone(), cp.url(), ca.clone());
+    for (i, (cluster, token)) in tokens.into_iter().enumerate() {
+        let url = urls[i % urls.len()].clone();
+        let (ready_tx, done_tx, ca) = (ready_tx.clone(), done_tx.clone(), ca.clone());
         tokio::spawn(async move {
             if let Err(error) = one_agent(url, ca, cluster.clone(), token, ready_tx, done_tx).await
             {
@@ -159,6 +176,28 @@ async fn fan_out(agents: usize) -> Result<()> {
     );
 
     let mut clusters = ClusterServiceClient::with_interceptor(channel, admin);
+    // Replicas share their agents' reports about every second: a few reads at most.
+    let mut caught_up = 0;
+    for _ in 0..20 {
+        caught_up = fleet_caught_up(&mut clusters).await?;
+        if caught_up == agents {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("fleet view: {caught_up}/{agents} clusters connected with lag 0");
+    if caught_up != agents {
+        bail!("not every agent shows lag 0 in the fleet view");
+    }
+    Ok(())
+}
+
+/// Clusters the fleet view shows connected with lag 0.
+async fn fleet_caught_up(
+    clusters: &mut ClusterServiceClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+    >,
+) -> Result<usize> {
     let mut caught_up = 0;
     let mut token = String::new();
     loop {
@@ -179,11 +218,7 @@ async fn fan_out(agents: usize) -> Result<()> {
         }
         token = page.next_page_token;
     }
-    println!("fleet view: {caught_up}/{agents} clusters connected with lag 0");
-    if caught_up != agents {
-        bail!("not every agent shows lag 0 in the fleet view");
-    }
-    Ok(())
+    Ok(caught_up)
 }
 
 /// A minimal in-process agent: sync, ACK the snapshot, then ACK the first delta.
@@ -239,9 +274,12 @@ async fn one_agent(
     bail!("stream ended")
 }
 
-async fn snapshot(count: usize) -> Result<()> {
-    println!("== snapshot: {count} policies to one fresh agent (release binary)");
-    let cp = ControlPlane::start_bench(None, &[]);
+async fn snapshot(count: usize, database: &harness::Database) -> Result<()> {
+    println!(
+        "== snapshot: {count} policies to one fresh agent (release binary), on {}",
+        database.name()
+    );
+    let cp = database.control_plane(&[]);
     let tokens = register(&cp, vec!["bench-snapshot".into()]).await?;
     let channel = harness::channel(&cp).await?;
     let admin = Bearer::new(&cp.admin_token())?;

@@ -352,6 +352,11 @@ async fn scans_are_found_listed_summarised_with_numbered_ids_and_deleted() {
         let error = store.delete_scan("nginx:1.26").await.unwrap_err();
         assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
         let error = store
+            .put_scan(mk_scan_of("1.27", &["CVE-\0-1"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Invalid { .. }), "{error}");
+        let error = store
             .put_scan(portcullis_proto::v1::ImageScan::default())
             .await
             .unwrap_err();

@@ -120,6 +120,16 @@ async fn a_wrong_password_an_unreachable_host_and_a_missing_database_fail_at_sta
         );
         assert!(!error.contains("not-the-password"), "{error}");
     }
+    // `prefer` never falls back to clear text: this server has no TLS, so no connection.
+    let error = Store::connect_postgres(&PgSettings::new(
+        url.replace("sslmode=disable", "sslmode=prefer"),
+    ))
+    .await
+    .err()
+    .expect("no clear text for sslmode=prefer")
+    .to_string();
+    assert!(error.to_lowercase().contains("tls"), "{error}");
+    assert!(!error.contains(password), "{error}");
     // The password from a file, not the URL.
     let file = dir.path().join("password");
     std::fs::write(&file, format!("{password}\n")).unwrap();

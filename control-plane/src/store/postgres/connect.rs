@@ -42,27 +42,37 @@ impl PgSettings {
 
     /// The URL without its password, for logs and errors.
     pub fn describe(&self) -> String {
-        redact(&self.url)
+        describe(&self.url)
     }
 }
 
-/// `scheme://user:password@rest` → `scheme://user@rest`; anything else as it is, but never a
-/// password.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "(a connection string)".into();
+/// What the parsed URL names (user, hosts, ports, database): never its password, however the
+/// URL spells it. A URL that does not parse is not shown at all.
+fn describe(url: &str) -> String {
+    let Ok(config) = url.parse::<Config>() else {
+        return "(a --database-url that does not parse)".into();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) => format!("{}@{host}", user.split(':').next().unwrap_or("")),
-        None => authority.to_owned(),
-    };
-    // A password in the query (`?password=…`) is dropped with the query.
-    let tail = tail.split('?').next().unwrap_or("");
-    format!("{scheme}://{authority}{tail}")
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
 }
 
 /// The connection settings and the TLS connector, for the pool and the follower.
@@ -83,7 +93,7 @@ impl Connector {
     pub fn new(settings: &PgSettings) -> Result<Self, StoreError> {
         let describe = settings.describe();
         let mut config: Config = settings.url.parse().map_err(|e: tokio_postgres::Error| {
-            StoreError::Database(format!("--database-url {describe}: {}", error_text(&e)))
+            StoreError::Database(format!("--database-url does not parse: {}", error_text(&e)))
         })?;
         if let Some(file) = &settings.password_file {
             let password = std::fs::read_to_string(file).map_err(|e| {
@@ -102,11 +112,29 @@ impl Connector {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name("portcullis-control-plane");
+        // A connection that dies without a word (a partition, a frozen peer) is noticed in
+        // seconds, not after the kernel's two hours.
+        config.keepalives_idle(Duration::from_secs(15));
+        config.tcp_user_timeout(Duration::from_secs(30));
+        // On the server: a transaction a stalled replica leaves open (holding the revision
+        // row) is ended, and a write waits for that row at most `lock_timeout`, so one frozen
+        // replica cannot stop every other one's writes; a runaway statement is cut off.
+        let mut options = config.get_options().unwrap_or("").to_owned();
+        options.push_str(
+            " -c idle_in_transaction_session_timeout=30000 -c lock_timeout=30000 \
+             -c statement_timeout=300000",
+        );
+        config.options(options.trim());
         let tls = match config.get_ssl_mode() {
             SslMode::Disable => Tls::None,
-            _ => Tls::Rustls(MakeRustlsConnect::new(client_config(
-                settings.ca_file.as_deref(),
-            )?)),
+            // `prefer` (also the default) would go on in clear text when the server declines
+            // TLS, which an attacker on the path can make it do: any TLS is required TLS.
+            _ => {
+                config.ssl_mode(SslMode::Require);
+                Tls::Rustls(MakeRustlsConnect::new(client_config(
+                    settings.ca_file.as_deref(),
+                )?))
+            }
         };
         Ok(Self {
             config,
@@ -294,12 +322,24 @@ mod tests {
                 "postgres://app:s3cret@db.example:5432/portcullis?sslmode=require",
                 "postgres://app@db.example:5432/portcullis",
             ),
-            ("postgres://app@db/p", "postgres://app@db/p"),
-            ("postgresql://db/p?password=s3cret", "postgresql://db/p"),
-            ("postgres://a:b:c@h", "postgres://a@h"),
-            ("host=db password=s3cret", "(a connection string)"),
+            ("postgres://app@db/p", "postgres://app@db:5432/p"),
+            (
+                "postgresql://u@db/p?password=s3cret",
+                "postgres://u@db:5432/p",
+            ),
+            ("postgres://a:s3/cr?et@h/d", "postgres://a@h:5432/d"),
+            ("postgres://a:s3cret:x@h/d", "postgres://a@h:5432/d"),
+            (
+                "host=db user=u password=s3cret dbname=d",
+                "postgres://u@db/d",
+            ),
+            (
+                "postgres://u:s3cret@h:notaport/d",
+                "(a --database-url that does not parse)",
+            ),
         ] {
-            assert_eq!(redact(url), shown);
+            assert_eq!(describe(url), shown, "{url}");
+            assert!(!describe(url).contains("s3"), "{url}");
         }
     }
 

@@ -23,6 +23,12 @@ pub async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), Store
     let error = |what: &str, e: tokio_postgres::Error| {
         StoreError::Database(format!("schema migration: {what}: {}", error_text(&e)))
     };
+    // Another replica may hold the lock for a long migration: wait for it, and let a
+    // migration take as long as it takes (the connection's usual limits return after).
+    client
+        .batch_execute("SET lock_timeout = 0; SET statement_timeout = 0")
+        .await
+        .map_err(|e| error("preparing the session", e))?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
@@ -34,6 +40,10 @@ pub async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), Store
         .await;
     result?;
     unlocked.map_err(|e| error("releasing the migration lock", e))?;
+    client
+        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+        .await
+        .map_err(|e| error("restoring the session", e))?;
     Ok(())
 }
 

@@ -289,7 +289,12 @@ impl Write<'_> {
 async fn follow(connector: connect::Connector, shared: Arc<Shared>, interval: Duration) {
     let mut failures = 0u32;
     loop {
+        let started = std::time::Instant::now();
         let error = connector.listen(CHANNEL, &shared, interval).await;
+        // A connection that served a while starts the backoff again.
+        if started.elapsed() > Duration::from_secs(60) {
+            failures = 0;
+        }
         if shared.set_available(false) {
             warn!(%error, "PostgreSQL: lost the database; not ready until it answers again");
         }
@@ -302,12 +307,21 @@ async fn follow(connector: connect::Connector, shared: Arc<Shared>, interval: Du
 /// A database error as the store reports it: `Unavailable` when the connection is gone or the
 /// server cannot serve (the call may succeed on another replica or later), else `Database`.
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
+    let code = error.code().map(|c| c.code()).unwrap_or("");
+    // A text with a character PostgreSQL cannot store (a NUL byte): the caller's input.
+    if matches!(code, "22021" | "22P05") {
+        return StoreError::Invalid {
+            what: "a text holds a character the database cannot store (a NUL byte)".into(),
+        };
+    }
     let unavailable = error.is_closed()
-        || error.code().is_some_and(|code| {
-            let code = code.code();
-            // Class 08: connection exception; 57P0x: the server is shutting down or starting.
-            code.starts_with("08") || code.starts_with("57P")
-        })
+        // Class 08: connection exception; 57P0x: the server is shutting down or starting.
+        || code.starts_with("08")
+        || code.starts_with("57P")
+        // Worth trying again, here or on another replica: a statement or lock wait cut off
+        // (57014, 55P03), too many connections (53300), a read-only server (25006: a standby
+        // after a failover), a deadlock or serialization failure (40P01, 40001).
+        || matches!(code, "57014" | "55P03" | "53300" | "25006" | "40P01" | "40001")
         || std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>());
     if unavailable {
         StoreError::Unavailable(error.to_string())

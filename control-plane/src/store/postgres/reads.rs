@@ -227,7 +227,13 @@ impl PgStore {
         revision: u64,
         limit: usize,
     ) -> Result<ChangesSince, StoreError> {
-        let durable = self.revision();
+        let mut durable = self.revision();
+        if revision > durable {
+            // An agent from a replica that heard of a commit before this one did: ask the
+            // database before sending it to a snapshot.
+            durable = head(&**self.client().await?).await?;
+            self.shared.advance(durable);
+        }
         if revision > durable || revision < self.compacted_through().await? {
             return Ok(ChangesSince::SnapshotNeeded);
         }

@@ -88,9 +88,20 @@ mod tests {
             db.open_tree("scans").unwrap().insert("x", "y").unwrap();
             db.flush().unwrap();
         }
-        let err = crate::store::sled::SledStore::open(dir.path())
-            .err()
-            .expect("refused");
+        // sled releases its file lock only when its last handle (a background flush) is gone,
+        // which a loaded machine can delay: a lock error is tried again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let err = loop {
+            match crate::store::sled::SledStore::open(dir.path()) {
+                Ok(_) => panic!("a pre-release store was opened"),
+                Err(StoreError::Sled(_) | StoreError::Io(_))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => break err,
+            }
+        };
         assert!(matches!(err, StoreError::PreRelease { .. }), "{err}");
         assert!(
             err.to_string().contains("before the first release"),
