@@ -137,13 +137,24 @@ fn replicas_are_not_ready_while_the_database_is_down_and_recover_without_a_resta
     let a = ControlPlane::start_on_database(&url, &[]);
     let b = a.start_replica();
     let dir = tempfile::tempdir().unwrap();
+    let token = a.register("c1");
     apply_policy(&a, dir.path(), "before");
+    let agent = Agent::start(&a, "c1", &token);
+    agent.wait_revision(a.revision());
     postgres.stop();
     for cp in [&a, &b] {
         eventually("not ready", || {
             matches!(http_get(cp.admin_port, "/readyz"), Some((503, _)))
         });
     }
+    // The replica that lost its database ends the agent's stream (so it goes elsewhere), with
+    // Unavailable; the agent keeps enforcing what it has.
+    let state = agent.wait_for("the stream ended", |s| {
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("lost its database"))
+    });
+    assert_eq!(state["policies"], serde_json::json!(["before"]), "{state}");
     let refused = a.admin_cli(&["policy", "list"]);
     assert!(!refused.status.success());
     assert!(
@@ -166,6 +177,11 @@ fn replicas_are_not_ready_while_the_database_is_down_and_recover_without_a_resta
         listed.contains("before") && listed.contains("after"),
         "{listed}"
     );
+    // The agent is back, and resumed.
+    let state = agent.wait_for("the agent back with the new policy", |s| {
+        s["policies"] == serde_json::json!(["after", "before"])
+    });
+    assert_eq!(state["snapshots"], 1, "{state}");
 }
 
 /// `portcullis-control-plane serve` against `url`; it must exit at start: its stderr.

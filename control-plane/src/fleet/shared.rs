@@ -129,11 +129,7 @@ async fn write_and_read(
     shared: &Shared,
     records: &[(String, Option<AgentRecord>)],
 ) -> Result<(), crate::store::StoreError> {
-    let mut client = shared
-        .pool
-        .get()
-        .await
-        .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))?;
+    let mut client = crate::store::postgres::pooled(&shared.pool).await?;
     let tx = client.transaction().await.map_err(db_error)?;
     // The database's clock, not the replicas' own: theirs may disagree.
     let now: i64 = tx

@@ -7,7 +7,7 @@
 //! an `epoch` (fixed at creation) so agents can tell a reset store from the one they synced with.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod postgres;
 mod records;
 mod rules;

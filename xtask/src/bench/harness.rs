@@ -63,13 +63,18 @@ pub async fn api_server() -> Result<portcullis_testkit::kube::ApiServer> {
 /// server of the benchmark's own (Debian's binaries, durable settings: fsync on, unlike the
 /// tests' servers), in a temporary dir, stopped at the end.
 pub struct Database {
-    server: Option<(portcullis_testkit::Postgres, tempfile::TempDir, String)>,
+    server: Option<(portcullis_testkit::Postgres, tempfile::TempDir)>,
+    /// Databases created so far (each control plane started gets a new one).
+    created: std::cell::Cell<u32>,
 }
 
 impl Database {
     pub fn start(postgres: bool) -> Result<Self> {
         if !postgres {
-            return Ok(Self { server: None });
+            return Ok(Self {
+                server: None,
+                created: Default::default(),
+            });
         }
         let dir = tempfile::Builder::new()
             .prefix("portcullis-bench-pg")
@@ -78,20 +83,22 @@ impl Database {
             dir.path().join("pg"),
             portcullis_testkit::free_port(),
         )?;
-        let url = server.create_database("bench");
-        println!(
-            "PostgreSQL {} (fsync on)",
-            server.url_without_password("bench")
-        );
+        println!("PostgreSQL on 127.0.0.1:{} (fsync on)", server.port());
         Ok(Self {
-            server: Some((server, dir, url)),
+            server: Some((server, dir)),
+            created: Default::default(),
         })
     }
 
-    /// `serve` arguments that put a control plane on this store.
-    pub fn args(&self) -> Vec<String> {
+    /// `serve` arguments that put a control plane on this store: a new database each time.
+    fn args(&self) -> Vec<String> {
         match &self.server {
-            Some((_, _, url)) => vec!["--database-url".into(), url.clone()],
+            Some((server, _)) => {
+                let n = self.created.get() + 1;
+                self.created.set(n);
+                let url = server.create_database(&format!("bench{n}"));
+                vec!["--database-url".into(), url]
+            }
             None => Vec::new(),
         }
     }

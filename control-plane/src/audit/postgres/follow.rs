@@ -139,15 +139,7 @@ pub async fn follow_periodically(
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            () = async {
-                let heard = match notified.as_mut() {
-                    Some(notes) => notes.changed().await.is_ok(),
-                    None => false,
-                };
-                if !heard {
-                    std::future::pending::<()>().await;
-                }
-            } => {}
+            () = crate::store::postgres::next_notification(&mut notified) => {}
         }
         let Some(follower) = follower.upgrade() else {
             return;

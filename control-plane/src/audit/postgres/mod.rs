@@ -11,7 +11,7 @@ mod report;
 
 use std::{sync::Arc, time::Duration};
 
-use deadpool_postgres::{Pool, PoolError, Transaction};
+use deadpool_postgres::{Pool, Transaction};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info_span, warn};
@@ -104,10 +104,7 @@ impl PgAudit {
 
 /// A pooled connection; `Unavailable` when none can be had.
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-    pool.get().await.map_err(|error| match error {
-        PoolError::Backend(error) => db_error(error),
-        other => StoreError::Unavailable(other.to_string()),
-    })
+    crate::store::postgres::pooled(pool).await
 }
 
 /// Takes `cluster`'s lock until the transaction ends: its reports and deletion run one at a

@@ -4,16 +4,7 @@ use tokio::sync::broadcast;
 
 use super::*;
 
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within 15 s: {what}");
-}
+use crate::store::conformance::eventually;
 
 /// The next `n` changes a watcher sees (bounded wait), as (name, state).
 async fn next_changes(

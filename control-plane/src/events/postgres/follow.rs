@@ -68,15 +68,7 @@ pub async fn follow(shared: Arc<Shared>, mut notified: Option<watch::Receiver<u6
             _ = poll.tick() => {}
             () = shared.wake.notified() => {}
             // Another replica's events (see `store::postgres::Topic`).
-            () = async {
-                let heard = match notified.as_mut() {
-                    Some(notes) => notes.changed().await.is_ok(),
-                    None => false,
-                };
-                if !heard {
-                    std::future::pending::<()>().await;
-                }
-            } => {}
+            () = crate::store::postgres::next_notification(&mut notified) => {}
         }
         match step(&shared, &mut cursor, &mut counted).await {
             Ok(()) if failing => {

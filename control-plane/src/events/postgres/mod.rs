@@ -16,7 +16,7 @@ use std::{
     },
 };
 
-use deadpool_postgres::{Pool, PoolError};
+use deadpool_postgres::Pool;
 use prost::Message;
 use tokio::sync::{Notify, OnceCell, broadcast};
 use tracing::{Instrument, info, info_span};
@@ -283,15 +283,7 @@ impl PgEvents {
 impl Shared {
     /// A pooled connection; `Unavailable` when none can be had.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|error| {
-            StoreError::Unavailable(match &error {
-                PoolError::Backend(e) => match std::error::Error::source(e) {
-                    Some(source) => format!("{e}: {source}"),
-                    None => e.to_string(),
-                },
-                other => other.to_string(),
-            })
-        })
+        crate::store::postgres::pooled(&self.pool).await
     }
 
     /// Where following starts (see `follow.rs`), with the first count of the table.

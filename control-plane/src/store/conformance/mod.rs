@@ -12,6 +12,17 @@ pub(crate) use portcullis_testkit::{fresh_database, shared_postgres as server};
 
 use super::{Store, postgres::PgSettings};
 
+/// Waits (bounded: 30 s) until `check` holds.
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not within 30 s: {what}");
+}
+
 /// A store (a replica) on PostgreSQL at `url`.
 pub(crate) async fn connect(url: &str) -> Store {
     Store::connect_postgres(&PgSettings::new(url))

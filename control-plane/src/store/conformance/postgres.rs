@@ -5,19 +5,8 @@ use std::time::Duration;
 
 use portcullis_testkit::Postgres;
 
-use super::{connect, fresh_database, mk_policy, server};
+use super::{connect, eventually, fresh_database, mk_policy, server};
 use crate::store::{Store, StoreError, postgres::PgSettings};
-
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within 30 s: {what}");
-}
 
 #[tokio::test]
 async fn replicas_share_the_epoch_and_see_each_others_writes_at_once() {

@@ -185,10 +185,7 @@ impl PgStore {
 
     /// A pooled connection; `Unavailable` when none can be had.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(connect::reason(&e)))
+        pooled(&self.pool).await
     }
 
     /// Starts a writing transaction: takes the revision row's lock and reads the head.
@@ -301,6 +298,26 @@ async fn follow(connector: connect::Connector, shared: Arc<Shared>, interval: Du
         failures = failures.saturating_add(1);
         let pause = Duration::from_millis(200u64 << failures.min(5)).min(Duration::from_secs(5));
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// A connection from `pool`; `Unavailable` when none can be had (for the stores beside this
+/// one, which share its pool).
+pub(crate) async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Unavailable(connect::reason(&e)))
+}
+
+/// Waits for the next notification `notified` counts; forever without one (sled, or the
+/// store gone): for a follower's `select!` beside its poll.
+pub(crate) async fn next_notification(notified: &mut Option<watch::Receiver<u64>>) {
+    let heard = match notified.as_mut() {
+        Some(notes) => notes.changed().await.is_ok(),
+        None => false,
+    };
+    if !heard {
+        std::future::pending::<()>().await;
     }
 }
 

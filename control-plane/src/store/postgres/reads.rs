@@ -379,11 +379,7 @@ const SUMMARY_PAGE: i64 = 1000;
 
 impl Summaries {
     async fn fetch(&mut self) -> Result<(), StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(super::connect::reason(&e)))?;
+        let client = super::pooled(&self.pool).await?;
         let rows = client
             .query(
                 "SELECT id, summary FROM scans WHERE id > $1 ORDER BY id LIMIT $2",
@@ -426,11 +422,7 @@ impl PgVulnerabilityIds {
     /// The ids numbered `from` and up, in order.
     pub fn from(&self, from: u32) -> Result<Vec<String>, StoreError> {
         self.handle.block_on(async {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(super::connect::reason(&e)))?;
+            let client = super::pooled(&self.pool).await?;
             let rows = client
                 .query(
                     "SELECT number, id FROM vulnerability_ids WHERE number >= $1 ORDER BY number",
