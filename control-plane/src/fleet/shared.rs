@@ -3,7 +3,8 @@
 //! (`replicas`), and reads the other replicas' rows back; a cluster is connected while a live
 //! replica holds a stream of it, and its status is the newest report any replica received.
 //! About a second behind; a replica that stops refreshing its row for `LIVE_FOR` counts no
-//! longer as holding streams, and its rows go after `FORGET_AFTER`.
+//! longer as holding streams, and its rows go after `FORGET_AFTER`. A cluster deleted through
+//! one replica is forgotten by every replica at its next round.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -106,29 +107,43 @@ async fn sync_once(fleet: &Fleet, shared: &Shared) -> Result<(), crate::store::S
         std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()))
             .into_iter()
             .collect();
-    let records: Vec<(String, Option<AgentRecord>)> = {
+    let (records, known): (Vec<(String, Option<AgentRecord>)>, Vec<String>) = {
         let agents = fleet.agents.lock().unwrap_or_else(|e| e.into_inner());
-        dirty
+        let records = dirty
             .iter()
             .map(|cluster| (cluster.clone(), agents.get(cluster).cloned()))
-            .collect()
+            .collect();
+        (records, agents.keys().cloned().collect())
     };
-    let result = write_and_read(shared, &records).await;
-    if result.is_err() {
-        // Written next time.
-        shared
-            .dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(dirty);
+    match write_and_read(shared, &records, &known).await {
+        Ok(deleted) => {
+            // Clusters deleted, maybe through another replica: this one forgets them too.
+            let mut agents = fleet.agents.lock().unwrap_or_else(|e| e.into_inner());
+            for cluster in deleted {
+                agents.remove(&cluster);
+            }
+            Ok(())
+        }
+        Err(error) => {
+            // Written next time.
+            shared
+                .dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(dirty);
+            Err(error)
+        }
     }
-    result
 }
 
+/// Writes `records` and this replica's liveness, reads the other replicas' records; returns
+/// which of the `known` clusters (this replica's records) no longer exist: deleted, maybe
+/// through another replica.
 async fn write_and_read(
     shared: &Shared,
     records: &[(String, Option<AgentRecord>)],
-) -> Result<(), crate::store::StoreError> {
+    known: &[String],
+) -> Result<Vec<String>, crate::store::StoreError> {
     let mut client = crate::store::postgres::pooled(&shared.pool).await?;
     let tx = client.transaction().await.map_err(db_error)?;
     // The database's clock, not the replicas' own: theirs may disagree.
@@ -186,6 +201,28 @@ async fn write_and_read(
     tx.execute("DELETE FROM replicas WHERE seen_millis < $1", &[&forget])
         .await
         .map_err(db_error)?;
+    let known: Vec<&[u8]> = known.iter().map(|c| c.as_bytes()).collect();
+    let deleted: Vec<Vec<u8>> = tx
+        .query(
+            "SELECT k FROM unnest($1::bytea[]) AS k \
+             WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.name = k)",
+            &[&known],
+        )
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    tx.execute(
+        "DELETE FROM fleet_status WHERE replica = $1 AND cluster = ANY($2)",
+        &[&shared.replica, &deleted],
+    )
+    .await
+    .map_err(db_error)?;
+    let deleted: Vec<String> = deleted
+        .into_iter()
+        .filter_map(|c| String::from_utf8(c).ok())
+        .collect();
     let rows = tx
         .query(
             "SELECT f.cluster, f.streams, f.record, coalesce(r.seen_millis, 0) \
@@ -209,7 +246,7 @@ async fn write_and_read(
         others.entry(cluster).or_default().push((record, live));
     }
     *shared.others.lock().unwrap_or_else(|e| e.into_inner()) = others;
-    Ok(())
+    Ok(deleted)
 }
 
 fn encode(record: &AgentRecord) -> Vec<u8> {
@@ -249,6 +286,58 @@ fn decode(streams: i32, bytes: &[u8]) -> Option<AgentRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{connect, eventually, fresh_database};
+    use portcullis_proto::v1::{Cluster, ReportStatusRequest};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_merge_their_agents_and_forget_clusters_deleted_through_another() {
+        let Some(url) = fresh_database("fleet") else {
+            return;
+        };
+        let store = connect(&url).await;
+        let c1 = || Cluster {
+            name: "c1".into(),
+            ..Default::default()
+        };
+        store.register_cluster(c1(), [1; 32]).await.unwrap();
+        let pool = store.postgres_pool().unwrap().clone();
+        let (a, b) = (Fleet::shared(pool.clone()), Fleet::shared(pool));
+        // B's agent: connected and reporting; A shows it.
+        let stream = b.connected("c1", "1.0");
+        let ack = ReportStatusRequest {
+            applied_epoch: "e".into(),
+            applied_revision: 1,
+            ..Default::default()
+        };
+        b.report("c1", &ack);
+        eventually("A sees B's agent", || {
+            let status = a.status("c1", "e", 1);
+            status.connected && status.applied_revision == 1 && status.lag == 0
+        })
+        .await;
+        drop(stream);
+        eventually("A sees the stream end", || {
+            !a.status("c1", "e", 1).connected
+        })
+        .await;
+        // Deleted through A (as the cluster service does); B forgets its record too, so a
+        // cluster registered again under the name does not show the old agent.
+        store.delete_cluster("c1").await.unwrap();
+        a.remove("c1");
+        eventually("B forgets c1", || {
+            b.agents.lock().unwrap().get("c1").is_none()
+        })
+        .await;
+        store.register_cluster(c1(), [2; 32]).await.unwrap();
+        for (name, fleet) in [("A", &a), ("B", &b)] {
+            let status = fleet.status("c1", "e", 2);
+            assert_eq!(
+                (status.applied_revision, status.lag),
+                (0, 2),
+                "{name}: {status:?}"
+            );
+        }
+    }
 
     #[test]
     fn records_survive_their_encoding() {
