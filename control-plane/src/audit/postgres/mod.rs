@@ -121,6 +121,20 @@ async fn lock_cluster(tx: &Transaction<'_>, cluster: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Takes `cluster`'s lock (`lock_cluster`) and says whether the cluster still exists: one
+/// deleted meanwhile must not get records again (its deletion waits for this lock).
+async fn lock_existing_cluster(tx: &Transaction<'_>, cluster: &str) -> Result<bool, StoreError> {
+    lock_cluster(tx, cluster).await?;
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM clusters WHERE name = $1",
+            &[&cluster.as_bytes()],
+        )
+        .await
+        .map_err(db_error)?
+        .is_some())
+}
+
 /// Takes the next `n` feed positions (held until the transaction ends: see the schema) and
 /// tells the replicas at commit; returns the last.
 async fn take_positions(tx: &Transaction<'_>, n: usize) -> Result<i64, StoreError> {
@@ -193,16 +207,7 @@ async fn remove_orphans(client: &mut deadpool_postgres::Object) -> Result<(), St
             continue;
         };
         let tx = client.transaction().await.map_err(db_error)?;
-        lock_cluster(&tx, &cluster).await?;
-        let exists = tx
-            .query_opt(
-                "SELECT 1 FROM clusters WHERE name = $1",
-                &[&cluster.as_bytes()],
-            )
-            .await
-            .map_err(db_error)?
-            .is_some();
-        if !exists {
+        if !lock_existing_cluster(&tx, &cluster).await? {
             removed += delete_records(&tx, &cluster).await?.0;
         }
         tx.commit().await.map_err(db_error)?;

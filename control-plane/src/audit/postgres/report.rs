@@ -10,7 +10,7 @@ use prost::Message;
 use portcullis_proto::v1::Violation;
 use portcullis_proto::words::ViolationState;
 
-use super::{PgAudit, lock_cluster, readable, take_positions};
+use super::{PgAudit, lock_existing_cluster, readable, take_positions};
 use crate::audit::plan::{Plan, Write};
 use crate::audit::record::{RunRecord, ViolationRecord};
 use crate::audit::retention::resolved_at_ms;
@@ -47,18 +47,8 @@ impl PgAudit {
 /// Locks the cluster and reads what the plan needs (`None`: the agent must resync).
 async fn plan_report(tx: &Transaction<'_>, report: Report) -> Result<Option<Plan>, AuditError> {
     let cluster = report.cluster.clone();
-    lock_cluster(tx, &cluster).await?;
-    // The agent's token was checked before: a cluster missing now was deleted meanwhile, and
-    // must not get records again (its deletion waits for this lock to delete them).
-    let exists = tx
-        .query_opt(
-            "SELECT 1 FROM clusters WHERE name = $1",
-            &[&cluster.as_bytes()],
-        )
-        .await
-        .map_err(db_error)?
-        .is_some();
-    if !exists {
+    // The agent's token was checked before: a cluster missing now was deleted meanwhile.
+    if !lock_existing_cluster(tx, &cluster).await? {
         return Err(StoreError::NotFound {
             kind: "cluster",
             name: cluster,
