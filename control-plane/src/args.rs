@@ -78,6 +78,12 @@ pub struct ServeArgs {
         default_value_t = portcullis_scan::DEFAULT_MAX_REPORT_BYTES
     )]
     pub max_report_bytes: usize,
+    /// Minutes without a request after which a web console session ends.
+    #[arg(long, env = "PORTCULLIS_CONSOLE_IDLE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
+    pub console_idle_minutes: u64,
+    /// Hours after sign-in at which a web console session ends, however busy.
+    #[arg(long, env = "PORTCULLIS_CONSOLE_SESSION_HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=168))]
+    pub console_session_hours: u64,
     /// Events older than this many hours are deleted.
     #[arg(long, env = "PORTCULLIS_EVENT_MAX_AGE_HOURS", default_value_t = 30 * 24)]
     pub event_max_age_hours: u64,

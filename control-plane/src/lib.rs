@@ -6,6 +6,7 @@ pub mod api;
 pub mod args;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod events;
 pub mod fleet;
 pub mod server;

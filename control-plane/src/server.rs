@@ -10,7 +10,10 @@ use std::{
 use anyhow::{Context, Result};
 use opentelemetry::KeyValue;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{
+    service::Routes,
+    transport::{Identity, Server, ServerTlsConfig},
+};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
@@ -25,6 +28,7 @@ use crate::{
     args::ServeArgs,
     audit::{self, AuditSettings, ViolationStore},
     auth::{self, Authenticator, Role},
+    console::{Apis, Console, GrpcOrConsole, SessionLimits},
     events::{self, EventSettings, EventStore},
     fleet::Fleet,
     store::Store,
@@ -173,20 +177,73 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let max_report_bytes = args
         .max_report_bytes
         .min(portcullis_scan::MAX_REPORT_BYTES_CEILING);
-    // ImportReport carries the report: tonic must decode a request at the limit. A request
-    // slightly over it reaches the parser (InvalidArgument naming --max-report-bytes); one far
-    // beyond is refused by tonic's decoder (OutOfRange, naming its limit) before buffering.
-    let scans = ScanServiceServer::new(ScanApi::new(
-        store.clone(),
-        authenticator.clone(),
-        max_report_bytes,
-    ))
-    .max_decoding_message_size(max_report_bytes.saturating_add(REQUEST_OVERHEAD_BYTES));
-
     let fleet = match store.postgres_pool() {
         Some(pool) => Fleet::shared(pool.clone()),
         None => Fleet::default(),
     };
+    let policies = Arc::new(PolicyApi::new(store.clone(), authenticator.clone()));
+    let clusters = Arc::new(ClusterApi::new(
+        store.clone(),
+        authenticator.clone(),
+        fleet.clone(),
+        violations.clone(),
+    ));
+    let event_api = Arc::new(EventApi::new(events.clone(), authenticator.clone()));
+    let scan_api = Arc::new(ScanApi::new(
+        store.clone(),
+        authenticator.clone(),
+        max_report_bytes,
+    ));
+    // ImportReport carries the report: tonic must decode a request at the limit. A request
+    // slightly over it reaches the parser (InvalidArgument naming --max-report-bytes); one far
+    // beyond is refused by tonic's decoder (OutOfRange, naming its limit) before buffering.
+    let scans = ScanServiceServer::from_arc(scan_api.clone())
+        .max_decoding_message_size(max_report_bytes.saturating_add(REQUEST_OVERHEAD_BYTES));
+    let mut grpc_routes = Routes::builder();
+    grpc_routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PolicyServiceServer::from_arc(policies.clone()))
+        .add_service(ClusterServiceServer::from_arc(clusters.clone()))
+        .add_service(scans)
+        .add_service(EventServiceServer::from_arc(event_api.clone()))
+        .add_service(AuditServiceServer::new(AuditApi::new(
+            violations.clone(),
+            store.clone(),
+            authenticator.clone(),
+        )))
+        .add_service(AgentServiceServer::new(AgentApi::new(
+            store.clone(),
+            events,
+            violations,
+            authenticator.clone(),
+            fleet,
+            SyncSettings {
+                heartbeat: Duration::from_secs(args.heartbeat_interval),
+                shutdown: shutdown_rx.clone(),
+            },
+        )));
+    let console = Console::new(
+        authenticator.clone(),
+        Apis {
+            policies,
+            clusters,
+            events: event_api,
+            scans: scan_api,
+        },
+        SessionLimits {
+            idle: Duration::from_secs(args.console_idle_minutes.saturating_mul(60)),
+            absolute: Duration::from_secs(args.console_session_hours.saturating_mul(3600)),
+            ..SessionLimits::default()
+        },
+        max_report_bytes,
+    );
+    // One TLS port: gRPC by content type, everything else to the web console.
+    let routes = Routes::from(axum::Router::new().fallback_service(GrpcOrConsole::new(
+        grpc_routes.routes().into_axum_router(),
+        console.router(),
+    )));
     let grpc = Server::builder()
         // A span per call (the sync session and snapshot spans nest under a Sync call's).
         .trace_fn(|request| {
@@ -205,40 +262,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )
         .context("configuring TLS")?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(PolicyServiceServer::new(PolicyApi::new(
-            store.clone(),
-            authenticator.clone(),
-        )))
-        .add_service(ClusterServiceServer::new(ClusterApi::new(
-            store.clone(),
-            authenticator.clone(),
-            fleet.clone(),
-            violations.clone(),
-        )))
-        .add_service(scans)
-        .add_service(EventServiceServer::new(EventApi::new(
-            events.clone(),
-            authenticator.clone(),
-        )))
-        .add_service(AuditServiceServer::new(AuditApi::new(
-            violations.clone(),
-            store.clone(),
-            authenticator.clone(),
-        )))
-        .add_service(AgentServiceServer::new(AgentApi::new(
-            store.clone(),
-            events,
-            violations,
-            authenticator.clone(),
-            fleet,
-            SyncSettings {
-                heartbeat: Duration::from_secs(args.heartbeat_interval),
-                shutdown: shutdown_rx.clone(),
-            },
-        )));
+        // Browsers may speak HTTP/1.1 to the console.
+        .accept_http1(true)
+        .add_routes(routes);
     let grpc_addr = grpc_listener.local_addr()?;
     let mut grpc_shutdown = shutdown_rx.clone();
     let mut grpc_task = tokio::spawn(
