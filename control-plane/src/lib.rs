@@ -9,6 +9,7 @@ pub mod auth;
 pub mod console;
 pub mod events;
 pub mod fleet;
+pub mod listen;
 pub mod server;
 pub mod store;
 pub mod sync;

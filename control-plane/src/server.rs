@@ -10,10 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use opentelemetry::KeyValue;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{
-    service::Routes,
-    transport::{Identity, Server, ServerTlsConfig},
-};
+use tonic::{service::Routes, transport::Server};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use portcullis_proto::v1::{
@@ -31,6 +28,7 @@ use crate::{
     console::{Apis, Console, GrpcOrConsole, SessionLimits},
     events::{self, EventSettings, EventStore},
     fleet::Fleet,
+    listen,
     store::Store,
     sync::SyncSettings,
     tls,
@@ -256,26 +254,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 rpc.method = %method,
             )
         })
-        .tls_config(
-            ServerTlsConfig::new()
-                .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem)),
-        )
-        .context("configuring TLS")?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Browsers may speak HTTP/1.1 to the console.
         .accept_http1(true)
         .add_routes(routes);
     let grpc_addr = grpc_listener.local_addr()?;
+    let (incoming, accept_task) =
+        listen::incoming(grpc_listener, listen::server_config(&identity)?);
     let mut grpc_shutdown = shutdown_rx.clone();
     let mut grpc_task = tokio::spawn(
-        // No Nagle: a response larger than one segment otherwise waits out the client's
-        // delayed ACK (40 ms on Linux).
-        grpc.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-            },
-        )
+        grpc.serve_with_incoming_shutdown(incoming, async move {
+            let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+        })
         .instrument(info_span!("grpc")),
     );
 
@@ -284,6 +274,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     tokio::select! {
         result = &mut grpc_task => {
+            accept_task.abort();
             compaction_task.abort();
             retention_task.abort();
             purge_task.abort();
@@ -304,6 +295,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     purge_task.abort();
     let drain = async {
         let _ = grpc_task.await;
+        accept_task.abort();
         let _ = admin_task.await;
     };
     tokio::select! {
