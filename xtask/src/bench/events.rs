@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use tonic::transport::Channel;
 
 use portcullis_proto::v1::{
     Event, EventFilter, EventFinding, ListEventsRequest, RegisterClusterRequest,
@@ -113,57 +114,15 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         channels.len(),
         database.name()
     );
-    // Events spread over the last day, in time order per client.
-    let start_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64
-        - 86_400_000;
-    let batches = args.events.div_ceil(args.batch);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..args.concurrency {
-        let channel = channels[worker % channels.len()].clone();
-        let tokens = tokens.clone();
-        let (batch_size, total, concurrency) = (args.batch, args.events, args.concurrency);
-        tasks.push(tokio::spawn(async move {
-            let mut clients: Vec<_> = tokens
-                .iter()
-                .map(|t| {
-                    Bearer::new(t)
-                        .map(|b| AgentServiceClient::with_interceptor(channel.clone(), b))
-                        .map_err(anyhow::Error::from)
-                })
-                .collect::<Result<_>>()?;
-            let mut latencies = Vec::new();
-            for b in (worker..batches).step_by(concurrency) {
-                let cluster = b % CLUSTERS;
-                let first = b * batch_size;
-                let events = (first..(first + batch_size).min(total))
-                    .map(|n| {
-                        mk_event(
-                            cluster,
-                            n,
-                            start_ms + (n as u64 * 86_400_000 / total as u64),
-                        )
-                    })
-                    .collect();
-                let sent = Instant::now();
-                clients[cluster]
-                    .report_events(ReportEventsRequest {
-                        cluster: format!("cluster-{cluster}"),
-                        events,
-                    })
-                    .await
-                    .with_context(|| format!("batch {b}"))?;
-                latencies.push(sent.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
+    let mut latencies = ingest(
+        &channels,
+        &tokens,
+        args.events,
+        args.batch,
+        args.concurrency,
+    )
+    .await?;
     let elapsed = started.elapsed();
     latencies.sort();
     println!(
@@ -209,4 +168,67 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         latencies.last().copied().unwrap_or(Duration::ZERO),
     );
     Ok(())
+}
+
+/// Reports `total` events, spread over the last day, in batches of `batch` from `concurrency`
+/// clients through `AgentService.ReportEvents`, each batch for one of the clusters whose agent
+/// tokens are given (`cluster-0`, `cluster-1`, …); every call's latency.
+pub async fn ingest(
+    channels: &[Channel],
+    tokens: &[String],
+    total: usize,
+    batch: usize,
+    concurrency: usize,
+) -> Result<Vec<Duration>> {
+    // Events spread over the last day, in time order per client.
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        - 86_400_000;
+    let batches = total.div_ceil(batch);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let tokens = tokens.to_vec();
+        let (batch_size, clusters) = (batch, tokens.len());
+        tasks.push(tokio::spawn(async move {
+            let mut clients: Vec<_> = tokens
+                .iter()
+                .map(|t| {
+                    Bearer::new(t)
+                        .map(|b| AgentServiceClient::with_interceptor(channel.clone(), b))
+                        .map_err(anyhow::Error::from)
+                })
+                .collect::<Result<_>>()?;
+            let mut latencies = Vec::new();
+            for b in (worker..batches).step_by(concurrency) {
+                let cluster = b % clusters;
+                let first = b * batch_size;
+                let events = (first..(first + batch_size).min(total))
+                    .map(|n| {
+                        mk_event(
+                            cluster,
+                            n,
+                            start_ms + (n as u64 * 86_400_000 / total as u64),
+                        )
+                    })
+                    .collect();
+                let sent = Instant::now();
+                clients[cluster]
+                    .report_events(ReportEventsRequest {
+                        cluster: format!("cluster-{cluster}"),
+                        events,
+                    })
+                    .await
+                    .with_context(|| format!("batch {b}"))?;
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
 }

@@ -3,6 +3,7 @@
 
 mod apiserver;
 mod audit;
+mod console;
 mod events;
 mod harness;
 pub mod loadgen;
@@ -28,6 +29,9 @@ pub enum Bench {
     Audit(audit::AuditArgs),
     /// 1,000,000 events ingested (events/s), then ListEvents with a cluster + policy filter.
     Events(events::EventsArgs),
+    /// The web console: the fleet page with 5,000 clusters, the events page filtered over
+    /// 1,000,000 events, a new event until it is on the live stream.
+    Console(console::ConsoleArgs),
 }
 
 pub fn run(bench: Bench) -> Result<()> {
@@ -52,6 +56,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Events(args) => runtime.block_on(events::run(args)),
         Bench::Apiserver(args) => runtime.block_on(apiserver::run(args)),
         Bench::Audit(args) => runtime.block_on(audit::run(args)),
+        Bench::Console(args) => runtime.block_on(console::run(args)),
     }
 }
 
