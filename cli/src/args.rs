@@ -229,6 +229,9 @@ pub enum ScanCommand {
         /// Only images with malicious files.
         #[arg(long)]
         malware: bool,
+        /// Only images whose scan lists this vulnerability id (e.g. CVE-2021-44228).
+        #[arg(long, value_name = "ID")]
+        vulnerability: Option<String>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },

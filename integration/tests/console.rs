@@ -296,8 +296,7 @@ fn an_admin_signs_in_and_sees_the_fleet() {
     // The same port still serves gRPC: the CLI works beside the browser.
     success(&cp.admin_cli(&["cluster", "list"]));
     browser.goto("/");
-    assert!(browser.count("svg#admissions-chart") == 1);
-    browser.screenshot("console-overview");
+    assert_eq!(browser.count("svg#admissions-chart"), 1);
     browser.click_and_load("form[action='/signout'] button");
     browser.goto("/fleet");
     assert_eq!(browser.path(), "/signin", "signed out");
@@ -388,6 +387,30 @@ fn a_blocked_admission_arrives_live_and_is_handled() {
     assert!(browser.text("#findings").contains("privileged"));
     assert!(browser.source().contains("by bootstrap-admin"));
     browser.screenshot("console-event");
+
+    // More of them, for the overview's chart and tables.
+    for name in [
+        "checkout",
+        "checkout-canary",
+        "search-indexer",
+        "report-builder",
+    ] {
+        let (status, _) = post_review(&agent, privileged_review(name));
+        assert_eq!(status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        browser.goto("/");
+        if browser.text("#top-images").contains("busybox") && browser.source().contains(">5<") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the overview never counted 5 admissions"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    browser.screenshot("console-overview");
 }
 
 #[test]

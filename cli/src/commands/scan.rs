@@ -66,6 +66,7 @@ pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
             repository,
             min_severity,
             malware,
+            vulnerability,
             output,
         } => {
             let scans = collect_pages(0, |page_size, page_token| {
@@ -74,6 +75,7 @@ pub async fn run(command: ScanCommand, connection: &Connection) -> Result<()> {
                     repository: repository.clone().unwrap_or_default(),
                     min_severity: min_severity.clone().unwrap_or_default(),
                     has_malware: malware.then_some(true),
+                    vulnerability: vulnerability.clone().unwrap_or_default(),
                     page_size,
                     page_token,
                 };

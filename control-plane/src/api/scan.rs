@@ -143,6 +143,7 @@ impl ScanService for ScanApi {
             &request.repository,
             &request.min_severity,
             request.has_malware,
+            &request.vulnerability,
         )?;
         let after = paging::decode(LISTING, &request.page_token)?;
         let page = self

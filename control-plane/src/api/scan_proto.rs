@@ -113,7 +113,11 @@ pub struct ScanFilter {
     repository: Option<Glob>,
     min_severity: Option<Severity>,
     has_malware: Option<bool>,
+    vulnerability: Option<String>,
 }
+
+/// Longest vulnerability id a filter accepts (real ids are a few dozen characters).
+const MAX_VULNERABILITY_ID: usize = 128;
 
 impl ScanFilter {
     /// Validates the request's filters, naming the field on error. An exact repository is
@@ -122,6 +126,7 @@ impl ScanFilter {
         repository: &str,
         min_severity: &str,
         has_malware: Option<bool>,
+        vulnerability: &str,
     ) -> Result<Self, Status> {
         let repository = match repository {
             "" => None,
@@ -152,10 +157,22 @@ impl ScanFilter {
                 ))
             })?),
         };
+        let vulnerability = match vulnerability.trim() {
+            "" => None,
+            id if id.len() > MAX_VULNERABILITY_ID || !id.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(Status::invalid_argument(format!(
+                    "vulnerability: {:?} is not a vulnerability id (printable ASCII, at most \
+                     {MAX_VULNERABILITY_ID} characters)",
+                    id.chars().take(MAX_VULNERABILITY_ID).collect::<String>()
+                )));
+            }
+            id => Some(id.to_owned()),
+        };
         Ok(Self {
             repository,
             min_severity,
             has_malware,
+            vulnerability,
         })
     }
 
@@ -183,8 +200,16 @@ impl ScanFilter {
                 return false;
             }
         }
-        match self.has_malware {
-            Some(wanted) => wanted != scan.malicious_files.is_empty(),
+        if let Some(wanted) = self.has_malware
+            && wanted == scan.malicious_files.is_empty()
+        {
+            return false;
+        }
+        match &self.vulnerability {
+            Some(id) => scan
+                .vulnerabilities
+                .iter()
+                .any(|v| v.id.eq_ignore_ascii_case(id)),
             None => true,
         }
     }
@@ -243,20 +268,38 @@ mod tests {
     fn filters_combine() {
         let nginx = mk_scan("docker.io/library/nginx", 1, false);
         let app = mk_scan("registry.example.com/app", 0, true);
-        let exact = ScanFilter::new("nginx", "", None).unwrap();
+        let exact = ScanFilter::new("nginx", "", None, "").unwrap();
         assert!(exact.matches(&nginx) && !exact.matches(&app));
-        let glob = ScanFilter::new("registry.example.com/*", "", None).unwrap();
+        let glob = ScanFilter::new("registry.example.com/*", "", None, "").unwrap();
         assert!(!glob.matches(&nginx) && glob.matches(&app));
-        let high = ScanFilter::new("", "high", None).unwrap();
+        let high = ScanFilter::new("", "high", None, "").unwrap();
         assert!(high.matches(&nginx) && !high.matches(&app));
         assert!(
-            !ScanFilter::new("", "critical", None)
+            !ScanFilter::new("", "critical", None, "")
                 .unwrap()
                 .matches(&nginx)
         );
-        let malware = ScanFilter::new("", "", Some(true)).unwrap();
+        let malware = ScanFilter::new("", "", Some(true), "").unwrap();
         assert!(!malware.matches(&nginx) && malware.matches(&app));
-        let err = ScanFilter::new("", "severe", None).err().unwrap();
+        let err = ScanFilter::new("", "severe", None, "").err().unwrap();
         assert!(err.message().starts_with("min_severity: "), "{err:?}");
+    }
+
+    #[test]
+    fn by_vulnerability_id() {
+        let mut log4j = mk_scan("docker.io/library/app", 1, false);
+        log4j.vulnerabilities = vec![portcullis_proto::v1::ScanVulnerability {
+            id: "CVE-2021-44228".into(),
+            ..Default::default()
+        }];
+        let clean = mk_scan("docker.io/library/nginx", 0, false);
+        let filter = ScanFilter::new("", "", None, " cve-2021-44228 ").unwrap();
+        assert!(filter.matches(&log4j) && !filter.matches(&clean));
+        let other = ScanFilter::new("", "", None, "CVE-2021-4422").unwrap();
+        assert!(!other.matches(&log4j), "exact, not a prefix");
+        for bad in ["CVE 1".to_owned(), "x".repeat(129), "CVE-\u{7}".to_owned()] {
+            let err = ScanFilter::new("", "", None, &bad).err().unwrap();
+            assert!(err.message().starts_with("vulnerability: "), "{err:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Redirect, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -24,6 +24,7 @@ use portcullis_proto::v1::{
 use super::{
     Console, Session, Signed, api_error, call, csrf_refused,
     layout::{Page, csrf_field, link, segment, time},
+    session,
 };
 
 /// Events per page.
@@ -308,6 +309,7 @@ fn filter_page(
 pub async fn stream(
     State(console): State<Console>,
     Signed(session): Signed,
+    headers: HeaderMap,
     Query(query): Query<EventQuery>,
 ) -> Response {
     let filter = match query.filter() {
@@ -328,8 +330,15 @@ pub async fn stream(
         Ok(stream) => stream.into_inner(),
         Err(status) => return api_error(&session, &status),
     };
+    // Nothing is sent once the session has ended (signed out, idle, too old): the stream ends
+    // at the next event instead.
+    let cookie = session::cookie_value(&headers)
+        .unwrap_or_default()
+        .to_owned();
     let stream = events
-        .take_while(|event| std::future::ready(event.is_ok()))
+        .take_while(move |event| {
+            std::future::ready(event.is_ok() && console.inner().sessions.is_live(&cookie))
+        })
         .filter_map(move |event| {
             let message = event.ok().map(|event| {
                 let row = event_row(&session, &event).into_string().replace('\r', "");
@@ -423,8 +432,8 @@ pub async fn handle(
             // Only a path of the console's own events pages.
             "back"
                 if value.starts_with("/events")
-                    && !value.contains("//")
-                    && !value.contains('\\') =>
+                    && value.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+                    && !value.contains("//") =>
             {
                 back = value
             }

@@ -229,6 +229,53 @@ fn csrf_refused(session: &Session) -> Response {
         .render()
 }
 
+/// Why a multipart form was not read.
+enum FormRefused {
+    /// Larger than the route's body limit.
+    TooLarge,
+    /// Not from this session.
+    Csrf,
+}
+
+/// Checks that a multipart form starts with the session's CSRF token (the forms put it first)
+/// before anything else of it is read: an upload may be large, and is not read for a forged
+/// or stale form.
+async fn multipart_csrf(
+    multipart: &mut axum::extract::Multipart,
+    session: &Session,
+) -> Result<(), FormRefused> {
+    let refused = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            FormRefused::TooLarge
+        } else {
+            FormRefused::Csrf
+        }
+    };
+    let mut field = match multipart.next_field().await {
+        Ok(Some(field)) => field,
+        Ok(None) => return Err(FormRefused::Csrf),
+        Err(e) => return Err(refused(e)),
+    };
+    if field.name() != Some("csrf") {
+        return Err(FormRefused::Csrf);
+    }
+    let mut value = Vec::new();
+    loop {
+        match field.chunk().await {
+            Ok(Some(chunk)) => value.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => return Err(refused(e)),
+        }
+        if value.len() > 256 {
+            return Err(FormRefused::Csrf);
+        }
+    }
+    match std::str::from_utf8(&value) {
+        Ok(csrf) if session.csrf_matches(csrf.trim()) => Ok(()),
+        _ => Err(FormRefused::Csrf),
+    }
+}
+
 /// What a viewer gets for a write page (the API refuses their writes anyway).
 fn viewer_refused(session: &Session) -> Response {
     Page::new("Refused", session)

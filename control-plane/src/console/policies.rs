@@ -17,10 +17,10 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    Console, MAX_POLICY_BYTES, Session, Signed, api_error, call, csrf_refused,
+    Console, FormRefused, MAX_POLICY_BYTES, Session, Signed, api_error, call, csrf_refused,
     fleet::all_clusters,
     layout::{Page, csrf_field, segment, time},
-    viewer_refused,
+    multipart_csrf, viewer_refused,
 };
 
 /// Every policy, read page by page.
@@ -186,7 +186,6 @@ pub async fn apply_form(Signed(session): Signed) -> Response {
 /// What an apply form carried.
 #[derive(Default)]
 struct ApplyForm {
-    csrf: String,
     text: String,
     file: Vec<u8>,
     validate_only: bool,
@@ -204,7 +203,6 @@ async fn read_apply_form(mut multipart: Multipart) -> Result<ApplyForm, (StatusC
         let name = field.name().unwrap_or_default().to_owned();
         let bytes = field.bytes().await.map_err(unreadable)?;
         match name.as_str() {
-            "csrf" => form.csrf = String::from_utf8_lossy(&bytes).into_owned(),
             "yaml" => {
                 form.text = String::from_utf8(bytes.to_vec()).map_err(|_| {
                     (
@@ -224,30 +222,28 @@ async fn read_apply_form(mut multipart: Multipart) -> Result<ApplyForm, (StatusC
 pub async fn apply(
     State(console): State<Console>,
     Signed(session): Signed,
-    multipart: Multipart,
+    mut multipart: Multipart,
 ) -> Response {
-    let form = match read_apply_form(multipart).await {
-        Ok(form) => form,
-        Err((status, error)) => {
-            return Page::new("Apply policies", &session)
-                .status(status)
-                .error(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    format!(
-                        "The policies are larger than {} KiB: split them.",
-                        MAX_POLICY_BYTES / 1024
-                    )
-                } else {
-                    error
-                })
-                .render();
-        }
-    };
-    if !session.csrf_matches(&form.csrf) {
-        return csrf_refused(&session);
-    }
     if !session.is_admin() {
         return viewer_refused(&session);
     }
+    match multipart_csrf(&mut multipart, &session).await {
+        Ok(()) => {}
+        Err(FormRefused::Csrf) => return csrf_refused(&session),
+        Err(FormRefused::TooLarge) => return too_large(&session),
+    }
+    let form = match read_apply_form(multipart).await {
+        Ok(form) => form,
+        Err((status, _)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large(&session);
+        }
+        Err((status, error)) => {
+            return Page::new("Apply policies", &session)
+                .status(status)
+                .error(error)
+                .render();
+        }
+    };
     let text = if form.file.is_empty() {
         form.text
     } else {
@@ -326,6 +322,17 @@ pub async fn apply(
         ),
         Err(status) => api_error(&session, &status),
     }
+}
+
+fn too_large(session: &Session) -> Response {
+    Page::new("Apply policies", session)
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .error(format!(
+            "The policies are larger than {} KiB: split them.",
+            MAX_POLICY_BYTES / 1024
+        ))
+        .body(apply_body(session, ""))
+        .render()
 }
 
 fn apply_failed(session: &Session, text: &str, errors: Vec<String>) -> Response {

@@ -1,6 +1,6 @@
 //! Scans: images with their severity counts, malware and baseline failures; search by
-//! repository or image reference; one image's findings, searchable by vulnerability id; upload
-//! a Trivy or Grype report.
+//! repository, image reference or vulnerability id; one image's findings, searchable; upload a
+//! Trivy or Grype report.
 
 use axum::{
     extract::{Multipart, Path, Query, State, multipart::MultipartError},
@@ -16,9 +16,9 @@ use portcullis_proto::v1::{
 };
 
 use super::{
-    Console, Session, Signed, api_error, call, csrf_refused,
+    Console, FormRefused, Session, Signed, api_error, call, csrf_refused,
     layout::{Page, csrf_field, link, segment, time},
-    viewer_refused,
+    multipart_csrf, viewer_refused,
 };
 
 #[derive(Deserialize, Serialize, Default, Clone)]
@@ -31,6 +31,9 @@ pub struct ScanQuery {
     /// "yes" | "no" | "".
     #[serde(default)]
     malware: String,
+    /// A vulnerability id the image's scan lists.
+    #[serde(default)]
+    vulnerability: String,
     #[serde(default)]
     page_token: String,
 }
@@ -100,6 +103,7 @@ pub async fn list(
             repository: q.to_owned(),
             min_severity: query.min_severity.clone(),
             has_malware,
+            vulnerability: query.vulnerability.clone(),
             page_size: 100,
             page_token: query.page_token.clone(),
         };
@@ -127,12 +131,15 @@ pub async fn list(
             label { "At least" select name="min_severity" {
                 @for value in ["", "critical", "high", "medium", "low"] { option value=(value) selected[query.min_severity == value] { (if value.is_empty() { "any severity" } else { value }) } }
             } }
+            label { "Vulnerability id" input type="search" name="vulnerability" value=(query.vulnerability) placeholder="CVE-2021-44228"; }
             label { "Malware" select name="malware" {
                 @for (value, label) in [("", "any"), ("yes", "with malware"), ("no", "without")] { option value=(value) selected[query.malware == value] { (label) } }
             } }
             button type="submit" { "Search" }
         }
-        p.hint { "To find the images with a vulnerability, search events by CVE (Events → Image or CVE), or open an image and filter its findings." }
+        @if !query.vulnerability.trim().is_empty() {
+            p.hint { "A vulnerability search reads every stored scan: it takes longer than the other filters." }
+        }
         table #scans {
             thead { tr { th { "Image" } th.num { "Critical" } th.num { "High" } th.num { "Medium" } th.num { "Low" } th.num { "Unknown" } th.num { "Malware" } th.num { "Baseline" } th { "Scanner" } th { "Imported" } } }
             tbody {
@@ -253,9 +260,16 @@ pub async fn upload(
     Signed(session): Signed,
     mut multipart: Multipart,
 ) -> Response {
+    if !session.is_admin() {
+        return viewer_refused(&session);
+    }
     let limit = console.inner().max_report_bytes;
-    let (mut csrf, mut report, mut format, mut image) =
-        (String::new(), Vec::new(), String::new(), String::new());
+    match multipart_csrf(&mut multipart, &session).await {
+        Ok(()) => {}
+        Err(FormRefused::Csrf) => return csrf_refused(&session),
+        Err(FormRefused::TooLarge) => return report_too_large(&session, limit),
+    }
+    let (mut report, mut format, mut image) = (Vec::new(), String::new(), String::new());
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
@@ -269,15 +283,11 @@ pub async fn upload(
         };
         let text = || String::from_utf8_lossy(&bytes).trim().to_owned();
         match name.as_str() {
-            "csrf" => csrf = text(),
             "report" => report = bytes.to_vec(),
             "format" => format = text(),
             "image" => image = text(),
             _ => {}
         }
-    }
-    if !session.csrf_matches(&csrf) {
-        return csrf_refused(&session);
     }
     if report.is_empty() {
         return Page::new("Upload a scan report", &session)
@@ -312,23 +322,23 @@ pub async fn upload(
 }
 
 fn upload_refused(session: &Session, limit: usize, error: &MultipartError) -> Response {
-    let (status, message) = if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "The report is larger than the limit of {} MiB (--max-report-bytes).",
-                limit / (1024 * 1024)
-            ),
-        )
-    } else {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("The form could not be read: {}", error.body_text()),
-        )
-    };
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return report_too_large(session, limit);
+    }
     Page::new("Upload a scan report", session)
-        .status(status)
-        .error(message)
+        .status(StatusCode::BAD_REQUEST)
+        .error(format!("The form could not be read: {}", error.body_text()))
+        .body(upload_body(session))
+        .render()
+}
+
+fn report_too_large(session: &Session, limit: usize) -> Response {
+    Page::new("Upload a scan report", session)
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .error(format!(
+            "The report is larger than the limit of {} MiB (--max-report-bytes).",
+            limit.div_ceil(1024 * 1024)
+        ))
         .body(upload_body(session))
         .render()
 }

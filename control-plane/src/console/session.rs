@@ -121,6 +121,15 @@ impl Sessions {
         Some(session.clone())
     }
 
+    /// Whether the session of a cookie value is live, without counting this as its use (a
+    /// live stream asks before each event it sends).
+    pub fn is_live(&self, cookie_value: &str) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(&key(cookie_value))
+            .is_some_and(|session| !self.expired(session, now))
+    }
+
     /// Ends the session of a cookie value (sign-out).
     pub fn end(&self, cookie_value: &str) {
         self.lock().remove(&key(cookie_value));
@@ -224,8 +233,10 @@ mod tests {
         assert!(session.csrf_matches(&session.csrf));
         assert!(!session.csrf_matches(""));
         assert!(!session.csrf_matches(&random_hex()));
+        assert!(sessions.is_live(&id));
         sessions.end(&id);
         assert!(sessions.get(&id).is_none());
+        assert!(!sessions.is_live(&id));
     }
 
     #[tokio::test]

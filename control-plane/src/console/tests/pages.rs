@@ -235,6 +235,22 @@ async fn new_events_arrive_on_the_stream_as_rows() {
 
     let anonymous = h.get(None, "/events/stream").await;
     assert_eq!(anonymous.location(), "/signin");
+
+    // Signed out: the next event ends the stream instead of reaching it.
+    let reply = h
+        .post(Some(&admin), "/signout", &[("csrf", &admin.csrf)])
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    h.add_event(|e| e.name = "after-sign-out".into()).await;
+    let mut rest = String::new();
+    loop {
+        match tokio::time::timeout(wait(), body.next()).await {
+            Ok(Some(chunk)) => rest.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            Ok(None) => break,
+            Err(_) => panic!("the stream outlived its session: {rest}"),
+        }
+    }
+    assert!(!rest.contains("after-sign-out"), "{rest}");
 }
 
 #[tokio::test]
@@ -265,6 +281,18 @@ async fn scans_and_the_overview_render() {
         )
         .await;
     assert!(search.body.contains("alpine"));
+    let by_cve = h
+        .get(Some(&admin), "/scans?vulnerability=cve-2019-1549")
+        .await;
+    assert!(by_cve.body.contains("alpine"), "{}", by_cve.body);
+    let other_cve = h
+        .get(Some(&admin), "/scans?vulnerability=CVE-1999-0001")
+        .await;
+    assert!(other_cve.body.contains("No scans match"));
+    let bad_cve = h
+        .get(Some(&admin), "/scans?vulnerability=%3Cscript%3E%20x")
+        .await;
+    assert_eq!(bad_cve.status, StatusCode::BAD_REQUEST);
     let none = h.get(Some(&admin), "/scans?q=ghcr.io/none/*").await;
     assert!(none.body.contains("No scans match"));
     let by_reference = h.get(Some(&admin), "/scans?q=nothing:1.0").await;

@@ -165,16 +165,25 @@ async fn invalid_policies_are_refused_with_their_field_paths_and_nothing_applied
         reply.body
     );
     assert!(reply.body.contains("larger than"));
-    let garbage = h
-        .send(
-            Request::post("/policies/apply")
-                .header(header::CONTENT_TYPE, "multipart/form-data; boundary=x")
-                .header(header::COOKIE, &admin.cookie)
-                .body(Body::from("--y\r\nnot a part"))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
+    let garbage = |body: String| {
+        Request::post("/policies/apply")
+            .header(header::CONTENT_TYPE, "multipart/form-data; boundary=x")
+            .header(header::COOKIE, &admin.cookie)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let reply = h.send(garbage("--y\r\nnot a part".into())).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "no CSRF token first: not read"
+    );
+    let csrf_then_garbage = format!(
+        "--x\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}\r\n--x\r\nnot a part",
+        admin.csrf
+    );
+    let reply = h.send(garbage(csrf_then_garbage)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
     assert!(h.store.get_policy("no-privileged").await.unwrap().is_none());
 }
 
@@ -293,6 +302,8 @@ async fn events_are_handled_one_at_a_time_or_together() {
         "https://evil.example/",
         "//evil.example/events",
         "/events\\@evil",
+        "/events\r\nSet-Cookie: x=1",
+        "/events \u{e9}",
     ] {
         let reply = h
             .post(
