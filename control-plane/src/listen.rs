@@ -19,7 +19,7 @@ use crate::tls::Identity;
 
 /// A client has this long to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at most; beyond it, new connections wait in the kernel's backlog.
+/// Handshakes in progress at most; beyond it, new connections are closed at once.
 const MAX_HANDSHAKES: usize = 1024;
 
 pub type Incoming = ReceiverStream<Result<TlsStream<tokio::net::TcpStream>, std::io::Error>>;
@@ -42,25 +42,37 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Accepts on `listener` until the returned task is aborted; finished TLS streams come out of
-/// the stream.
+/// Accepts on `listener` until the stream is dropped (tonic drops it when it drains; the
+/// listener closes then, so new clients are refused rather than accepted and dropped) or the
+/// returned task is aborted; finished TLS streams come out of the stream.
 pub fn incoming(listener: TcpListener, config: Arc<ServerConfig>) -> (Incoming, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let task = tokio::spawn(async move {
         loop {
-            let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                return;
+            let (tcp, peer) = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) if out_of_resources(&error) => {
+                        // Out of file descriptors or memory: wait rather than spin.
+                        warn!(%error, "Accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    // One connection's trouble (reset before it was accepted, …).
+                    Err(error) => {
+                        debug!(%error, "Accepting a connection failed");
+                        continue;
+                    }
+                },
             };
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, most likely: wait rather than spin.
-                    warn!(%error, "Accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            // Too many handshakes under way (a flood of silent clients): this one is closed at
+            // once, and accepting goes on.
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                debug!(%peer, "Too many TLS handshakes in progress: connection closed");
+                continue;
             };
             // No Nagle: a response larger than one segment otherwise waits out the client's
             // delayed ACK (40 ms on Linux).
@@ -82,10 +94,16 @@ pub fn incoming(listener: TcpListener, config: Arc<ServerConfig>) -> (Incoming, 
     (ReceiverStream::new(rx), task)
 }
 
+/// Whether an accept error is the process running out of something (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM on Linux), rather than one connection's.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(12 | 23 | 24 | 105))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     fn identity() -> Identity {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -142,8 +160,9 @@ mod tests {
                 let _ = stream.shutdown().await;
             }
         });
-        // A client that connects and says nothing.
-        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        // A client that connects and says nothing, holding its handshake open: the others
+        // complete their handshakes meanwhile.
+        let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
         for (offered, chosen) in [
@@ -159,13 +178,25 @@ mod tests {
                 .await
                 .is_none()
         );
-        let mut buf = [0u8; 1];
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn the_listener_closes_when_the_server_stops_taking_connections() {
+        let identity = identity();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (incoming, task) = incoming(listener, server_config(&identity).unwrap());
+        drop(incoming);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the accept loop ends")
+            .unwrap();
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), silent.read(&mut buf))
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_err(),
-            "the silent client is still waiting, alone"
+            "refused, not accepted and dropped"
         );
-        task.abort();
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     args::ServeArgs,
     audit::{self, AuditSettings, ViolationStore},
     auth::{self, Authenticator, Role},
-    console::{Apis, Console, GrpcOrConsole, SessionLimits},
+    console::{Apis, Console, ConsoleSettings, GrpcOrConsole, SessionLimits, is_grpc},
     events::{self, EventSettings, EventStore},
     fleet::Fleet,
     listen,
@@ -230,12 +230,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             events: event_api,
             scans: scan_api,
         },
-        SessionLimits {
-            idle: Duration::from_secs(args.console_idle_minutes.saturating_mul(60)),
-            absolute: Duration::from_secs(args.console_session_hours.saturating_mul(3600)),
-            ..SessionLimits::default()
+        ConsoleSettings {
+            sessions: SessionLimits {
+                idle: Duration::from_secs(args.console_idle_minutes.saturating_mul(60)),
+                absolute: Duration::from_secs(args.console_session_hours.saturating_mul(3600)),
+                ..SessionLimits::default()
+            },
+            max_report_bytes,
+            shutdown: shutdown_rx.clone(),
         },
-        max_report_bytes,
     );
     // One TLS port: gRPC by content type, everything else to the web console.
     let routes = Routes::from(axum::Router::new().fallback_service(GrpcOrConsole::new(
@@ -245,14 +248,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let grpc = Server::builder()
         // A span per call (the sync session and snapshot spans nest under a Sync call's).
         .trace_fn(|request| {
-            let method = request.uri().path();
-            info_span!(
-                "grpc",
-                otel.name = %method,
-                otel.kind = "server",
-                rpc.system = "grpc",
-                rpc.method = %method,
-            )
+            let path = request.uri().path();
+            if is_grpc(request) {
+                info_span!(
+                    "grpc",
+                    otel.name = %path,
+                    otel.kind = "server",
+                    rpc.system = "grpc",
+                    rpc.method = %path,
+                )
+            } else {
+                // Console pages: paths carry names, so they stay out of the span's name.
+                info_span!(
+                    "console",
+                    otel.name = "console",
+                    otel.kind = "server",
+                    http.request.method = %request.method(),
+                    url.path = %path,
+                )
+            }
         })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Browsers may speak HTTP/1.1 to the console.

@@ -29,6 +29,8 @@ use super::{
 
 /// Events per page.
 const PAGE: u32 = 50;
+/// How often a live stream checks that its session still is.
+const LIVENESS_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The filter of the events page, as the form and the links carry it.
 #[derive(Deserialize, Serialize, Default, Clone)]
@@ -330,22 +332,32 @@ pub async fn stream(
         Ok(stream) => stream.into_inner(),
         Err(status) => return api_error(&session, &status),
     };
-    // Nothing is sent once the session has ended (signed out, idle, too old): the stream ends
-    // at the next event instead.
+    // Nothing is sent once the session has ended (signed out, idle, too old): a tick checks it
+    // every LIVENESS_CHECK, and every event before it is sent. The stream also ends when the
+    // control plane drains.
     let cookie = session::cookie_value(&headers)
         .unwrap_or_default()
         .to_owned();
-    let stream = events
-        .take_while(move |event| {
-            std::future::ready(event.is_ok() && console.inner().sessions.is_live(&cookie))
+    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + LIVENESS_CHECK,
+        LIVENESS_CHECK,
+    ))
+    .map(|_| None);
+    let draining = console.draining();
+    let sessions = console.clone();
+    let stream = futures_util::stream::select(events.map(Some), ticks)
+        .take_while(move |item| {
+            let open = !matches!(item, Some(Err(_)));
+            std::future::ready(open && sessions.inner().sessions.is_live(&cookie))
         })
-        .filter_map(move |event| {
-            let message = event.ok().map(|event| {
+        .filter_map(move |item| {
+            let message = item.and_then(Result::ok).map(|event| {
                 let row = event_row(&session, &event).into_string().replace('\r', "");
                 Ok::<_, Infallible>(SseEvent::default().event("event").id(event.id).data(row))
             });
             std::future::ready(message)
-        });
+        })
+        .take_until(draining);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

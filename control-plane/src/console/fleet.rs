@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use portcullis_proto::v1::{
-    Cluster, EventFilter, GetClusterRequest, ListClustersRequest, ListEventsRequest,
+    Cluster, ClusterStatus, EventFilter, GetClusterRequest, ListClustersRequest, ListEventsRequest,
     ProtectionSettings, SetProtectionRequest, SummarizeRequest,
     cluster_service_server::ClusterService, event_service_server::EventService,
 };
@@ -107,8 +107,20 @@ async fn admissions_since(
     Ok(counts)
 }
 
-fn status_of(cluster: &Cluster) -> portcullis_proto::v1::ClusterStatus {
-    cluster.status.clone().unwrap_or_default()
+/// A cluster's status, or an empty one (never reported).
+fn status_of(cluster: &Cluster) -> &ClusterStatus {
+    static NONE: std::sync::LazyLock<ClusterStatus> =
+        std::sync::LazyLock::new(ClusterStatus::default);
+    cluster.status.as_ref().unwrap_or(&NONE)
+}
+
+/// Sorts by `key`, ties by name (ascending whichever the direction); each key computed once.
+fn sort_by<K: Ord>(clusters: &mut [&Cluster], desc: bool, key: impl Fn(&Cluster) -> K) {
+    if desc {
+        clusters.sort_by_cached_key(|c| (std::cmp::Reverse(key(c)), c.name.clone()));
+    } else {
+        clusters.sort_by_cached_key(|c| (key(c), c.name.clone()));
+    }
 }
 
 fn protection_of(cluster: &Cluster) -> ProtectionSettings {
@@ -130,6 +142,7 @@ pub async fn list(
     Signed(session): Signed,
     Query(query): Query<FleetQuery>,
 ) -> Response {
+    let _turn = console.heavy().await;
     let (clusters, truncated) = match all_clusters(&console, &session).await {
         Ok(found) => found,
         Err(status) => return api_error(&session, &status),
@@ -154,31 +167,17 @@ pub async fn list(
         })
         .collect();
     let events_of = |c: &Cluster| events.get(&c.name).copied().unwrap_or(0);
-    let last_seen = |c: &Cluster| {
-        status_of(c)
-            .last_seen
-            .map(|t| (t.seconds, t.nanos))
-            .unwrap_or_default()
-    };
     let desc = query.desc == Some(1);
-    // Ties stay in name order whichever the direction.
-    let by = |order: std::cmp::Ordering, a: &&Cluster, b: &&Cluster| {
-        let order = if desc { order.reverse() } else { order };
-        order.then_with(|| a.name.cmp(&b.name))
-    };
     match query.sort.as_str() {
-        "last_seen" => shown.sort_by(|a, b| by(last_seen(a).cmp(&last_seen(b)), a, b)),
-        "lag" => shown.sort_by(|a, b| by(status_of(a).lag.cmp(&status_of(b).lag), a, b)),
-        "events" => shown.sort_by(|a, b| by(events_of(a).cmp(&events_of(b)), a, b)),
-        "state" => shown.sort_by(|a, b| {
-            by(
-                status_of(a)
-                    .protection_state
-                    .cmp(&status_of(b).protection_state),
-                a,
-                b,
-            )
+        "last_seen" => sort_by(&mut shown, desc, |c| {
+            status_of(c)
+                .last_seen
+                .map(|t| (t.seconds, t.nanos))
+                .unwrap_or_default()
         }),
+        "lag" => sort_by(&mut shown, desc, |c| status_of(c).lag),
+        "events" => sort_by(&mut shown, desc, events_of),
+        "state" => sort_by(&mut shown, desc, |c| status_of(c).protection_state.clone()),
         // By name, as listed.
         _ if desc => shown.reverse(),
         _ => {}

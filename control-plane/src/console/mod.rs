@@ -34,7 +34,7 @@ use crate::{
 };
 
 pub use session::{SessionLimits, Sessions};
-pub use split::GrpcOrConsole;
+pub use split::{GrpcOrConsole, is_grpc};
 
 use layout::Page;
 use session::Session;
@@ -50,6 +50,9 @@ pub struct Console {
 
 struct Inner {
     auth: Arc<Authenticator>,
+    /// Pages that read every cluster or count a period's events, at most this many at once.
+    heavy: tokio::sync::Semaphore,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     policies: Arc<PolicyApi>,
     clusters: Arc<ClusterApi>,
     events: Arc<EventApi>,
@@ -57,6 +60,18 @@ struct Inner {
     sessions: Sessions,
     max_report_bytes: usize,
 }
+
+/// How the console runs.
+pub struct ConsoleSettings {
+    pub sessions: SessionLimits,
+    /// The largest scan report an upload may carry (`--max-report-bytes`).
+    pub max_report_bytes: usize,
+    /// Becomes true when the control plane drains: live streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Heavy pages served at once (the rest wait their turn).
+const HEAVY_PAGES: usize = 4;
 
 /// The API objects the console calls (the ones the gRPC services serve).
 pub struct Apis {
@@ -67,22 +82,37 @@ pub struct Apis {
 }
 
 impl Console {
-    pub fn new(
-        auth: Arc<Authenticator>,
-        apis: Apis,
-        limits: SessionLimits,
-        max_report_bytes: usize,
-    ) -> Self {
+    pub fn new(auth: Arc<Authenticator>, apis: Apis, settings: ConsoleSettings) -> Self {
         Console {
             inner: Arc::new(Inner {
                 auth,
+                heavy: tokio::sync::Semaphore::new(HEAVY_PAGES),
+                shutdown: settings.shutdown,
                 policies: apis.policies,
                 clusters: apis.clusters,
                 events: apis.events,
                 scans: apis.scans,
-                sessions: Sessions::new(limits),
-                max_report_bytes,
+                sessions: Sessions::new(settings.sessions),
+                max_report_bytes: settings.max_report_bytes,
             }),
+        }
+    }
+
+    /// A turn for a heavy page.
+    async fn heavy(&self) -> tokio::sync::SemaphorePermit<'_> {
+        // Never closed.
+        self.inner
+            .heavy
+            .acquire()
+            .await
+            .expect("the heavy-page semaphore is never closed")
+    }
+
+    /// Resolves when the control plane starts draining.
+    fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.inner.shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
         }
     }
 

@@ -55,6 +55,7 @@ struct Day {
 }
 
 pub async fn page(State(console): State<Console>, Signed(session): Signed) -> Response {
+    let _turn = console.heavy().await;
     match build(&console, &session).await {
         Ok(body) => Page::new("Overview", &session).body(body).render(),
         Err(status) => api_error(&session, &status),

@@ -113,6 +113,7 @@ pub async fn detail(
         Ok(policy) => policy.into_inner(),
         Err(status) => return api_error(&session, &status),
     };
+    let _turn = console.heavy().await;
     let (clusters, _) = match all_clusters(&console, &session).await {
         Ok(found) => found,
         Err(status) => return api_error(&session, &status),
@@ -198,7 +199,11 @@ async fn read_apply_form(mut multipart: Multipart) -> Result<ApplyForm, (StatusC
             format!("the form could not be read: {}", e.body_text()),
         )
     };
-    let mut form = ApplyForm::default();
+    // Without a mode (not from the page's buttons), nothing is applied.
+    let mut form = ApplyForm {
+        validate_only: true,
+        ..ApplyForm::default()
+    };
     while let Some(field) = multipart.next_field().await.map_err(unreadable)? {
         let name = field.name().unwrap_or_default().to_owned();
         let bytes = field.bytes().await.map_err(unreadable)?;
@@ -255,15 +260,7 @@ pub async fn apply(
         }
     };
     if text.len() > MAX_POLICY_BYTES {
-        return apply_failed(
-            &session,
-            "",
-            vec![format!(
-                "the policies are larger than {} KiB: split them",
-                MAX_POLICY_BYTES / 1024
-            )],
-        )
-        .into_response();
+        return too_large(&session);
     }
     let policies = match portcullis_policy::parse_policy_documents(&text) {
         Ok(policies) if policies.is_empty() => {

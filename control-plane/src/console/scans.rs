@@ -336,9 +336,22 @@ fn report_too_large(session: &Session, limit: usize) -> Response {
     Page::new("Upload a scan report", session)
         .status(StatusCode::PAYLOAD_TOO_LARGE)
         .error(format!(
-            "The report is larger than the limit of {} MiB (--max-report-bytes).",
-            limit.div_ceil(1024 * 1024)
+            "The report is larger than the limit of {} (--max-report-bytes).",
+            size(limit)
         ))
         .body(upload_body(session))
         .render()
+}
+
+/// `128 MiB`, `256 KiB`, or bytes.
+fn size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }

@@ -1,7 +1,7 @@
 //! Console sessions: server-side, in this replica's memory. The browser holds only a random id
 //! in an HttpOnly, Secure, SameSite=Strict cookie; the server keeps the operator, the token they
-//! signed in with (every page calls the API with it, so a token removed from the tokens file
-//! ends the session at the next click) and the session's CSRF token.
+//! signed in with (every page calls the API with it, with the API's checks) and the session's
+//! CSRF token.
 
 use std::{
     collections::HashMap,

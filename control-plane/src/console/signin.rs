@@ -45,7 +45,11 @@ pub struct SignIn {
     token: String,
 }
 
-pub async fn submit(State(console): State<Console>, Form(form): Form<SignIn>) -> Response {
+pub async fn submit(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<SignIn>,
+) -> Response {
     let token = form.token.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_CHARS || !token.is_ascii() {
         return signin_page(
@@ -64,6 +68,10 @@ pub async fn submit(State(console): State<Console>, Form(form): Form<SignIn>) ->
     match console.inner().auth.operator(&metadata, Access::Read).await {
         Ok(operator) => {
             info!(operator = %operator.name, role = ?operator.role, "Console sign-in");
+            // A session this browser still had ends: one browser, one session.
+            if let Some(previous) = session::cookie_value(&headers) {
+                console.inner().sessions.end(previous);
+            }
             let (cookie, _) = console.inner().sessions.create(operator, token);
             (
                 [(header::SET_COOKIE, session::set_cookie(&cookie))],

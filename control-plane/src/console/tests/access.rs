@@ -54,6 +54,20 @@ async fn sign_in_sets_a_strict_session_cookie() {
         "the token never goes to the browser"
     );
     assert!(!cookie.contains("Domain"), "{cookie}");
+
+    // Signing in again from the same browser ends its previous session.
+    let first = h.sign_in(ADMIN).await;
+    let again = h
+        .send(
+            Request::post("/signin")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::COOKIE, &first.cookie)
+                .body(Body::from(format!("token={VIEWER}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
+    assert_eq!(h.get(Some(&first), "/fleet").await.location(), "/signin");
 }
 
 #[tokio::test]
@@ -235,7 +249,10 @@ async fn writes_without_the_sessions_csrf_token_are_refused() {
     }
     // Nothing changed.
     let cluster = h.store.get_cluster("prod-eu-1").await.unwrap().unwrap();
-    assert!(cluster.protection.unwrap_or_default().enabled || cluster.revision > 0);
+    assert!(
+        cluster.protection.unwrap_or_default().enabled,
+        "protection unchanged"
+    );
     assert!(h.store.get_policy("no-privileged").await.unwrap().is_some());
     assert_eq!(
         h.get(Some(&browser), "/fleet").await.status,

@@ -19,7 +19,7 @@ use tower::ServiceExt;
 
 use portcullis_proto::v1::{Cluster, Event, EventFinding, Policy};
 
-use super::{Apis, Console, SessionLimits};
+use super::{Apis, Console, ConsoleSettings, SessionLimits};
 use crate::{
     api::{ClusterApi, EventApi, PolicyApi, ScanApi},
     audit::{AuditSettings, ViolationStore},
@@ -38,6 +38,8 @@ pub struct Harness {
     pub console: Console,
     pub store: Arc<Store>,
     pub events: Arc<EventStore>,
+    /// Sends true to drain, as the server does on SIGTERM.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -108,12 +110,22 @@ pub async fn harness_with(limits: SessionLimits) -> Harness {
         events: Arc::new(EventApi::new(events.clone(), auth.clone())),
         scans: Arc::new(ScanApi::new(store.clone(), auth.clone(), 256 * 1024)),
     };
-    let console = Console::new(auth, apis, limits, 256 * 1024);
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let console = Console::new(
+        auth,
+        apis,
+        ConsoleSettings {
+            sessions: limits,
+            max_report_bytes: 256 * 1024,
+            shutdown: shutdown_rx,
+        },
+    );
     Harness {
         router: console.router(),
         console,
         store,
         events,
+        shutdown,
         _dir: dir,
     }
 }

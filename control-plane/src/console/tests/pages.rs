@@ -236,21 +236,57 @@ async fn new_events_arrive_on_the_stream_as_rows() {
     let anonymous = h.get(None, "/events/stream").await;
     assert_eq!(anonymous.location(), "/signin");
 
-    // Signed out: the next event ends the stream instead of reaching it.
+    // Signed out: the stream ends (within its liveness check, with no event to send), and
+    // an event after it never reaches it.
     let reply = h
         .post(Some(&admin), "/signout", &[("csrf", &admin.csrf)])
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     h.add_event(|e| e.name = "after-sign-out".into()).await;
+    assert!(!rest_of(&mut body).await.contains("after-sign-out"));
+}
+
+/// What a stream still sends until it ends; panics unless it ends within 10 s.
+async fn rest_of(body: &mut axum::body::BodyDataStream) -> String {
     let mut rest = String::new();
     loop {
-        match tokio::time::timeout(wait(), body.next()).await {
+        match tokio::time::timeout(Duration::from_secs(10), body.next()).await {
             Ok(Some(chunk)) => rest.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
-            Ok(None) => break,
-            Err(_) => panic!("the stream outlived its session: {rest}"),
+            Ok(None) => return rest,
+            Err(_) => panic!("the stream did not end: {rest}"),
         }
     }
-    assert!(!rest.contains("after-sign-out"), "{rest}");
+}
+
+async fn open_stream(h: &Harness, browser: &Browser) -> axum::body::BodyDataStream {
+    let request = Request::get("/events/stream")
+        .header(header::COOKIE, &browser.cookie)
+        .body(Body::empty())
+        .unwrap();
+    let response = h.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().into_data_stream()
+}
+
+#[tokio::test]
+async fn a_quiet_stream_ends_with_its_session_and_when_the_server_drains() {
+    let h = harness_with(SessionLimits {
+        idle: Duration::from_secs(2),
+        ..SessionLimits::default()
+    })
+    .await;
+    let admin = h.sign_in(ADMIN).await;
+    let mut body = open_stream(&h, &admin).await;
+    // No request for longer than the idle limit: the session expires, the stream ends.
+    let started = std::time::Instant::now();
+    rest_of(&mut body).await;
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    let h = harness().await;
+    let admin = h.sign_in(ADMIN).await;
+    let mut body = open_stream(&h, &admin).await;
+    h.shutdown.send(true).unwrap();
+    rest_of(&mut body).await;
 }
 
 #[tokio::test]

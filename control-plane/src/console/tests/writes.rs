@@ -28,6 +28,24 @@ async fn policies_are_validated_applied_and_deleted() {
     assert!(preview.body.contains("Valid: nothing was applied"));
     assert!(h.store.get_policy("no-privileged").await.unwrap().is_none());
 
+    // A form without a mode (not the page's buttons) applies nothing.
+    let modeless = h
+        .post_multipart(
+            &admin,
+            "/policies/apply",
+            &[
+                ("csrf", None, admin.csrf.as_bytes()),
+                ("yaml", None, PRIVILEGED.as_bytes()),
+            ],
+        )
+        .await;
+    assert!(
+        modeless.body.contains("Valid: nothing was applied"),
+        "{}",
+        modeless.body
+    );
+    assert!(h.store.get_policy("no-privileged").await.unwrap().is_none());
+
     let applied = apply(&h, &admin, PRIVILEGED.as_bytes(), "apply").await;
     assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
     assert!(applied.body.contains("created"), "{}", applied.body);
