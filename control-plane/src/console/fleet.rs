@@ -147,7 +147,13 @@ pub async fn list(
         Ok(found) => found,
         Err(status) => return api_error(&session, &status),
     };
-    let events = match admissions_since(&console, &session, 86_400).await {
+    let (for_counts, counting) = (console.clone(), session.clone());
+    let events = match console
+        .inner()
+        .fleet_counts
+        .get(move || async move { admissions_since(&for_counts, &counting, 86_400).await })
+        .await
+    {
         Ok(counts) => counts,
         Err(status) => return api_error(&session, &status),
     };
@@ -248,7 +254,7 @@ pub async fn list(
                 th.num { a href=(sort_link("lag")) { "Lag" } }
                 th { a href=(sort_link("state")) { "State" } }
                 th { "Last error" }
-                th.num { a href=(sort_link("events")) { "Events (24 h)" } }
+                th.num title="Admissions in the last 24 hours, counted at most 10 seconds ago" { a href=(sort_link("events")) { "Events (24 h)" } }
             } }
             tbody {
                 @for cluster in rows {

@@ -4,6 +4,7 @@
 //! sessions, CSRF checks and HTML.
 
 mod assets;
+mod cache;
 mod events;
 mod fleet;
 mod layout;
@@ -59,7 +60,15 @@ struct Inner {
     scans: Arc<ScanApi>,
     sessions: Sessions,
     max_report_bytes: usize,
+    /// Admissions per cluster over the last 24 hours (the fleet page).
+    fleet_counts: Arc<cache::Cached<std::collections::HashMap<String, u64>>>,
+    /// The overview's body (nothing in it depends on who reads it).
+    overview: Arc<cache::Cached<String>>,
 }
+
+/// How long a period's event counts are served before they are counted again (in the
+/// background: pages never wait for it but the first).
+const SUMMARY_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How the console runs.
 pub struct ConsoleSettings {
@@ -94,6 +103,8 @@ impl Console {
                 scans: apis.scans,
                 sessions: Sessions::new(settings.sessions),
                 max_report_bytes: settings.max_report_bytes,
+                fleet_counts: cache::Cached::new(SUMMARY_TTL),
+                overview: cache::Cached::new(SUMMARY_TTL),
             }),
         }
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::{extract::State, response::Response};
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 use tonic::Status;
 
 use portcullis_proto::v1::{
@@ -56,8 +56,17 @@ struct Day {
 
 pub async fn page(State(console): State<Console>, Signed(session): Signed) -> Response {
     let _turn = console.heavy().await;
-    match build(&console, &session).await {
-        Ok(body) => Page::new("Overview", &session).body(body).render(),
+    let (for_build, reading) = (console.clone(), session.clone());
+    let body = console
+        .inner()
+        .overview
+        .get(move || async move { build(&for_build, &reading).await.map(Markup::into_string) })
+        .await;
+    match body {
+        // Markup this module rendered (every value in it escaped then), kept as text.
+        Ok(body) => Page::new("Overview", &session)
+            .body(PreEscaped(body.as_str().to_owned()))
+            .render(),
         Err(status) => api_error(&session, &status),
     }
 }
@@ -120,6 +129,7 @@ async fn build(console: &Console, session: &Session) -> Result<Markup, Status> {
     let blocked: u64 = days.iter().map(|d| d.blocked).sum();
     let alerted: u64 = days.iter().map(|d| d.alerted).sum();
     Ok(html! {
+        p.muted { "Counted at most 10 seconds ago." }
         div.cards {
             div.card { div.n { (blocked) } div.muted { "admissions blocked, " (DAYS) " days" } }
             div.card { div.n { (alerted) } div.muted { "admissions alerted, " (DAYS) " days" } }
